@@ -1,0 +1,221 @@
+"""Datasets stored as one sub-folder per class, with optional mask folders.
+
+Layout (the synthetic generator writes exactly this; the NIH subset works the same)::
+
+    ROOT/effusion/x.png            ROOT/normal/y.png          images, one folder per class
+    ROOT/masks/effusion/x.png                                 lesion masks (optional)
+    ROOT/lung_masks/effusion/x.png                            other masks: ROOT/<kind>_masks/<class>/<stem>.png
+
+Folders named ``masks`` or ending in ``_masks`` are never classes. Hidden folders are ignored.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from saliencekit.data.preprocess import Preprocessing, load_mask, open_image
+from saliencekit.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LESION_MASK_DIR = "masks"
+
+
+def _is_mask_dir(name: str) -> bool:
+    return name == LESION_MASK_DIR or name.endswith("_masks")
+
+
+def _mask_kind(dir_name: str) -> str:
+    return "lesion" if dir_name == LESION_MASK_DIR else dir_name[: -len("_masks")]
+
+
+@dataclass
+class Sample:
+    """One image file, its class and the mask files found for it (kind -> path)."""
+
+    path: Path
+    label: int
+    class_name: str
+    relpath: str
+    masks: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class FolderIndex:
+    """The classes and samples found under a dataset folder."""
+
+    root: Path
+    classes: list[str]
+    samples: list[Sample]
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    @property
+    def relpaths(self) -> list[str]:
+        return [s.relpath for s in self.samples]
+
+    @property
+    def mask_kinds(self) -> list[str]:
+        return sorted({k for s in self.samples for k in s.masks})
+
+    def without(self, bad: set[Path]) -> FolderIndex:
+        """A copy without the given files."""
+        return FolderIndex(self.root, self.classes, [s for s in self.samples if s.path not in bad])
+
+
+def scan_folder(root: str | Path, classes: Sequence[str] | None = None, min_classes: int = 2) -> FolderIndex:
+    """Index a dataset folder.
+
+    Args:
+        root: folder with one sub-folder of images per class.
+        classes: class names in label order; default: the sub-folders sorted by name
+            (so ``effusion`` is 0 and ``normal`` 1 unless given, e.g. ``["normal", "effusion"]``).
+        min_classes: fewest classes accepted (2 for training, 1 to explain a folder).
+
+    Raises:
+        DataError: the folder is missing or empty, has fewer than ``min_classes`` classes,
+            or a class folder holds no images.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root} (expected a folder with one sub-folder of images per class)")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not _is_mask_dir(p.name))
+    if classes is None:
+        classes = found
+    else:
+        classes = list(classes)
+        unknown = [c for c in classes if c not in found]
+        if unknown:
+            raise DataError(f"class folder(s) {unknown} not found in {root}; found: {found}")
+    if not classes:
+        raise DataError(
+            f"no class folders in {root}: expected one sub-folder of images per class, "
+            f"e.g. {root}/effusion/*.png and {root}/normal/*.png"
+        )
+    if len(classes) < min_classes:
+        raise DataError(
+            f"{root} has only {len(classes)} class folder ({', '.join(classes)}); "
+            f"at least {min_classes} classes are needed, one sub-folder each"
+        )
+    mask_dirs = [p for p in sorted(root.iterdir()) if p.is_dir() and _is_mask_dir(p.name)]
+    samples: list[Sample] = []
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (root / cls).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(
+                f"class folder {root / cls} holds no images (valid extensions: {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        for f in files:
+            masks = {}
+            for md in mask_dirs:
+                for ext in (".png", f.suffix):
+                    m = md / cls / (f.stem + ext)
+                    if m.is_file():
+                        masks[_mask_kind(md.name)] = m
+                        break
+            samples.append(Sample(f, label, cls, f.relative_to(root).as_posix(), masks))
+    return FolderIndex(root, list(classes), samples)
+
+
+def check_images(index: FolderIndex, skip_bad: bool = False, progress: bool = True) -> FolderIndex:
+    """Open every image once; raise on the first unreadable one, or skip it with a warning.
+
+    Returns:
+        The index, without the unreadable files when ``skip_bad`` is set.
+    """
+    bad: set[Path] = set()
+    for s in tqdm(index.samples, desc="checking images", disable=not progress, leave=False):
+        try:
+            open_image(s.path)
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            warnings.warn(f"skipping unreadable image: {exc}", stacklevel=2)
+            bad.add(s.path)
+    out = index.without(bad)
+    counts = {c: sum(s.class_name == c for s in out.samples) for c in out.classes}
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        raise DataError(f"after skipping unreadable images, class(es) {empty} in {index.root} have no images left")
+    return out
+
+
+class ImageFolderDataset(Dataset):
+    """Preprocessed images (and optionally masks) of some samples of a :class:`FolderIndex`.
+
+    Items are ``(image, label)`` with image a float32 tensor (C, H, W) and label an int.
+    With ``cache=True`` all images are preprocessed once up front (fast epochs).
+
+    Args:
+        index: the folder index.
+        preprocessing: how files become tensors.
+        indices: which samples (default: all).
+        augment: optional callable applied to the image tensor of each item (training only).
+        cache: preprocess every image once and keep the tensors in memory.
+        progress: show a progress bar while caching.
+    """
+
+    def __init__(
+        self,
+        index: FolderIndex,
+        preprocessing: Preprocessing,
+        indices: Sequence[int] | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        cache: bool = True,
+        progress: bool = False,
+    ):
+        self.index = index
+        self.preprocessing = preprocessing
+        self.indices = list(range(len(index.samples)) if indices is None else indices)
+        self.augment = augment
+        self._cache: torch.Tensor | None = None
+        if cache and self.indices:
+            it = tqdm(self.indices, desc="loading images", disable=not progress, leave=False)
+            self._cache = torch.stack([preprocessing.load(index.samples[i].path) for i in it])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def sample(self, i: int) -> Sample:
+        """The :class:`Sample` behind item ``i``."""
+        return self.index.samples[self.indices[i]]
+
+    def image(self, i: int) -> torch.Tensor:
+        """Preprocessed image of item ``i`` (no augmentation)."""
+        if self._cache is not None:
+            return self._cache[i]
+        return self.preprocessing.load(self.sample(i).path)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.image(i)
+        if self.augment is not None:
+            x = self.augment(x)
+        return x, self.sample(i).label
+
+    def mask(self, i: int, kind: str = "lesion") -> torch.Tensor:
+        """Mask of item ``i`` resized to the model input; all zeros when the sample has none of that kind."""
+        return load_mask(self.sample(i).masks.get(kind), self.preprocessing.size)
+
+    def images(self) -> torch.Tensor:
+        """All preprocessed images as one (N, C, H, W) tensor."""
+        if self._cache is not None:
+            return self._cache
+        return torch.stack([self.image(i) for i in range(len(self))])
+
+    def labels(self) -> torch.Tensor:
+        """All labels as a (N,) int64 tensor."""
+        return torch.tensor([self.sample(i).label for i in range(len(self))], dtype=torch.long)
+
+    def masks(self, kind: str = "lesion") -> torch.Tensor:
+        """All masks of one kind as a (N, H, W) tensor."""
+        return torch.stack([self.mask(i, kind) for i in range(len(self))])
