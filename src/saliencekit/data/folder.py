@@ -89,7 +89,9 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None, min_clas
         raise DataError(f"data folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"not a folder: {root} (expected a folder with one sub-folder of images per class)")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not _is_mask_dir(p.name))
+    found = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not _is_mask_dir(p.name)
+    )
     if classes is None:
         classes = found
     else:

@@ -82,7 +82,7 @@ class Preprocessing:
         dims = tuple(range(x.ndim - 3, x.ndim))
         mean = x.mean(dim=dims, keepdim=True)
         std = x.std(dim=dims, keepdim=True, unbiased=False)
-        return (x - mean) / std.clamp_min(self.eps)
+        return (x - mean) / torch.where(std < self.eps, torch.ones_like(std), std)  # constant image -> zeros
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """Turn a PIL image into a float32 tensor of shape (C, H, W)."""
