@@ -1,0 +1,234 @@
+"""The method contract: one entry point, ``attribute(inputs, target) -> Explanation``.
+
+Every saliency method is a small subclass of :class:`Method`, registered by name (see
+:mod:`saliencekit.methods.registry`). Capabilities are class attributes that generic code and
+tests read. Methods that can share forward/backward passes with others of the same family
+declare a :meth:`Method.share_key` and implement :meth:`Method.attribute_shared`.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from saliencekit.errors import InputError
+from saliencekit.methods.targets import ResolvedTarget, as_target, predicted_classes
+
+
+@dataclass
+class Explanation:
+    """The result of one method on a batch of images.
+
+    Attributes:
+        method: registry name of the method.
+        maps: raw saliency, float tensor (N, H, W) at input resolution on the input's device.
+            Not normalised: see :func:`saliencekit.methods.normalize.normalize`.
+        attributions: the unreduced attribution (N, C, H, W) for pixel-space methods, else None.
+        layer_maps: CAM maps at the layer's resolution (N, h, w), else None.
+        scores: the explained score ``S`` (N,) at the input.
+        targets: the explained class per image (N,), -1 for a callable target.
+        predictions: the model's predicted class per image (N,).
+        params: the method's options (JSON-friendly), including the layer name for layer methods.
+        extras: method-specific tensors, e.g. ``completeness_gap`` for integrated gradients.
+
+    >>> e = Explanation("demo", torch.zeros(2, 4, 4), scores=torch.zeros(2), targets=torch.zeros(2),
+    ...                 predictions=torch.zeros(2))
+    >>> e.maps.shape
+    torch.Size([2, 4, 4])
+    """
+
+    method: str
+    maps: torch.Tensor
+    attributions: torch.Tensor | None = None
+    layer_maps: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    predictions: torch.Tensor | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.maps.shape[0])
+
+    def normalized(self, how: str = "minmax", **kwargs: Any) -> torch.Tensor:
+        """The maps normalised for display (see :func:`saliencekit.methods.normalize.normalize`)."""
+        from saliencekit.methods.normalize import normalize
+
+        return normalize(self.maps, how, **kwargs)
+
+    def to(self, device: torch.device | str) -> Explanation:
+        """A copy with every tensor moved to ``device``."""
+
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Explanation(
+            self.method, mv(self.maps), mv(self.attributions), mv(self.layer_maps), mv(self.scores),
+            mv(self.targets), mv(self.predictions), dict(self.params),
+            {k: v.to(device) for k, v in self.extras.items()},
+        )
+
+    def select(self, index: int | slice | Sequence[int]) -> Explanation:
+        """The explanation of a subset of the images."""
+        if isinstance(index, int):
+            index = [index]
+
+        def sel(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index]
+
+        return Explanation(
+            self.method, sel(self.maps), sel(self.attributions), sel(self.layer_maps), sel(self.scores),
+            sel(self.targets), sel(self.predictions), dict(self.params),
+            {k: (v[index] if v.ndim and v.shape[0] == len(self) else v) for k, v in self.extras.items()},
+        )
+
+
+def reduce_channels(attributions: torch.Tensor, how: str = "sum") -> torch.Tensor:
+    """Reduce (N, C, H, W) to (N, H, W): ``"sum"`` (signed, the default), ``"abs_sum"``,
+    ``"max_abs"`` (max over channels of the absolute value, Simonyan's display) or ``"mean"``."""
+    if how == "sum":
+        return attributions.sum(1)
+    if how == "abs_sum":
+        return attributions.abs().sum(1)
+    if how == "max_abs":
+        return attributions.abs().amax(1)
+    if how == "mean":
+        return attributions.mean(1)
+    raise InputError(f"unknown channel reduction {how!r}; valid: sum, abs_sum, max_abs, mean")
+
+
+def expected_channels(model: nn.Module) -> int | None:
+    """Input channels of the model's first convolution or linear layer, when it has one."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Conv3d):
+            return m.in_channels
+        if isinstance(m, nn.Linear):
+            return None
+    return None
+
+
+def check_inputs(model: nn.Module, inputs: object) -> torch.Tensor:
+    """Validate a batch of images; return it unchanged.
+
+    Raises:
+        InputError: not a tensor, not 4-D (N, C, H, W), empty, not floating point, NaN/inf values,
+            or a channel count different from the model's first convolution.
+    """
+    if not isinstance(inputs, torch.Tensor):
+        raise InputError(f"inputs must be a torch.Tensor of shape (N, C, H, W), got {type(inputs).__name__}")
+    if inputs.ndim != 4:
+        hint = " (add a batch dimension: x[None])" if inputs.ndim == 3 else ""
+        raise InputError(f"inputs must have shape (N, C, H, W), got {tuple(inputs.shape)}{hint}")
+    if inputs.shape[0] == 0:
+        raise InputError("empty batch: inputs have shape (0, ...); pass at least one image")
+    if not inputs.is_floating_point():
+        raise InputError(f"inputs must be floating point (preprocessed images), got dtype {inputs.dtype}; "
+                         "convert with .float() and apply the model's preprocessing")
+    finite = torch.isfinite(inputs).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise InputError(f"inputs contain NaN or infinite values (image(s) {bad[:10]}); clean the images first")
+    c = expected_channels(model)
+    if c is not None and inputs.shape[1] != c:
+        raise InputError(f"the model expects {c}-channel images, got {inputs.shape[1]} channels "
+                         f"(inputs shape {tuple(inputs.shape)})")
+    return inputs
+
+
+@contextlib.contextmanager
+def preserve_model(model: nn.Module) -> Iterator[None]:
+    """Restore every parameter's ``requires_grad`` flag and ``.grad`` reference after the block."""
+    saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for p, flag, grad in saved:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+            if p.grad is not grad:
+                p.grad = grad
+
+
+class Method(abc.ABC):
+    """Base class of every saliency method.
+
+    Subclasses set the capability flags, take their options as keyword arguments of ``__init__``
+    (with defaults), store them with :meth:`_store_params`, and implement :meth:`attribute`.
+
+    Args:
+        model: the classifier; never modified.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    uses_gradients: ClassVar[bool] = False
+    multiplies_by_inputs: ClassVar[bool] = False
+    needs_layer: ClassVar[bool] = False
+    satisfies_completeness: ClassVar[bool] = False
+    works_on_torchscript: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module):
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self._params: dict[str, Any] = {}
+
+    def _store_params(self, **params: Any) -> None:
+        self._params.update(params)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The method's options, JSON-friendly."""
+        return {k: _jsonable(v) for k, v in self._params.items()}
+
+    @abc.abstractmethod
+    def attribute(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
+        """Explain ``target`` for a batch ``inputs`` (N, C, H, W); returns an :class:`Explanation`."""
+
+    def share_key(self) -> Hashable | None:
+        """Methods whose keys are equal (and not None) are computed together by :meth:`attribute_shared`."""
+        return None
+
+    @classmethod
+    def attribute_shared(cls, methods: Sequence[Method], inputs: torch.Tensor, target: Any = None) -> list[Explanation]:
+        """Compute several methods with equal :meth:`share_key` at once (default: one by one)."""
+        return [m.attribute(inputs, target) for m in methods]
+
+    # -- helpers for subclasses --------------------------------------------------------------
+
+    def _resolve(self, inputs: torch.Tensor, target: Any) -> tuple[torch.Tensor, ResolvedTarget, torch.Tensor]:
+        """Validate inputs and resolve the target with one clean forward pass.
+
+        Returns:
+            The clean output (N, K), the resolved target and the predicted classes.
+        """
+        check_inputs(self.model, inputs)
+        with torch.inference_mode():
+            output = self.model(inputs)
+        resolved = as_target(target).resolve(output)
+        return output, resolved, predicted_classes(output)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{self.__class__.__name__}({opts})"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return f"tensor{tuple(v.shape)}"
+    if isinstance(v, nn.Module):
+        return v.__class__.__name__
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return repr(v)
