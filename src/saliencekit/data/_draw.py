@@ -104,7 +104,7 @@ def sample_patient(rng: np.random.Generator, size: int, effusion: bool, marker: 
         men = [0.0, 0.0]
         for s in sides:
             # skewed towards small volumes: many effusions only blunt the costophrenic angle
-            vols[s] = 0.015 + 0.38 * u() ** 1.7
+            vols[s] = 0.01 + 0.45 * u() ** 1.2
             men[s] = 0.05 + 0.35 * vols[s] + u(0.0, 0.05)
         fluid = (vols[0], vols[1])
         meniscus = (men[0], men[1])
@@ -297,7 +297,7 @@ def render(pt: Patient) -> Rendering:
     img = 1.0 - np.exp(-pt.gain * np.maximum(dens, 0.0))
     img = np.clip((img - pt.lo) * (1.0 / (pt.hi - pt.lo)), 0.0, 1.0) ** pt.gamma
     img = _resize(img.astype(np.float32), n)
-    lesion = np.zeros((n, n), dtype=bool) if weight is None else _resize(weight.astype(np.float32), n) >= 0.5
+    lesion = np.zeros((n, n), dtype=bool) if weight is None else _resize(weight.astype(np.float32), n) >= 0.25
     lung_mask = _resize(lung.astype(np.float32), n) >= 0.5
     img = img + (pt.noise / (pt.hi - pt.lo)) * trng.standard_normal((n, n), dtype=np.float32)
     img = ndimage.gaussian_filter(img, pt.blur * n / 512, mode="nearest")
