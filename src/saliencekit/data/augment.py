@@ -100,13 +100,16 @@ class Augmentation:
             x = TF.horizontal_flip(x)
         if angle == 0 and tx == 0 and ty == 0 and scale == 1.0:
             return x
-        fill = x.detach().amin(dim=(-2, -1)).tolist()
-        return TF.affine(
-            x,
+        # Work relative to the fill value and pad with zeros: bilinear samples near the border then
+        # blend exactly towards the fill (torchvision's own ``fill`` blends twice there).
+        fill = x.detach().amin(dim=(-2, -1), keepdim=True)
+        y = TF.affine(
+            x - fill,
             angle=angle,
             translate=[tx, ty],
             scale=scale,
             shear=[0.0, 0.0],
             interpolation=InterpolationMode.BILINEAR,
-            fill=fill,
+            fill=0.0,
         )
+        return y + fill
