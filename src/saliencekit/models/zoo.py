@@ -52,6 +52,14 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def describe(name: str) -> str:
+    """One-line description of a registered model (the first line of its factory's docstring)."""
+    if name not in _REGISTRY:
+        raise UnknownNameError("model", name, list_models())
+    doc = (_REGISTRY[name].__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
 def output_units(num_classes: int) -> int:
     """Logits a model has for ``num_classes`` classes: 1 for a binary task, else ``num_classes``."""
     if num_classes < 2:
