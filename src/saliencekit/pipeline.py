@@ -93,16 +93,18 @@ def generate_step(ctx: DemoContext) -> None:
     """Generate the synthetic chest X-rays into ``OUT/data`` (reused when already there with the same settings)."""
     s = ctx.settings
     want = {"per_class": s.per_class, "size": s.size, "seed": s.seed, "shortcut": ctx.shortcut}
-    marker = ctx.data_dir / _DATA_MARKER
+    marker = ctx.out / _DATA_MARKER  # beside the data folder: the generator wants an empty folder
     if marker.is_file():
         try:
-            if json.loads(marker.read_text()) == want:
+            if json.loads(marker.read_text()) == want and ctx.data_dir.is_dir():
                 ctx.outputs["synthetic data (reused)"] = ctx.data_dir
                 return
         except (OSError, json.JSONDecodeError):
             pass
-        shutil.rmtree(ctx.data_dir)
-    elif ctx.data_dir.exists() and any(ctx.data_dir.iterdir()):
+        marker.unlink()
+        if ctx.data_dir.exists():
+            shutil.rmtree(ctx.data_dir)  # written by an earlier demo with other settings
+    if ctx.data_dir.exists() and any(ctx.data_dir.iterdir()):
         raise DataError(f"{ctx.data_dir} exists and was not written by the demo; choose another --out folder")
     try:
         from saliencekit.data.synthetic import generate
