@@ -19,9 +19,10 @@ from reference.ref_gradient import (
 )
 from saliencekit.errors import InputError, UnknownNameError
 from saliencekit.methods.integrated import make_baseline, quadrature
-from toy_models import Boom, LinearModel, make
+from toy_models import Boom, LinearModel, make, one_thread
 
 D = torch.float64
+_ = one_thread  # autouse fixture
 ATOL = 1e-10
 
 

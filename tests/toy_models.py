@@ -6,6 +6,9 @@ multi-class head) and builds a model small enough for float64 reference comparis
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -148,3 +151,14 @@ def make(kind: str, in_channels: int = 1, classes: int = 1, seed: int = 0, dtype
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
     return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (and much faster on a busy machine); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

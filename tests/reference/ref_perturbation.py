@@ -26,6 +26,7 @@ def ref_occlusion(
     """Mean score drop over the patches covering each pixel; ``fill`` (N, C, 1, 1) or broadcastable per image.
 
     Patch top-left corners: 0, stride, 2 stride, ... while the patch fits, plus one flush with the far edge.
+    Pixels no patch covers (stride > patch) get 0.
     """
     n, _c, h, w = x.shape
     out = torch.zeros(n, h, w, dtype=x.dtype)
@@ -50,7 +51,7 @@ def ref_occlusion(
                     drop = clean - ref_score(model, occluded, classes[i])
                 total[y0 : y0 + patch, x0 : x0 + patch] += drop
                 count[y0 : y0 + patch, x0 : x0 + patch] += 1
-        out[i] = total / count
+        out[i] = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))  # uncovered: 0
     return out
 
 
