@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -689,7 +690,9 @@ def run_checks(
         bar = tqdm(todo, desc="checks", disable=not progress)
         for name in bar:
             bar.set_postfix(check=name, refresh=True)
+            t0 = time.perf_counter()
             results[name] = _RUNNERS[name](ctx)
+            results[name]["seconds"] = round(time.perf_counter() - t0, 3)
 
     image_rows = []
     for i in range(images.shape[0]):
