@@ -1,3 +1,6 @@
 """Imports every module that registers built-in methods (the registry loads this once)."""
 
-from saliencekit.methods import gradient  # noqa: F401
+import saliencekit.methods.gradient
+import saliencekit.methods.integrated
+import saliencekit.methods.perturbation
+import saliencekit.methods.smoothgrad  # noqa: F401
