@@ -47,6 +47,25 @@ _LAZY: dict[str, str] = {
     "bootstrap_ci": "stats",
     "summarize": "stats",
     "rank_methods": "stats",
+    # checks (runners)
+    "CHECKS": "runner",
+    "CheckSettings": "runner",
+    "run_checks": "runner",
+    "default_methods": "runner",
+    "faithfulness_curves": "runner",
+    "model_randomization": "randomization",
+    "data_randomization": "randomization",
+    "train_on_permuted_labels": "randomization",
+    "parameter_layers": "randomization",
+    "randomize_layers": "randomization",
+    "RandomizationResult": "randomization",
+    "DataRandomizationResult": "randomization",
+    "Verdict": "randomization",
+    "input_invariance": "invariance",
+    "compensated_copy": "invariance",
+    "InvarianceResult": "invariance",
+    "agreement": "agreement",
+    "AgreementResult": "agreement",
 }
 
 
@@ -65,6 +84,8 @@ def __dir__() -> list[str]:
 
 __all__ = sorted(_LAZY)
 
-# ``complexity`` names both a submodule and its function. Importing the submodule would bind the package
-# attribute to the module, so it is imported here once and the name rebound to the function (this imports torch).
+# ``complexity`` and ``agreement`` name both a submodule and its function. Importing the submodule would bind the
+# package attribute to the module, so they are imported here once and the names rebound to the functions (this
+# imports torch).
+from saliencekit.trust.agreement import agreement  # noqa: E402, F401
 from saliencekit.trust.complexity import complexity  # noqa: E402, F401
