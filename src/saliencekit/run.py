@@ -1,0 +1,158 @@
+"""Run directories: the folder ``saliencekit train`` writes and every later command reads.
+
+Layout (every file written atomically)::
+
+    RUN/checkpoint.pt     weights + architecture name/arguments + preprocessing + class names (best epoch)
+    RUN/config.json       training settings, absolute data root, seed, versions, device, the command
+    RUN/split.json        which file (relative to the data root) went to train / val / test
+    RUN/history.json      per-epoch train/val loss and accuracy, the best epoch
+    RUN/curves.png        loss and accuracy curves
+    RUN/metrics.json      test-split metrics (and per-file probabilities)
+    RUN/confusion.png     test-split confusion matrix
+    RUN/roc.png           test-split ROC curve
+    RUN/metrics_<name>.json (+ confusion_<name>.png, roc_<name>.png)   metrics on another folder (--data)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from saliencekit.data.folder import FolderIndex, ImageFolderDataset, scan_folder
+from saliencekit.data.preprocess import Preprocessing
+from saliencekit.data.split import Split, load_split
+from saliencekit.errors import DataError, RunDirError
+from saliencekit.models.io import CheckpointInfo, load_checkpoint
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+SPLIT = "split.json"
+HISTORY = "history.json"
+CURVES = "curves.png"
+METRICS = "metrics.json"
+CONFUSION = "confusion.png"
+ROC = "roc.png"
+
+REQUIRED = (CHECKPOINT, CONFIG, SPLIT)
+PARTS = ("train", "val", "test")
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds the files of a run directory."""
+    path = Path(path)
+    return path.is_dir() and all((path / name).is_file() for name in REQUIRED)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"cannot read {path}: {exc}") from exc
+
+
+class Run:
+    """A trained model with everything needed to explain and check it.
+
+    Use :func:`load_run` to open one.
+
+    Attributes:
+        path: the run directory.
+        model: the model (eval mode) on ``device``.
+        info: the checkpoint's metadata (:class:`CheckpointInfo`).
+        preprocessing: how files become model inputs.
+        class_names: class names in label order (for one-logit models the logit scores class 1).
+        config: the training settings (``config.json``).
+        data_root: the data folder (the one trained on, or the ``data`` given to :func:`load_run`).
+        history: per-epoch history (``history.json``), or ``None``.
+        metrics: test metrics (``metrics.json``), or ``None``.
+        device: where the model lives.
+
+    >>> run = load_run("runs/cxr")  # doctest: +SKIP
+    >>> x, y = run.dataset("test")[0]  # doctest: +SKIP
+    >>> run.model(x[None].to(run.device))  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", data: str | Path | None = None):
+        self.path = Path(path)
+        missing = [name for name in REQUIRED if not (self.path / name).is_file()]
+        if not self.path.is_dir() or missing:
+            what = "the folder does not exist" if not self.path.is_dir() else f"missing {', '.join(missing)}"
+            raise RunDirError(
+                f"{self.path} is not a saliencekit run directory ({what}); "
+                "a run directory is written by `saliencekit train DATA --out RUN`"
+            )
+        self.device = torch.device(device)
+        model, info = load_checkpoint(self.path / CHECKPOINT, self.device)
+        self.model: nn.Module = model
+        self.info: CheckpointInfo = info
+        self.preprocessing = Preprocessing.from_dict(info.preprocessing)
+        self.class_names: list[str] = list(info.class_names)
+        self.config: dict[str, Any] = _read_json(self.path / CONFIG)
+        self.data_root = Path(data) if data is not None else Path(self.config["data_root"])
+        self.history: dict[str, Any] | None = (
+            _read_json(self.path / HISTORY) if (self.path / HISTORY).is_file() else None
+        )
+        self.metrics: dict[str, Any] | None = (
+            _read_json(self.path / METRICS) if (self.path / METRICS).is_file() else None
+        )
+        self._index: FolderIndex | None = None
+        self._split: Split | None = None
+        self._datasets: dict[str, ImageFolderDataset] = {}
+
+    @property
+    def binary(self) -> bool:
+        """Whether the model has a single logit (two classes)."""
+        return len(self.class_names) == 2
+
+    @property
+    def index(self) -> FolderIndex:
+        """The data folder's index (scanned on first use, with the run's class order)."""
+        if self._index is None:
+            self._index = scan_folder(self.data_root, classes=self.class_names)
+        return self._index
+
+    @property
+    def split(self) -> Split:
+        """The saved train / val / test split, as indices into :attr:`index`."""
+        if self._split is None:
+            self._split = load_split(self.path / SPLIT, self.index.relpaths)
+        return self._split
+
+    def dataset(self, part: str = "test") -> ImageFolderDataset:
+        """Preprocessed images of one part of the split (``"train"``, ``"val"``, ``"test"`` or ``"all"``).
+
+        The tensors are computed once and cached.
+        """
+        if part not in (*PARTS, "all"):
+            raise DataError(f"unknown split part {part!r}; valid: {', '.join((*PARTS, 'all'))}")
+        if part not in self._datasets:
+            indices = None if part == "all" else self.split.parts()[part]
+            self._datasets[part] = ImageFolderDataset(self.index, self.preprocessing, indices, cache=True)
+        return self._datasets[part]
+
+    def predict(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Class probabilities ``(N, num_classes)`` for a batch of preprocessed images."""
+        from saliencekit.train.evaluate import predict_proba
+
+        return predict_proba(self.model, images, batch_size=batch_size, device=self.device)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, arch={self.info.arch!r}, classes={self.class_names})"
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu", data: str | Path | None = None) -> Run:
+    """Open a run directory.
+
+    Args:
+        path: the folder written by ``saliencekit train``.
+        device: where to put the model.
+        data: the data folder, when it moved since training (default: the one in ``config.json``).
+
+    Raises:
+        RunDirError: ``path`` is not a run directory; the message names the missing files.
+    """
+    return Run(path, device=device, data=data)

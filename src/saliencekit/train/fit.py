@@ -1,0 +1,379 @@
+"""Training: the lesson's recipe (Adam, binary cross-entropy on the logit, best epoch by validation loss).
+
+All images are preprocessed once into memory, batches are cut from that tensor in the main
+process (no DataLoader workers), and the run directory is written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import shlex
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from saliencekit import _atomic
+from saliencekit.data.folder import FolderIndex, scan_folder
+from saliencekit.data.preprocess import Preprocessing
+from saliencekit.data.split import Split, save_split, stratified_split
+from saliencekit.errors import DataError, InputError
+
+if TYPE_CHECKING:
+    from saliencekit.run import Run
+
+# Folder names that mean "no finding": with two classes such a class becomes class 0, so that the
+# single logit scores the finding (e.g. effusion = class 1, normal = class 0).
+NEGATIVE_CLASS_NAMES = ("normal", "healthy", "negative", "control", "no_finding", "nofinding", "benign")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (the defaults are the lesson's).
+
+    Args:
+        model: registry name (see ``saliencekit.models.list_models()``).
+        epochs: number of passes over the training images.
+        batch_size: images per optimiser step.
+        lr: Adam learning rate.
+        image_size: side of the square model input (images are resized to it).
+        grayscale: one input channel (``False``: RGB, 3 channels).
+        seed: seeds the split, the weight initialisation, the batch order, dropout and augmentation.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        augment: callable applied to each training image tensor (C, H, W) -> (C, H, W), or None (off).
+        patience: stop after this many epochs without a better validation loss (None: never).
+        test_fraction: fraction of each class held out for the test split.
+        val_fraction: fraction of the remaining images of each class used for validation.
+        skip_bad: skip unreadable images with a warning instead of stopping.
+        num_threads: CPU threads for torch (None: torch's default).
+        classes: class names in label order (default: folder names sorted, except that with two
+            classes a "normal"-like folder becomes class 0, the negative class).
+        model_kwargs: extra arguments of the model factory.
+
+    >>> cfg = TrainConfig(epochs=2, image_size=64)
+    >>> cfg.model, cfg.batch_size
+    ('effusion_cnn', 32)
+    """
+
+    model: str = "effusion_cnn"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    image_size: int = 256
+    grayscale: bool = True
+    seed: int = 42
+    device: str = "auto"
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    patience: int | None = None
+    test_fraction: float = 0.15
+    val_fraction: float = 0.15
+    skip_bad: bool = False
+    num_threads: int | None = None
+    classes: list[str] | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "image_size"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.image_size < 8:
+            raise InputError(f"image_size must be >= 8, got {self.image_size}")
+        if not self.lr > 0:
+            raise InputError(f"lr must be > 0, got {self.lr}")
+        if self.patience is not None and self.patience < 1:
+            raise InputError(f"patience must be >= 1 (or None to never stop early), got {self.patience}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form for ``config.json`` (the augmentation is described by its repr)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["augment"] = None if self.augment is None else repr(self.augment)
+        d["classes"] = None if self.classes is None else list(self.classes)
+        d["model_kwargs"] = dict(self.model_kwargs)
+        return d
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+    return device
+
+
+def default_class_order(names: Sequence[str]) -> list[str]:
+    """Folder names sorted; with two classes a "normal"-like one (see ``NEGATIVE_CLASS_NAMES``) comes first.
+
+    >>> default_class_order(["normal", "effusion"])
+    ['normal', 'effusion']
+    >>> default_class_order(["cat", "dog"])
+    ['cat', 'dog']
+    """
+    names = sorted(names)
+    if len(names) == 2:
+        neg = [n for n in names if n.lower() in NEGATIVE_CLASS_NAMES]
+        if len(neg) == 1:
+            names = [neg[0], *(n for n in names if n != neg[0])]
+    return names
+
+
+def load_images(
+    index: FolderIndex, preprocessing: Preprocessing, skip_bad: bool = False, progress: bool = True
+) -> tuple[FolderIndex, torch.Tensor]:
+    """Preprocess every image of ``index`` once (a few decoding threads).
+
+    Returns:
+        The index (without unreadable files when ``skip_bad``) and the images as one (N, C, H, W) tensor.
+
+    Raises:
+        DataError: an image is unreadable (naming it) and ``skip_bad`` is off, or a class lost all its images.
+    """
+
+    def load(path: Path) -> torch.Tensor | DataError:
+        try:
+            return preprocessing.load(path)
+        except DataError as exc:
+            return exc
+
+    paths = [s.path for s in index.samples]
+    with ThreadPoolExecutor(max_workers=min(4, max(1, len(paths)))) as pool:
+        results = list(tqdm(pool.map(load, paths), total=len(paths), desc="loading images", disable=not progress,
+                            leave=False))
+    bad = {p for p, r in zip(paths, results) if isinstance(r, DataError)}
+    for r in results:
+        if isinstance(r, DataError):
+            if not skip_bad:
+                raise r
+            warnings.warn(f"skipping unreadable image: {r}", stacklevel=2)
+    kept = index.without(bad)
+    empty = [c for c in kept.classes if not any(s.class_name == c for s in kept.samples)]
+    if empty:
+        raise DataError(f"after skipping unreadable images, class(es) {empty} in {index.root} have no images left")
+    images = [r for r in results if isinstance(r, torch.Tensor)]
+    return kept, torch.stack(images)
+
+
+def _loss_fn(num_classes: int) -> nn.Module:
+    return nn.BCEWithLogitsLoss() if num_classes == 2 else nn.CrossEntropyLoss()
+
+
+def _loss_and_correct(logits: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> tuple[torch.Tensor, int]:
+    if logits.shape[1] == 1:
+        z = logits[:, 0]
+        return loss_fn(z, y.float()), int(((z > 0).long() == y).sum())
+    return loss_fn(logits, y), int((logits.argmax(1) == y).sum())
+
+
+@torch.inference_mode()
+def _evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, batch_size: int,
+                   device: torch.device) -> tuple[float, float]:
+    model.eval()
+    total, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
+        loss, c = _loss_and_correct(model(xb), yb, loss_fn)
+        total += float(loss) * len(xb)
+        correct += c
+    n = max(len(x), 1)
+    return total / n, correct / n
+
+
+def fit_model(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
+    num_classes: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` in place and load its best-epoch weights at the end.
+
+    The best epoch is the one with the lowest validation loss (the training loss when there are no
+    validation images). Returns the history: ``{"epochs": [...], "best_epoch", "best_val_loss", "stopped_early"}``.
+    """
+    loss_fn = _loss_fn(num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    n, bs = len(train_x), config.batch_size
+    n_batches = math.ceil(n / bs)
+    rows: list[dict[str, Any]] = []
+    best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
+    stale, stopped_early = 0, False
+    bar = tqdm(total=config.epochs * n_batches, desc="training", unit="batch", disable=not progress)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            total, correct, seen = 0.0, 0, 0
+            perm = torch.randperm(n, generator=gen)
+            for b in range(n_batches):
+                idx = perm[b * bs : (b + 1) * bs]
+                xb = train_x[idx]
+                if config.augment is not None:
+                    xb = torch.stack([config.augment(x) for x in xb])
+                xb, yb = xb.to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                loss, c = _loss_and_correct(model(xb), yb, loss_fn)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+                correct += c
+                seen += len(idx)
+                bar.update(1)
+                bar.set_postfix(epoch=f"{epoch}/{config.epochs}", loss=f"{total / seen:.3f}",
+                                acc=f"{correct / seen:.3f}", refresh=False)
+            train_loss, train_acc = total / max(seen, 1), correct / max(seen, 1)
+            if len(val_x):
+                val_loss, val_acc = _evaluate_loss(model, val_x, val_y, loss_fn, max(bs, 64), device)
+            else:
+                val_loss, val_acc = math.nan, math.nan
+            rows.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                         "val_acc": val_acc, "seconds": round(time.perf_counter() - t0, 3)})
+            score = val_loss if len(val_x) else train_loss
+            if score < best_loss:
+                best_loss, best_epoch, stale = score, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+            bar.set_postfix(epoch=f"{epoch}/{config.epochs}", loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}",
+                            val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
+            if progress:
+                bar.write(f"epoch {epoch:>3}/{config.epochs}: loss {train_loss:.4f} acc {train_acc:.3f} | "
+                          f"val loss {val_loss:.4f} val acc {val_acc:.3f}" + ("  *best" if best_epoch == epoch else ""))
+            if config.patience is not None and stale >= config.patience:
+                stopped_early = epoch < config.epochs
+                break
+    finally:
+        bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"epochs": rows, "best_epoch": best_epoch, "best_val_loss": best_loss,
+            "monitor": "val_loss" if len(val_x) else "train_loss", "stopped_early": stopped_early}
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    from saliencekit import __version__
+
+    return {"saliencekit": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> Run:
+    """Train a classifier on a folder with one sub-folder per class and write a run directory.
+
+    Steps: index and preprocess every image once, stratified split (saved), train with the
+    best epoch by validation loss kept, write the checkpoint, history, curves and config, then
+    evaluate on the test split (metrics.json, confusion.png, roc.png).
+
+    Args:
+        data_dir: the data folder (e.g. ``data/cxr`` with ``effusion/`` and ``normal/``).
+        out_dir: the run directory to write (created; existing files are replaced).
+        config: settings (default :class:`TrainConfig()`).
+        progress: show progress bars and a line per epoch.
+        command: the command line recorded in ``config.json`` (default: ``sys.argv``).
+
+    Returns:
+        The written run, opened with :func:`saliencekit.run.load_run`.
+
+    Raises:
+        DataError: missing or empty folder, a single class, an unreadable image (unless ``skip_bad``).
+        UnknownNameError: unknown model name.
+
+    >>> run = train("data/cxr", "runs/cxr", TrainConfig(epochs=10))  # doctest: +SKIP
+    >>> run.metrics["accuracy"]  # doctest: +SKIP
+    """
+    from saliencekit import models
+    from saliencekit.run import CHECKPOINT, CONFIG, CURVES, HISTORY, SPLIT, load_run
+    from saliencekit.train.evaluate import evaluate
+    from saliencekit.viz.training import plot_history
+
+    config = config or TrainConfig()
+    t_start = time.perf_counter()
+    if config.model not in models.list_models():
+        models.create(config.model)  # raises UnknownNameError listing the valid names (or builds a torchvision one)
+    device = resolve_device(config.device)
+    data_dir = Path(data_dir).expanduser()
+    out_dir = Path(out_dir).expanduser()
+    index = scan_folder(data_dir)
+    classes = list(config.classes) if config.classes else default_class_order(index.classes)
+    if classes != index.classes:
+        index = scan_folder(data_dir, classes=classes)
+    preprocessing = Preprocessing(grayscale=config.grayscale, size=(config.image_size, config.image_size))
+    old_threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    try:
+        index, images = load_images(index, preprocessing, skip_bad=config.skip_bad, progress=progress)
+        labels = torch.tensor(index.labels, dtype=torch.long)
+        split: Split = stratified_split(labels.tolist(), config.test_fraction, config.val_fraction, config.seed)
+        too_small = [c for k, c in enumerate(classes) if sum(labels[split.train] == k) == 0]
+        if too_small:
+            raise DataError(f"class(es) {too_small} in {data_dir} have too few images to train on (need >= 3 each)")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_split(out_dir / SPLIT, split, index.relpaths)
+
+        torch.manual_seed(config.seed)
+        arch_kwargs = {"in_channels": preprocessing.in_channels, "num_classes": len(classes), **config.model_kwargs}
+        model = models.create(config.model, **arch_kwargs).to(device)
+        tr, va = torch.tensor(split.train), torch.tensor(split.val, dtype=torch.long)
+        t_fit = time.perf_counter()
+        history = fit_model(model, images[tr], labels[tr], images[va], labels[va], config, device, len(classes),
+                            progress=progress)
+        fit_seconds = time.perf_counter() - t_fit
+    finally:
+        torch.set_num_threads(old_threads)
+
+    history.update(fit_seconds=round(fit_seconds, 3), device=str(device))
+    best = history["best_epoch"]
+    models.save_checkpoint(
+        out_dir / CHECKPOINT, model, config.model, arch_kwargs, preprocessing.to_dict(), classes,
+        extra={"best_epoch": best, "best_val_loss": history["best_val_loss"], "epochs_run": len(history["epochs"])},
+    )
+    _atomic.write_json(out_dir / HISTORY, history)
+    _atomic.save_figure(plot_history(history, title=f"{config.model} on {data_dir.name}"), out_dir / CURVES)
+    counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
+    skipped = sorted({s.relpath for s in scan_folder(data_dir, classes=classes).samples} - set(index.relpaths))
+    _atomic.write_json(out_dir / CONFIG, {
+        "config": config.to_dict(),
+        "data_root": str(data_dir.resolve()),
+        "class_names": classes,
+        "class_counts": counts,
+        "split_sizes": {k: len(v) for k, v in split.parts().items()},
+        "skipped_files": skipped,
+        "seed": config.seed,
+        "device": str(device),
+        "num_threads": torch.get_num_threads() if config.num_threads is None else config.num_threads,
+        "versions": _versions(),
+        "command": command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "train_seconds": round(time.perf_counter() - t_start, 3),
+    })
+    run = load_run(out_dir, device=device, data=data_dir)
+    run._index = index
+    evaluate(run, progress=progress)
+    return run
