@@ -568,7 +568,7 @@ def _verdict_section(ctx: _Context) -> str:
     intro = ("<p>Each row is a saliency method, each column a check it must pass or a score "
              f"(means over {_e(n)} test images; confidence intervals in the trust checks section).</p>"
              if n else "<p>Each row is a saliency method, each column a check it must pass or a score.</p>")
-    return _section("verdict", intro + table + rec_html + note + "<details><summary class=hint>What the columns mean"
+    return _section("verdict", intro + table + rec_html + note + "<details open><summary class=hint>What the columns mean"
                     "</summary>" + legend + "</details>")
 
 
