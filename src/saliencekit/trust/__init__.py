@@ -1,1 +1,91 @@
-"""saliencekit.trust"""
+"""saliencekit.trust: checks of which saliency maps to trust, and the metrics they are built from.
+
+The names below are loaded lazily (on first use), so ``import saliencekit.trust`` stays cheap.
+
+>>> from saliencekit import trust
+>>> "relevance_mass" in trust.__all__
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module (under saliencekit.trust) that defines it
+_LAZY: dict[str, str] = {
+    # similarity
+    "SIMILARITY_METRICS": "similarity",
+    "spearman": "similarity",
+    "pearson": "similarity",
+    "ssim": "similarity",
+    "hog_correlation": "similarity",
+    "topk_iou": "similarity",
+    "similarity_all": "similarity",
+    "minmax_normalize": "similarity",
+    "random_maps": "similarity",
+    "null_level": "similarity",
+    "null_level_from_maps": "similarity",
+    # localization
+    "pointing_game": "localization",
+    "energy_pointing_game": "localization",
+    "relevance_mass": "localization",
+    "relevance_rank": "localization",
+    "mask_share": "localization",
+    # complexity and robustness
+    "sparseness": "complexity",
+    "complexity": "complexity",
+    "max_sensitivity": "complexity",
+    # faithfulness
+    "CurveResult": "faithfulness",
+    "deletion_curve": "faithfulness",
+    "insertion_curve": "faithfulness",
+    "road": "faithfulness",
+    "make_baseline": "faithfulness",
+    "noisy_linear_impute": "_imputation",
+    # statistics
+    "bootstrap_ci": "stats",
+    "summarize": "stats",
+    "rank_methods": "stats",
+    # checks (runners)
+    "CHECKS": "runner",
+    "CheckSettings": "runner",
+    "run_checks": "runner",
+    "default_methods": "runner",
+    "faithfulness_curves": "runner",
+    "model_randomization": "randomization",
+    "data_randomization": "randomization",
+    "train_on_permuted_labels": "randomization",
+    "parameter_layers": "randomization",
+    "randomize_layers": "randomization",
+    "RandomizationResult": "randomization",
+    "DataRandomizationResult": "randomization",
+    "Verdict": "randomization",
+    "input_invariance": "invariance",
+    "compensated_copy": "invariance",
+    "InvarianceResult": "invariance",
+    "agreement": "agreement",
+    "AgreementResult": "agreement",
+}
+
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)
+
+# ``complexity`` and ``agreement`` name both a submodule and its function. Importing the submodule would bind the
+# package attribute to the module, so they are imported here once and the names rebound to the functions (this
+# imports torch).
+from saliencekit.trust.agreement import agreement  # noqa: E402, F401
+from saliencekit.trust.complexity import complexity  # noqa: E402, F401

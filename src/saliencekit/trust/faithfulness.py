@@ -1,0 +1,253 @@
+"""Faithfulness of saliency maps: deletion / insertion curves (Petsiuk et al. 2018) and ROAD (Rong et al. 2022).
+
+All functions take ``model_score``, a callable mapping a batch of inputs (B, C, H, W) to the probability (B,)
+of the explained class of each image, the inputs (N, C, H, W) and their maps (N, H, W). Perturbed copies are
+evaluated in batches of ``batch_size`` under ``torch.inference_mode()`` on the inputs' device.
+
+>>> import torch
+>>> x = torch.rand(2, 1, 8, 8)
+>>> score = lambda b: torch.sigmoid(b[:, 0, 3, 3] * 10)
+>>> maps = torch.zeros(2, 8, 8); maps[:, 3, 3] = 1
+>>> deletion_curve(score, x, maps, steps=4).auc.shape
+torch.Size([2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saliencekit.errors import InputError, UnknownNameError
+from saliencekit.trust._imputation import noisy_linear_impute
+from saliencekit.trust._ops import as_inputs, as_maps, gaussian_blur, make_generator
+
+ModelScore = Callable[[Tensor], Tensor]
+BASELINES = ("zero", "mean", "blur")
+DEFAULT_BLUR_SIGMA = 5.0  # Petsiuk et al.'s insertion blur: kernel 11, sigma 5
+ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class CurveResult:
+    """A perturbation curve per image.
+
+    Attributes:
+        kind: ``"deletion"``, ``"insertion"``, ``"road_morf"`` or ``"road_lerf"``.
+        fractions: (S,) share of pixels removed / inserted at each point.
+        scores: (N, S) probability of the explained class at each point.
+        auc: (N,) area under each curve by the trapezoid rule over ``fractions`` (for deletion and insertion
+            the fractions run from 0 to 1, so this is the area on [0, 1]).
+
+    >>> r = CurveResult("deletion", torch.tensor([0.0, 1.0]), torch.tensor([[1.0, 0.0]]), torch.tensor([0.5]))
+    >>> r.to_dict()["auc"]
+    [0.5]
+    """
+
+    kind: str
+    fractions: Tensor
+    scores: Tensor
+    auc: Tensor
+
+    def to_dict(self) -> dict:
+        """JSON-friendly copy (lists of floats)."""
+        return {"kind": self.kind, "fractions": self.fractions.tolist(), "scores": self.scores.tolist(),
+                "auc": self.auc.tolist()}
+
+
+def _check(inputs: Tensor, maps: Tensor) -> tuple[Tensor, Tensor]:
+    inputs = as_inputs(inputs)
+    maps = as_maps(maps)
+    if maps.shape[0] != inputs.shape[0] or maps.shape[-2:] != inputs.shape[-2:]:
+        raise InputError(f"maps must have shape (N, H, W) matching inputs (N, C, H, W), got maps {tuple(maps.shape)} "
+                         f"and inputs {tuple(inputs.shape)}; upsample the maps to the input size first")
+    return inputs, maps.to(inputs.device)
+
+
+def make_baseline(inputs: Tensor, baseline: str | Tensor | float, blur_sigma: float = DEFAULT_BLUR_SIGMA) -> Tensor:
+    """The image that removed pixels are replaced by.
+
+    Args:
+        inputs: (N, C, H, W).
+        baseline: ``"zero"``; ``"mean"`` (each image's per-channel mean); ``"blur"`` (the Gaussian-blurred image,
+            std ``blur_sigma`` pixels); a number; or a tensor broadcastable to the inputs.
+        blur_sigma: blur std in pixels for ``"blur"``.
+
+    Returns:
+        (N, C, H, W) on the inputs' device.
+    """
+    inputs = as_inputs(inputs)
+    if isinstance(baseline, Tensor):
+        try:
+            return torch.broadcast_to(baseline.to(inputs.device, inputs.dtype), inputs.shape)
+        except RuntimeError as exc:
+            raise InputError(f"baseline tensor of shape {tuple(baseline.shape)} does not broadcast to the inputs "
+                             f"{tuple(inputs.shape)}") from exc
+    if isinstance(baseline, (int, float)):
+        return torch.full_like(inputs, float(baseline))
+    if baseline == "zero":
+        return torch.zeros_like(inputs)
+    if baseline == "mean":
+        return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs)
+    if baseline == "blur":
+        return gaussian_blur(inputs, blur_sigma)
+    raise UnknownNameError("baseline", str(baseline), [*BASELINES, "<number>", "<tensor>"])
+
+
+def salience_ranks(maps: Tensor, descending: bool = True) -> Tensor:
+    """Rank of every pixel of every map (0 = most salient when ``descending``); ties by pixel index.
+
+    Returns:
+        (N, H*W) long.
+    """
+    flat = maps.reshape(maps.shape[0], -1)
+    order = torch.sort(flat, dim=1, descending=descending, stable=True).indices
+    n, p = flat.shape
+    return torch.empty_like(order).scatter_(1, order, torch.arange(p, device=flat.device).expand(n, p))
+
+
+def _scores(model_score: ModelScore, batch: Tensor) -> Tensor:
+    out = model_score(batch)
+    if not isinstance(out, Tensor) or out.shape != (batch.shape[0],):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InputError(f"model_score must return one probability per image, shape ({batch.shape[0]},), got {shape}")
+    return out.to(torch.float64)
+
+
+def _curve(kind: str, model_score: ModelScore, start: Tensor, end: Tensor, maps: Tensor, steps: int,
+           batch_size: int, progress: bool) -> CurveResult:
+    """Move pixels from ``start`` to ``end`` from most to least salient in ``steps`` equal steps."""
+    if steps < 1:
+        raise InputError(f"{kind} curve needs steps >= 1, got {steps}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    n, _, h, w = start.shape
+    p = h * w
+    ranks = salience_ranks(maps)  # (N, P)
+    fractions = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    counts = torch.round(fractions * p).long().to(start.device)  # pixels moved at each step
+    jobs = [(i, s) for i in range(n) for s in range(steps + 1)]
+    scores = torch.empty(n, steps + 1, dtype=torch.float64, device=start.device)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=kind, unit="img")
+    with torch.inference_mode():
+        for lo in range(0, len(jobs), batch_size):
+            chunk = jobs[lo:lo + batch_size]
+            img = torch.tensor([j[0] for j in chunk], device=start.device)
+            step = torch.tensor([j[1] for j in chunk], device=start.device)
+            moved = (ranks[img] < counts[step].unsqueeze(1)).view(-1, 1, h, w)
+            batch = torch.where(moved, end[img], start[img])
+            scores[img, step] = _scores(model_score, batch)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    fractions = fractions.to(start.device)
+    return CurveResult(kind, fractions, scores, torch.trapezoid(scores, fractions, dim=1))
+
+
+def deletion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps: int = 50,
+                   baseline: str | Tensor | float = "zero", batch_size: int = 64,
+                   blur_sigma: float = DEFAULT_BLUR_SIGMA, progress: bool = False) -> CurveResult:
+    """Deletion curve (Petsiuk et al. 2018): replace pixels by the baseline from most to least salient.
+
+    At step ``s`` of ``steps`` the ``round(s / steps * H * W)`` most salient pixels (highest map value; ties by
+    pixel index) are replaced in every channel, so the curve starts at the image and ends at the baseline.
+    Lower area = more faithful map.
+
+    Args:
+        model_score: batch (B, C, H, W) -> probability of the explained class (B,).
+        inputs: (N, C, H, W).
+        maps: (N, H, W) at the input's resolution.
+        steps: number of equal steps (the curve has ``steps + 1`` points).
+        baseline: see :func:`make_baseline`.
+        batch_size: perturbed images per call of ``model_score``.
+        blur_sigma: blur std for the ``"blur"`` baseline.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`CurveResult` with kind ``"deletion"``.
+    """
+    inputs, maps = _check(inputs, maps)
+    return _curve("deletion", model_score, inputs, make_baseline(inputs, baseline, blur_sigma), maps, steps,
+                  batch_size, progress)
+
+
+def insertion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps: int = 50,
+                    baseline: str | Tensor | float = "blur", batch_size: int = 64,
+                    blur_sigma: float = DEFAULT_BLUR_SIGMA, progress: bool = False) -> CurveResult:
+    """Insertion curve (Petsiuk et al. 2018): start from the blurred image, insert original pixels, most salient first.
+
+    Arguments as :func:`deletion_curve`; the default start is the ``"blur"`` baseline. Higher area = more
+    faithful map.
+
+    Returns:
+        :class:`CurveResult` with kind ``"insertion"``.
+    """
+    inputs, maps = _check(inputs, maps)
+    return _curve("insertion", model_score, make_baseline(inputs, baseline, blur_sigma), inputs, maps, steps,
+                  batch_size, progress)
+
+
+def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Sequence[float] = ROAD_FRACTIONS,
+         order: str = "morf", noise: float = 0.01, generator: torch.Generator | int | None = None,
+         batch_size: int = 64, progress: bool = False) -> CurveResult:
+    """ROAD (Rong et al. 2022): remove a share of pixels and impute them by noisy linear imputation.
+
+    For each fraction ``f`` the ``round(f * H * W)`` most (``order="morf"``) or least (``"lerf"``) salient
+    pixels are removed and filled jointly by the weighted mean of their 8 neighbours plus Gaussian noise (see
+    :mod:`saliencekit.trust._imputation`), so the removal itself leaks no shape. A faithful map makes the
+    probability fall fast with MoRF (low area) and slowly with LeRF (high area).
+
+    Args:
+        model_score: batch (B, C, H, W) -> probability of the explained class (B,).
+        inputs: (N, C, H, W).
+        maps: (N, H, W) at the input's resolution.
+        fractions: shares of pixels removed, each in [0, 1].
+        order: ``"morf"`` (most relevant first) or ``"lerf"`` (least relevant first).
+        noise: std of the imputation noise, in input units.
+        generator: torch.Generator or seed for the noise (None: seed 0).
+        batch_size: images imputed and scored together.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`CurveResult` with kind ``"road_morf"`` / ``"road_lerf"``; ``auc`` is the trapezoid area over the
+        given fractions (not rescaled to [0, 1]).
+    """
+    inputs, maps = _check(inputs, maps)
+    if order not in ("morf", "lerf"):
+        raise UnknownNameError("ROAD order", order, ["morf", "lerf"])
+    fr = torch.as_tensor(list(fractions), dtype=torch.float64)
+    if fr.numel() == 0 or bool(((fr < 0) | (fr > 1)).any()):
+        raise InputError(f"road fractions must be a non-empty list of shares in [0, 1], got {list(fractions)}")
+    gen = make_generator(generator)
+    n, _, h, w = inputs.shape
+    ranks = salience_ranks(maps, descending=(order == "morf"))
+    counts = torch.round(fr * h * w).long().to(inputs.device)
+    jobs = [(i, s) for i in range(n) for s in range(fr.numel())]
+    scores = torch.empty(n, fr.numel(), dtype=torch.float64, device=inputs.device)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"road {order}", unit="img")
+    with torch.inference_mode():
+        for lo in range(0, len(jobs), batch_size):
+            chunk = jobs[lo:lo + batch_size]
+            img = torch.tensor([j[0] for j in chunk], device=inputs.device)
+            step = torch.tensor([j[1] for j in chunk], device=inputs.device)
+            removed = (ranks[img] < counts[step].unsqueeze(1)).view(-1, h, w)
+            batch = noisy_linear_impute(inputs[img], removed, noise=noise, generator=gen)
+            scores[img, step] = _scores(model_score, batch)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    fr = fr.to(inputs.device)
+    auc = torch.trapezoid(scores, fr, dim=1) if fr.numel() > 1 else scores[:, 0].clone()
+    return CurveResult(f"road_{order}", fr, scores, auc)

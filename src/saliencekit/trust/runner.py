@@ -1,0 +1,726 @@
+"""Run the trust checks over a run directory (or a model and images) and build ``checks.json``.
+
+:func:`run_checks` computes each chosen method's maps once, runs the selected checks, draws the figures
+and returns the plain-data dict documented in ``docs/checks_json.md`` (written to ``OUT/checks.json`` when
+``out_dir`` is given). The faithfulness, localisation and complexity runners here are thin loops over the
+pure metric functions of :mod:`saliencekit.trust`.
+
+>>> result = run_checks("runs/cxr", methods=["gradient", "gradcam"], out_dir="runs/cxr/checks")  # doctest: +SKIP
+>>> result["summary"]["recommended"]  # doctest: +SKIP
+['gradcam']
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from saliencekit import _atomic
+from saliencekit.errors import InputError, UnknownNameError
+from saliencekit.trust._explaining import (
+    MethodSpecs,
+    compute_maps,
+    engine_specs,
+    mean_of,
+    normalize_specs,
+    predicted,
+    summarize,
+)
+
+CHECKS = ("model_randomization", "data_randomization", "input_invariance", "agreement", "faithfulness",
+          "localization", "complexity")
+DEFAULT_METHODS = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
+                   "gradcam", "gradcam++", "scorecam")
+SHORTCUT_MASK = "shortcut"
+SHORTCUT_FACTOR = 3.0  # a map "relies on the marker" when its mass share there is >= 3x the marker's area share
+
+
+def default_methods() -> list[str]:
+    """The default method set (:data:`DEFAULT_METHODS`) restricted to the registered methods."""
+    from saliencekit.methods import list_methods
+
+    registered = set(list_methods())
+    return [m for m in DEFAULT_METHODS if m in registered]
+
+
+def parse_method_option(text: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``LABEL=METHOD[:key=value[,key=value...]]`` (values: int, float, true/false/none, else text).
+
+    >>> parse_method_option("ig_white=integrated_gradients:baseline=white,steps=32")
+    ('ig_white', {'method': 'integrated_gradients', 'baseline': 'white', 'steps': 32})
+    """
+    label, sep, rest = text.partition("=")
+    if not sep or not label.strip() or not rest.strip():
+        raise InputError(f"method option {text!r} must look like LABEL=METHOD[:key=value,...], "
+                         "e.g. ig_white=integrated_gradients:baseline=white")
+    method, _, opts = rest.partition(":")
+    spec: dict[str, Any] = {"method": method.strip()}
+    for item in filter(None, (s.strip() for s in opts.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise InputError(f"method option {item!r} in {text!r} must be key=value")
+        spec[key.strip()] = _parse_value(value.strip())
+    return label.strip(), spec
+
+
+def _parse_value(v: str) -> Any:
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def slug(label: str) -> str:
+    """A file-name-safe version of a method label (``gradcam++`` -> ``gradcampp``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", label.replace("+", "p"))
+
+
+@dataclass
+class CheckSettings:
+    """Tunable costs of the checks (the defaults suit a CPU and 32 images of 256x256).
+
+    Attributes:
+        shift: constant of the input-shift check.
+        deletion_steps: steps of the deletion / insertion curves.
+        road_fractions: shares of pixels removed by ROAD.
+        pointing_tolerance: pointing-game tolerance in pixels at 256 pixels a side; scaled to the image size.
+        sensitivity_samples: noise draws of max-sensitivity.
+        sensitivity_radius: noise bound of max-sensitivity, relative to the image's value range.
+        random_label_images: training images used to fit the random-label model.
+        random_label_epochs: most epochs of random-label training.
+        random_label_accuracy: stop once the random-label model fits this share of its training labels.
+        topk: share of pixels of the top-k overlap.
+        batch_size: images per engine call.
+    """
+
+    shift: float = 1.0
+    deletion_steps: int = 20
+    road_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    pointing_tolerance: float = 15.0
+    sensitivity_samples: int = 5
+    sensitivity_radius: float = 0.02
+    random_label_images: int = 128
+    random_label_epochs: int = 40
+    random_label_accuracy: float = 0.95
+    topk: float = 0.1
+    batch_size: int = 16
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
+        d["road_fractions"] = list(self.road_fractions)
+        return {**d, **self.extra}
+
+
+@dataclass
+class _Context:
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    preds: torch.Tensor
+    probs: torch.Tensor
+    specs: dict[str, dict[str, Any]]
+    maps: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    layer: str | None
+    seed: int
+    settings: CheckSettings
+    out_dir: Path | None
+    figures: bool
+    progress: bool
+    train_data: tuple[torch.Tensor, torch.Tensor] | None = None
+    random_model: nn.Module | None = None
+    num_classes: int = 2
+
+
+def _save(ctx: _Context, fig: Any, rel: str, into: list[str]) -> None:
+    try:
+        if ctx.figures and ctx.out_dir is not None:
+            _atomic.save_figure(fig, ctx.out_dir / rel)
+            into.append(rel)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def _check_model_randomization(ctx: _Context) -> dict[str, Any]:
+    from saliencekit.trust import figures as F
+    from saliencekit.trust.randomization import METRICS, model_randomization
+
+    out: dict[str, Any] = {"metrics": list(METRICS)}
+    figs: list[str] = []
+    for mode in ("cascading", "independent"):
+        res = model_randomization(ctx.model, ctx.images, ctx.specs, mode=mode, target=ctx.preds, layer=ctx.layer,
+                                  seed=ctx.seed, original_maps=ctx.maps, batch_size=ctx.settings.batch_size,
+                                  progress=ctx.progress)
+        d = res.to_dict()
+        _save(ctx, F.plot_randomization_curves(res), f"model_randomization/{mode}_curves.png", figs)
+        for label in ctx.specs:
+            mfigs: list[str] = []
+            if mode == "cascading":
+                _save(ctx, F.plot_randomization_strip(res, label), f"model_randomization/strip_{slug(label)}.png",
+                      mfigs)
+                _save(ctx, F.plot_method_curves(res, label), f"model_randomization/curves_{slug(label)}.png", mfigs)
+            d["methods"][label]["figures"] = mfigs
+        if mode == "cascading":
+            _save(ctx, F.plot_randomization_strip(res), "model_randomization/strip.png", figs)
+        out[mode] = d
+    out["figures"] = figs
+    out["ranking"] = _rank({lb: out["cascading"]["methods"][lb].get("value") for lb in ctx.specs}, False)
+    return out
+
+
+def _check_data_randomization(ctx: _Context) -> dict[str, Any]:
+    from saliencekit.trust import figures as F
+    from saliencekit.trust.randomization import data_randomization, train_on_permuted_labels
+
+    s = ctx.settings
+    training: dict[str, Any] = {}
+    rnd = ctx.random_model
+    if rnd is None:
+        assert ctx.train_data is not None
+        x, y = ctx.train_data
+        gen = torch.Generator().manual_seed(ctx.seed)
+        keep = torch.randperm(x.shape[0], generator=gen)[: s.random_label_images]
+        dev = ctx.images.device
+        rnd, training = train_on_permuted_labels(
+            ctx.model, x[keep].to(dev), y[keep], num_classes=ctx.num_classes, epochs=s.random_label_epochs,
+            target_accuracy=s.random_label_accuracy, seed=ctx.seed, progress=ctx.progress)
+    res = data_randomization(ctx.model, rnd, ctx.images, ctx.specs, target=ctx.preds, layer=ctx.layer,
+                             seed=ctx.seed, original_maps=ctx.maps, training=training,
+                             batch_size=s.batch_size)
+    d = res.to_dict()
+    figs: list[str] = []
+    _save(ctx, F.plot_data_randomization(res), "data_randomization/maps.png", figs)
+    for label in ctx.specs:
+        d["methods"][label]["figures"] = []
+    d["figures"] = figs
+    d["ranking"] = _rank({lb: d["methods"][lb]["value"] for lb in ctx.specs}, False)
+    return d
+
+
+def _check_input_invariance(ctx: _Context) -> dict[str, Any]:
+    from saliencekit.trust import figures as F
+    from saliencekit.trust.invariance import input_invariance
+
+    res = input_invariance(ctx.model, ctx.images, ctx.specs, shift=ctx.settings.shift, target=ctx.preds,
+                           layer=ctx.layer, batch_size=ctx.settings.batch_size, seed=ctx.seed)
+    d = res.to_dict()
+    figs: list[str] = []
+    _save(ctx, F.plot_invariance_maps(res), "input_invariance/maps.png", figs)
+    for part in ("compensated", "uncompensated"):
+        for label in ctx.specs:
+            d[part]["methods"][label]["figures"] = list(figs)
+    d["figures"] = figs
+    return d
+
+
+def _check_agreement(ctx: _Context) -> dict[str, Any]:
+    from saliencekit.trust import figures as F
+    from saliencekit.trust.agreement import agreement
+
+    res = agreement(ctx.maps, topk=ctx.settings.topk, seed=ctx.seed)
+    d = res.to_dict()
+    figs: list[str] = []
+    _save(ctx, F.plot_agreement(res), "agreement/matrix.png", figs)
+    d["figures"] = figs
+    return d
+
+
+def _score_fn(model: nn.Module, cls: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    from saliencekit.methods._capture import eval_mode
+    from saliencekit.methods.targets import class_probabilities
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        with eval_mode(model), torch.inference_mode():
+            out = model(batch)
+        out = out[:, None] if out.ndim == 1 else out
+        return class_probabilities(out, torch.full((batch.shape[0],), cls, dtype=torch.long, device=out.device))
+
+    return score
+
+
+def faithfulness_curves(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: torch.Tensor,
+                        steps: int = 20, road_fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+                        seed: int = 0, batch_size: int = 64) -> dict[str, Any]:
+    """Deletion, insertion and ROAD (MoRF, LeRF) curves of one method's maps, the explained class per image.
+
+    The metric functions score a whole batch with one callable, so the images are grouped by their explained
+    class and each group is scored with that class's probability; the per-image rows are put back in order.
+
+    Returns:
+        kind -> :class:`~saliencekit.trust.faithfulness.CurveResult` over all images.
+    """
+    from saliencekit.trust.faithfulness import CurveResult, deletion_curve, insertion_curve, road
+
+    n = images.shape[0]
+    parts: dict[str, list[tuple[torch.Tensor, CurveResult]]] = {}
+    maps = maps.to(images.device)
+    for cls in torch.unique(target).tolist():
+        idx = torch.nonzero(target.cpu() == cls).flatten()
+        x, m = images[idx.to(images.device)], maps[idx.to(images.device)]
+        fn = _score_fn(model, int(cls))
+        runs = {
+            "deletion": deletion_curve(fn, x, m, steps=steps, batch_size=batch_size),
+            "insertion": insertion_curve(fn, x, m, steps=steps, batch_size=batch_size),
+            "road_morf": road(fn, x, m, road_fractions, order="morf", generator=seed, batch_size=batch_size),
+            "road_lerf": road(fn, x, m, road_fractions, order="lerf", generator=seed, batch_size=batch_size),
+        }
+        for kind, r in runs.items():
+            parts.setdefault(kind, []).append((idx, r))
+    out = {}
+    for kind, items in parts.items():
+        fr = items[0][1].fractions.cpu()
+        scores = torch.full((n, fr.numel()), math.nan, dtype=torch.float64)
+        auc = torch.full((n,), math.nan, dtype=torch.float64)
+        for idx, r in items:
+            scores[idx] = r.scores.cpu()
+            auc[idx] = r.auc.cpu()
+        out[kind] = CurveResult(kind, fr, scores, auc)
+    return out
+
+
+def _check_faithfulness(ctx: _Context) -> dict[str, Any]:
+    from saliencekit.trust import figures as F
+
+    s = ctx.settings
+    methods: dict[str, Any] = {}
+    all_curves: dict[str, Any] = {}
+    figs: list[str] = []
+    for label in tqdm(ctx.specs, desc="faithfulness", disable=not ctx.progress, leave=False):
+        curves = faithfulness_curves(ctx.model, ctx.images, ctx.maps[label], ctx.preds, s.deletion_steps,
+                                     s.road_fractions, ctx.seed, batch_size=max(s.batch_size, 32))
+        all_curves[label] = curves
+        mfigs: list[str] = []
+        _save(ctx, F.plot_faithfulness_curves({label: curves}, title=f"Faithfulness of {label}"),
+              f"faithfulness/curves_{slug(label)}.png", mfigs)
+        methods[label] = {f"{k}_auc": summarize(c.auc, ctx.seed) for k, c in curves.items()}
+        methods[label]["curves"] = {k: {"fractions": c.fractions.tolist(),
+                                        "mean": [mean_of(col) for col in c.scores.T]} for k, c in curves.items()}
+        methods[label]["figures"] = mfigs
+    _save(ctx, F.plot_faithfulness_curves(all_curves, kinds=["deletion", "insertion"]), "faithfulness/curves.png",
+          figs)
+    score = {lb: _get_mean(m, "insertion_auc") - _get_mean(m, "deletion_auc") for lb, m in methods.items()}
+    return {"methods": methods, "ranking": _rank(score, True),
+            "ranking_by": "insertion AUC - deletion AUC (higher is better)",
+            "settings": {"deletion_steps": s.deletion_steps, "deletion_baseline": "zero",
+                         "insertion_baseline": "blur", "road_fractions": list(s.road_fractions),
+                         "target": "predicted class", "pixel_order": "map value, highest first (signed maps as is)"},
+            "figures": figs}
+
+
+def _get_mean(d: Mapping[str, Any], key: str) -> float:
+    v = d.get(key, {}) or {}
+    m = v.get("mean") if isinstance(v, Mapping) else v
+    return float("nan") if m is None else float(m)
+
+
+def _rank(scores: Mapping[str, float | None], higher_is_better: bool) -> list[str]:
+    from saliencekit.trust.stats import rank_methods
+
+    clean = {k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in scores.items()}
+    return rank_methods(clean, higher_is_better=higher_is_better)
+
+
+def _check_localization(ctx: _Context) -> dict[str, Any]:
+    from saliencekit.trust import figures as F
+    from saliencekit.trust.localization import (
+        energy_pointing_game,
+        mask_share,
+        pointing_game,
+        relevance_mass,
+        relevance_rank,
+    )
+
+    kind = _lesion_kind(ctx.masks)
+    assert kind is not None
+    masks = ctx.masks[kind]
+    shortcut = ctx.masks.get(SHORTCUT_MASK)
+    h, w = ctx.images.shape[-2:]
+    tol = ctx.settings.pointing_tolerance * min(h, w) / 256
+    methods: dict[str, Any] = {}
+    for label, maps in ctx.maps.items():
+        entry = {
+            "pointing_game": summarize(pointing_game(maps, masks, tolerance=tol), ctx.seed),
+            "energy_pointing_game": summarize(energy_pointing_game(maps, masks), ctx.seed),
+            "relevance_mass": summarize(relevance_mass(maps, masks), ctx.seed),
+            "relevance_rank": summarize(relevance_rank(maps, masks), ctx.seed),
+            "lesion_share": summarize(mask_share(maps, masks), ctx.seed),
+            "shortcut_share": None,
+            "figures": [],
+        }
+        if shortcut is not None and bool(shortcut.flatten(1).any(1).any()):
+            entry["shortcut_share"] = summarize(mask_share(maps, shortcut), ctx.seed)
+        methods[label] = entry
+    figs: list[str] = []
+    _save(ctx, F.plot_metric_bars({lb: methods[lb] for lb in methods},
+                                  ["pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank"],
+                                  f"Localisation against the {kind!r} masks (mean, 95% CI)"),
+          "localization/metrics.png", figs)
+    out = {"mask": kind, "pointing_tolerance_pixels": tol,
+           "mask_area_share": summarize(_area_share(masks), ctx.seed),
+           "methods": methods,
+           "ranking": _rank({lb: _get_mean(m, "relevance_mass") for lb, m in methods.items()}, True),
+           "ranking_by": "relevance mass (higher is better)", "figures": figs}
+    if shortcut is not None:
+        out["shortcut_area_share"] = summarize(_area_share(shortcut), ctx.seed)
+    return out
+
+
+def _area_share(masks: torch.Tensor) -> torch.Tensor:
+    m = (masks > 0.5).flatten(1).double()
+    share = m.mean(1)
+    return torch.where(m.sum(1) > 0, share, torch.full_like(share, math.nan))
+
+
+def _check_complexity(ctx: _Context) -> dict[str, Any]:
+    from saliencekit.trust import figures as F
+    from saliencekit.trust.complexity import complexity, max_sensitivity, sparseness
+
+    s = ctx.settings
+    methods: dict[str, Any] = {}
+    for label, maps in tqdm(ctx.maps.items(), desc="complexity", disable=not ctx.progress, leave=False):
+        spec = engine_specs({label: ctx.specs[label]})
+
+        def fn(x: torch.Tensor, _spec: dict[str, Any] = spec, _label: str = label) -> torch.Tensor:
+            return compute_maps(ctx.model, x, normalize_specs(_spec), ctx.preds, ctx.layer,
+                                ctx.settings.batch_size)[_label]
+
+        methods[label] = {
+            "sparseness": summarize(sparseness(maps), ctx.seed),
+            "complexity": summarize(complexity(maps), ctx.seed),
+            "max_sensitivity": summarize(max_sensitivity(fn, ctx.images, radius=s.sensitivity_radius,
+                                                         samples=s.sensitivity_samples, generator=ctx.seed),
+                                         ctx.seed),
+            "figures": [],
+        }
+    figs: list[str] = []
+    _save(ctx, F.plot_metric_bars(methods, ["sparseness", "complexity", "max_sensitivity"],
+                                  "Complexity and robustness (mean, 95% CI)"), "complexity/metrics.png", figs)
+    return {"methods": methods,
+            "ranking": _rank({lb: _get_mean(m, "max_sensitivity") for lb, m in methods.items()}, False),
+            "ranking_by": "max-sensitivity (lower is more robust)",
+            "settings": {"samples": s.sensitivity_samples, "radius": s.sensitivity_radius},
+            "figures": figs}
+
+
+_RUNNERS: dict[str, Callable[[_Context], dict[str, Any]]] = {
+    "model_randomization": _check_model_randomization,
+    "data_randomization": _check_data_randomization,
+    "input_invariance": _check_input_invariance,
+    "agreement": _check_agreement,
+    "faithfulness": _check_faithfulness,
+    "localization": _check_localization,
+    "complexity": _check_complexity,
+}
+
+
+def _lesion_kind(masks: Mapping[str, torch.Tensor]) -> str | None:
+    for kind in ("lesion", *sorted(masks)):
+        if kind != SHORTCUT_MASK and kind in masks and bool((masks[kind] > 0.5).flatten(1).any(1).any()):
+            return kind
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def _summary(checks: Mapping[str, Any], specs: Mapping[str, Any], masks: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    methods: dict[str, dict[str, Any]] = {}
+    for label in specs:
+        m: dict[str, Any] = {}
+        if "model_randomization" in checks:
+            m["model_randomization"] = checks["model_randomization"]["cascading"]["methods"][label].get("passed")
+        if "data_randomization" in checks:
+            m["data_randomization"] = checks["data_randomization"]["methods"][label].get("passed")
+        if "input_invariance" in checks:
+            m["input_invariance"] = checks["input_invariance"]["compensated"]["methods"][label]["invariant"]
+        if "faithfulness" in checks:
+            f = checks["faithfulness"]["methods"][label]
+            m["deletion_auc"] = _get_mean(f, "deletion_auc")
+            m["insertion_auc"] = _get_mean(f, "insertion_auc")
+        if "localization" in checks:
+            loc = checks["localization"]["methods"][label]
+            m["relevance_mass"] = _get_mean(loc, "relevance_mass")
+            m["pointing_game"] = _get_mean(loc, "pointing_game")
+            if loc.get("shortcut_share"):
+                m["shortcut_share"] = _get_mean(loc, "shortcut_share")
+        if "complexity" in checks:
+            m["sparseness"] = _get_mean(checks["complexity"]["methods"][label], "sparseness")
+        methods[label] = m
+
+    sane = [lb for lb, m in methods.items()
+            if m.get("model_randomization") is not False and m.get("data_randomization") is not False]
+
+    def quality(lb: str) -> float:
+        m = methods[lb]
+        if "relevance_mass" in m and math.isfinite(m["relevance_mass"]):
+            return m["relevance_mass"]
+        if "insertion_auc" in m:
+            return m["insertion_auc"] - m["deletion_auc"]
+        return 0.0
+
+    recommended = sorted(sane, key=lambda lb: -quality(lb) if math.isfinite(quality(lb)) else math.inf)
+    reasons: dict[str, str] = {}
+    for lb in recommended:
+        m = methods[lb]
+        bits = []
+        if m.get("model_randomization"):
+            bits.append("its maps vanish when the weights are randomised")
+        if m.get("data_randomization"):
+            bits.append("differ from a random-label model's")
+        if "relevance_mass" in m and math.isfinite(m["relevance_mass"]):
+            bits.append(f"puts {m['relevance_mass']:.0%} of its mass on the lesion")
+        if "insertion_auc" in m:
+            bits.append(f"insertion AUC {m['insertion_auc']:.2f}, deletion AUC {m['deletion_auc']:.2f}")
+        reasons[lb] = ("Passes the sanity checks that were run: " + "; ".join(bits) + ".") if bits else \
+            "No sanity check failed (none was run)."
+    not_recommended = {lb: "; ".join(
+        f"failed {c.replace('_', ' ')}" for c in ("model_randomization", "data_randomization")
+        if methods[lb].get(c) is False) for lb in methods if lb not in sane}
+    out: dict[str, Any] = {"methods": methods, "recommended": recommended, "reasons": reasons,
+                           "not_recommended": not_recommended,
+                           "recommendation_rule": "methods that fail no randomisation check, best first by relevance "
+                                                  "mass (when masks exist) else insertion AUC - deletion AUC"}
+    out["shortcut"] = _shortcut_summary(checks, methods, recommended, masks)
+    return out
+
+
+def _shortcut_summary(checks: Mapping[str, Any], methods: Mapping[str, Any], recommended: Sequence[str],
+                      masks: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
+    sc = masks.get(SHORTCUT_MASK)
+    present = sc is not None and bool((sc > 0.5).flatten(1).any(1).any())
+    if not present:
+        return {"present_in_data": False, "detected": None, "marker_share": None, "lesion_share": None,
+                "evidence": "no shortcut masks in the data"}
+    loc = checks.get("localization")
+    if loc is None:
+        return {"present_in_data": True, "detected": None, "marker_share": None, "lesion_share": None,
+                "evidence": "the localisation check was not run"}
+    candidates = [lb for lb in recommended if loc["methods"][lb].get("shortcut_share")] or \
+        [lb for lb in methods if loc["methods"][lb].get("shortcut_share")]
+    if not candidates:
+        return {"present_in_data": True, "detected": None, "marker_share": None, "lesion_share": None,
+                "evidence": "no map could be compared with the marker masks"}
+    lb = candidates[0]
+    marker = _get_mean(loc["methods"][lb], "shortcut_share")
+    lesion = _get_mean(loc["methods"][lb], "lesion_share")
+    area = _get_mean(loc, "shortcut_area_share")
+    detected = bool(math.isfinite(marker) and math.isfinite(area) and marker >= SHORTCUT_FACTOR * area)
+    evidence = (f"{lb} puts {marker:.0%} of its map mass on the marker, which covers {area:.1%} of the image "
+                f"({marker / area if area > 0 else float('inf'):.1f}x its area share; lesion share {lesion:.0%}); "
+                + ("the model appears to use the marker" if detected else "no sign that the model uses the marker"))
+    return {"present_in_data": True, "detected": detected, "method": lb, "marker_share": marker,
+            "lesion_share": lesion, "marker_area_share": area,
+            "rule": f"detected when the map mass share on the marker is >= {SHORTCUT_FACTOR:g}x the marker's area "
+                    "share (images with a marker)",
+            "evidence": evidence}
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def _pick(labels: torch.Tensor | None, n_total: int, n: int, seed: int) -> torch.Tensor:
+    """``n`` indices, classes interleaved (balanced), order reproducible from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n_total, generator=gen)
+    if labels is None:
+        return perm[:n]
+    by_class = [perm[labels[perm] == c] for c in torch.unique(labels).tolist()]
+    order = [int(g[i]) for i in range(max(len(g) for g in by_class)) for g in by_class if i < len(g)]
+    return torch.tensor(order[:n], dtype=torch.long)
+
+
+def run_checks(
+    run: Any = None,
+    *,
+    model: nn.Module | None = None,
+    images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    files: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    train_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    random_model: nn.Module | None = None,
+    methods: MethodSpecs | None = None,
+    checks: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+    n_images: int = 32,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    layer: str | None = None,
+    settings: CheckSettings | None = None,
+    figures: bool = True,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run the trust checks and return (and, with ``out_dir``, write) the ``checks.json`` dict.
+
+    Either ``run`` (a run directory path or a :class:`saliencekit.run.Run`: its test images, masks,
+    training images and model are used) or ``model`` + ``images`` (+ optional ``labels``, ``masks``,
+    ``train_data`` or ``random_model`` for data randomisation).
+
+    Args:
+        run: run directory or Run.
+        model: the classifier (never modified) when no run is given.
+        images: (N, C, H, W) preprocessed images when no run is given.
+        labels: true labels (N,), optional.
+        masks: kind -> (N, H, W) ground-truth masks (``"lesion"``; ``"shortcut"`` for a planted marker).
+        files: a name per image for the JSON.
+        class_names: class names in label order.
+        train_data: (images, labels) to fit the random-label model on (data randomisation).
+        random_model: an already trained random-label model (data randomisation).
+        methods: names or ``{label: {"method": name, **options}}`` (default :func:`default_methods`).
+        checks: names from :data:`CHECKS` (default: every check that applies).
+        out_dir: where to write ``checks.json`` and the figures (None: nothing is written).
+        n_images: how many images (balanced over classes, chosen with ``seed``).
+        seed: seeds the image choice, randomisation, nulls, bootstrap and noise.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``... (for a run directory; a given model stays where it is).
+        layer: CAM layer (default: the engine's choice).
+        settings: costs of the checks (:class:`CheckSettings`).
+        figures: draw the figures (needs ``out_dir``).
+        progress: show progress bars.
+        command: the command line recorded in the JSON.
+
+    Raises:
+        UnknownNameError: an unknown check or method name.
+        InputError: neither a run nor a model and images, or a check that cannot run (e.g. localization
+            asked for without masks).
+    """
+    from saliencekit import __version__
+    from saliencekit.methods.targets import class_probabilities
+
+    settings = settings or CheckSettings()
+    if n_images < 2:
+        raise InputError(f"n_images must be at least 2 (the null level compares different images), got {n_images}")
+    if checks is not None:
+        for c in checks:
+            if c not in CHECKS:
+                raise UnknownNameError("check", c, CHECKS)
+    specs = normalize_specs(methods if methods is not None else default_methods())
+    masks = dict(masks or {})
+    run_dir = None
+    if run is not None:
+        from saliencekit.run import Run, load_run
+        from saliencekit.train.fit import resolve_device
+
+        if not isinstance(run, Run):
+            run = load_run(run, device=resolve_device(str(device)))
+        run_dir = str(Path(run.path).resolve())
+        model = run.model
+        test = run.dataset("test")
+        all_labels = test.labels()
+        pick = _pick(all_labels, len(test), min(n_images, len(test)), seed).tolist()
+        images = torch.stack([test.image(i) for i in pick]).to(run.device)
+        labels = all_labels[pick]
+        files = [test.sample(i).relpath for i in pick]
+        class_names = list(run.class_names)
+        for kind in run.index.mask_kinds:
+            masks[kind] = torch.stack([test.mask(i, kind) for i in pick]) > 0.5
+        wanted = checks is None or "data_randomization" in checks
+        if train_data is None and random_model is None and wanted:
+            tr = run.dataset("train")
+            train_data = (tr.images(), tr.labels())
+    if model is None or images is None:
+        raise InputError("run_checks needs a run directory (or Run), or both model= and images=")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise InputError(f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+    if run is None and images.shape[0] > n_images:
+        pick_t = _pick(labels, images.shape[0], n_images, seed)
+        images = images[pick_t]
+        labels = labels[pick_t] if labels is not None else None
+        masks = {k: v[pick_t] for k, v in masks.items()}
+        files = [files[i] for i in pick_t.tolist()] if files is not None else None
+    param = next(model.parameters(), None)
+    if param is not None:
+        images = images.to(param.device)
+    masks = {k: (v > 0.5).cpu() for k, v in masks.items()}
+
+    logits, preds = predicted(model, images)
+    probs = class_probabilities(logits, preds)
+    num_classes = 2 if logits.shape[1] == 1 else logits.shape[1]
+
+    skipped: dict[str, str] = {}
+    applicable = {
+        "model_randomization": None,
+        "data_randomization": None if (train_data is not None or random_model is not None)
+        else "no training images (give a run directory, train_data= or random_model=)",
+        "input_invariance": None,
+        "agreement": None if len(specs) >= 2 else "needs at least two methods",
+        "faithfulness": None,
+        "localization": None if _lesion_kind(masks) is not None else "no ground-truth masks for these images",
+        "complexity": None,
+    }
+    chosen = list(checks) if checks is not None else list(CHECKS)
+    todo = []
+    for c in chosen:
+        if applicable[c] is None:
+            todo.append(c)
+        else:
+            skipped[c] = applicable[c]  # type: ignore[assignment]
+    out_path = Path(out_dir) if out_dir is not None else None
+    ctx = _Context(model=model, images=images, labels=labels, preds=preds, probs=probs, specs=specs, maps={},
+                   masks=masks, layer=layer, seed=seed, settings=settings, out_dir=out_path, figures=figures,
+                   progress=progress, train_data=train_data, random_model=random_model, num_classes=num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ctx.maps = compute_maps(model, images, specs, preds, layer, settings.batch_size, progress, desc="maps")
+        results: dict[str, Any] = {}
+        bar = tqdm(todo, desc="checks", disable=not progress)
+        for name in bar:
+            bar.set_postfix(check=name, refresh=True)
+            t0 = time.perf_counter()
+            results[name] = _RUNNERS[name](ctx)
+            results[name]["seconds"] = round(time.perf_counter() - t0, 3)
+
+    image_rows = []
+    for i in range(images.shape[0]):
+        y = None if labels is None else int(labels[i])
+        image_rows.append({
+            "file": files[i] if files is not None else f"image_{i}",
+            "label": y,
+            "label_name": class_names[y] if (class_names is not None and y is not None) else None,
+            "prediction": int(preds[i]),
+            "prediction_name": class_names[int(preds[i])] if class_names is not None else None,
+            "probability": float(probs[i]),
+        })
+    result = {
+        "saliencekit_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command or "",
+        "run_dir": run_dir,
+        "settings": {"images": int(images.shape[0]), "seed": seed, "device": str(images.device), "checks": todo,
+                     "skipped": skipped, "layer": layer, **settings.to_dict()},
+        "methods": {lb: {"method": s["method"], "options": dict(s["options"])} for lb, s in specs.items()},
+        "images": image_rows,
+        "checks": results,
+    }
+    result["summary"] = _summary(results, specs, masks)
+    if out_path is not None:
+        _atomic.write_json(out_path / "checks.json", result)
+    return result
+
+
+__all__ = ["CHECKS", "DEFAULT_METHODS", "CheckSettings", "default_methods", "faithfulness_curves",
+           "parse_method_option", "run_checks"]
