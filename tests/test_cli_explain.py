@@ -147,8 +147,7 @@ def test_explain_torchscript_gradient_family_and_clear_error_for_layer_methods(
     image = images / "effusion" / "img0.png"
     argv = ["explain", "--model-file", ts, "--image-size", SIZE, image, "--out", tmp_path / "ts", "--no-progress",
             "--target", "1"]
-    with pytest.warns(FutureWarning):
-        assert _run([*argv, "--methods", "gradient,smoothgrad"]) == 0
+    assert _run([*argv, "--methods", "gradient,smoothgrad"]) == 0
     x = Preprocessing(size=(SIZE, SIZE)).load(image)[None]
     with np.load(tmp_path / "ts" / "img0" / "maps.npz") as z:
         ref = sk.create_method("gradient", model).attribute(x, target=1).maps[0].numpy()
@@ -167,8 +166,7 @@ def test_explain_torchscript_gradient_family_and_clear_error_for_layer_methods(
 
     LayerDummy.name = "layer_dummy"
     monkeypatch.setitem(registry._REGISTRY, "layer_dummy", LayerDummy)
-    with pytest.warns(FutureWarning):
-        assert _run([*argv, "--methods", "gradient,layer_dummy"]) == 2
+    assert _run([*argv, "--methods", "gradient,layer_dummy"]) == 2
     err = capsys.readouterr().err
     assert "['layer_dummy']" in err and "TorchScript" in err and "integrated_gradients" in err
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,17 +52,28 @@ def load_model_file(path: str | os.PathLike[str], device: str | torch.device = "
     if not path.is_file():
         raise RunDirError(f"model file not found: {path}")
     try:
-        model = torch.jit.load(str(path), map_location=device)
-    except Exception:
-        try:
+        if _is_torchscript_archive(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still loads
+                model = torch.jit.load(str(path), map_location=device)
+        else:
             model = torch.load(path, map_location=device, weights_only=False)
-        except Exception as exc:
-            raise RunDirError(f"cannot load {path} as a TorchScript file or a saved nn.Module: {exc}") from exc
+    except Exception as exc:
+        raise RunDirError(f"cannot load {path} as a TorchScript file or a saved nn.Module: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise RunDirError(f"{path} holds a {type(model).__name__}, not a whole model; save it with torch.save(model) "
                           "or torch.jit.save(torch.jit.script(model)) (a state_dict needs the architecture: use a "
                           "run directory)")
     return model.eval()
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """TorchScript archives hold compiled code (``*/code/...``) and ``constants.pkl``; ``torch.save`` files do not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
