@@ -107,8 +107,10 @@ def torchscript_methods() -> list[str]:
     return [n for n in list_methods() if _works_on_torchscript(method_class(n))]
 
 
-def _works_on_torchscript(cls: type) -> bool:
-    return bool(cls.works_on_torchscript and not cls.needs_layer and getattr(cls, "relu_rule", None) is None)
+def _works_on_torchscript(method: object) -> bool:
+    """From the capability flags of a method class or instance (a wrapper's instance inherits its base's flags)."""
+    return bool(getattr(method, "works_on_torchscript", True) and not getattr(method, "needs_layer", False)
+                and getattr(method, "relu_rule", None) is None)
 
 
 def _safe(name: str) -> str:
@@ -169,7 +171,7 @@ def explain_files(
     common = {"batch_size": batch_size, "precision": precision}
     built = build_methods(model, methods, layer=layer, **common)  # validates names and options up front
     if is_torchscript(model):
-        bad = [label for label, m in built.items() if not _works_on_torchscript(type(m))]
+        bad = [label for label, m in built.items() if not _works_on_torchscript(m)]
         if bad:
             raise InputError(f"method(s) {bad} need layer hooks or ReLU rules, which TorchScript models do not "
                              f"support; on TorchScript use {', '.join(torchscript_methods())}, or load the model "
