@@ -1,6 +1,11 @@
-"""Imports every module that registers built-in methods (the registry loads this once)."""
+"""Imports every module that registers built-in methods (the registry loads this once).
 
-import saliencekit.methods.backprop  # guided_backprop, deconvnet, guided_gradcam
+The import order is the order of ``list_methods()``.
+"""
+
+# isort: off
+import saliencekit.methods.gradient  # gradient, gradient_x_input
 import saliencekit.methods.cam  # gradcam, gradcam++, xgradcam, hirescam, layercam
+import saliencekit.methods.backprop  # guided_backprop, deconvnet, guided_gradcam
 import saliencekit.methods.scorecam  # noqa: F401  (scorecam)
-from saliencekit.methods import gradient  # noqa: F401
+# isort: on
