@@ -7,7 +7,6 @@ import os
 import pytest
 import torch
 
-
 # Tests use tiny models, for which thread start-up and contention cost more than a second core gives.
 torch.set_num_threads(1)
 
