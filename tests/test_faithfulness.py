@@ -187,8 +187,9 @@ def test_road_morf_vs_lerf(device):
     assert (morf.scores < 0.05).all()  # the spot is imputed away first
     assert (lerf.scores[:, :-1] > 0.95).all()  # kept until only the 10% most relevant pixels remain... and then
     assert (morf.auc < lerf.auc).all()
-    again = road(spot_model, x, m, order="morf", generator=0)
-    assert torch.equal(again.scores, morf.scores)
+    again = road(spot_model, x, m, order="morf", generator=0, batch_size=4)
+    assert torch.equal(again.scores, morf.scores)  # same seed, other batch size: same noise
+    assert not torch.equal(road(spot_model, x, m, order="morf", generator=1).scores, morf.scores)
     # the imputation leaks no shape: with zero noise, removing the 10% least relevant keeps the score
     zero = road(spot_model, x, m, fractions=[0.0, 0.1], order="lerf", noise=0.0)
     assert torch.allclose(zero.scores[:, 0], spot_model(x).double())
