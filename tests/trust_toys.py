@@ -81,9 +81,9 @@ def _trained() -> tuple[dict[str, torch.Tensor], float]:
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            x, y, _ = blob_data(64)
+            x, y, _ = blob_data(48)
             model = small_cnn()
-            acc = fit(model, x, y)
+            acc = fit(model, x, y, epochs=8)
     finally:
         torch.set_num_threads(old)
     model.zero_grad(set_to_none=True)
@@ -144,3 +144,125 @@ def assert_unchanged(model: nn.Module, before: dict[str, object]) -> None:
     for k, g in before["grad"].items():  # type: ignore[union-attr]
         g2 = after["grad"][k]  # type: ignore[index]
         assert (g is None and g2 is None) or (g is not None and g2 is not None and torch.equal(g, g2)), k
+
+
+SUMMARY_KEYS = {"mean", "ci_low", "ci_high", "n", "values"}
+
+
+def assert_summary(s: object, n: int | None = None) -> None:
+    """A checks.json *summary*: mean inside its CI, n = number of non-null values."""
+    assert isinstance(s, dict) and SUMMARY_KEYS <= set(s), s
+    vals = [v for v in s["values"] if v is not None]
+    assert s["n"] == len(vals)
+    if n is not None:
+        assert len(s["values"]) == n
+    if vals:
+        assert abs(s["mean"] - sum(vals) / len(vals)) < 1e-9
+        assert s["ci_low"] - 1e-12 <= s["mean"] <= s["ci_high"] + 1e-12
+
+
+def validate_checks_json(d: dict, out_dir: Path | None = None) -> None:
+    """Check a checks.json dict against docs/checks_json.md (and that listed figures exist under out_dir)."""
+    for key in ("saliencekit_version", "created", "command", "run_dir", "settings", "methods", "images", "checks",
+                "summary"):
+        assert key in d, key
+    n = d["settings"]["images"]
+    assert len(d["images"]) == n
+    for row in d["images"]:
+        assert {"file", "label", "label_name", "prediction", "probability"} <= set(row)
+        assert 0.0 <= row["probability"] <= 1.0
+    labels = list(d["methods"])
+    for spec in d["methods"].values():
+        assert set(spec) == {"method", "options"}
+    assert set(d["checks"]) == set(d["settings"]["checks"])
+    assert not set(d["checks"]) & set(d["settings"]["skipped"])
+    figures: list[str] = []
+
+    def method_figs(entry: dict) -> None:
+        assert isinstance(entry["figures"], list)
+        figures.extend(entry["figures"])
+
+    c = d["checks"]
+    if "model_randomization" in c:
+        mr = c["model_randomization"]
+        casc = mr["cascading"]
+        assert casc["steps"][0] == "original"
+        assert set(casc["null"]) == set(mr["metrics"])
+        for s in casc["null"].values():
+            assert_summary(s)
+        for lb in labels:
+            e = casc["methods"][lb]
+            assert isinstance(e["passed"], bool) and isinstance(e["reason"], str) and e["reason"]
+            for m in mr["metrics"]:
+                assert len(e["curves"][m]) == len(casc["steps"]) == len(e["curves_ci"][m])
+            method_figs(e)
+            assert e["figures"]
+        ind = mr["independent"]
+        assert ind["steps"] == casc["steps"][1:]
+        for lb in labels:
+            assert len(ind["methods"][lb]["curves"][mr["metrics"][0]]) == len(ind["steps"])
+        figures.extend(mr["figures"])
+    if "data_randomization" in c:
+        dr = c["data_randomization"]
+        assert 0.0 <= dr["random_model_train_accuracy"] <= 1.0 and dr["epochs"] >= 1
+        for lb in labels:
+            e = dr["methods"][lb]
+            assert isinstance(e["passed"], bool) and e["reason"]
+            for s in e["similarity"].values():
+                assert_summary(s, n)
+            method_figs(e)
+        figures.extend(dr["figures"])
+    if "input_invariance" in c:
+        ii = c["input_invariance"]
+        assert isinstance(ii["shift"], float)
+        assert ii["compensated"]["output_max_abs_change"] < 1e-6
+        for lb in labels:
+            e = ii["compensated"]["methods"][lb]
+            assert isinstance(e["invariant"], bool)
+            assert_summary(e["max_abs_change"], n)
+            for s in e["similarity"].values():
+                assert_summary(s, n)
+            method_figs(e)
+            method_figs(ii["uncompensated"]["methods"][lb])
+        assert 0.0 <= ii["uncompensated"]["prediction_changed_fraction"] <= 1.0
+        figures.extend(ii["figures"])
+    if "agreement" in c:
+        ag = c["agreement"]
+        assert ag["methods"] == labels
+        for m in ag["metrics"]:
+            mat = ag["matrices"][m]
+            assert len(mat) == len(labels) and all(len(r) == len(labels) for r in mat)
+            assert all(abs(mat[i][i] - 1) < 1e-9 for i in range(len(labels)))
+        figures.extend(ag["figures"])
+    if "faithfulness" in c:
+        fa = c["faithfulness"]
+        assert sorted(fa["ranking"]) == sorted(labels)
+        for lb in labels:
+            e = fa["methods"][lb]
+            for k in ("deletion_auc", "insertion_auc", "road_morf_auc", "road_lerf_auc"):
+                assert_summary(e[k], n)
+            method_figs(e)
+        figures.extend(fa["figures"])
+    if "localization" in c:
+        lo = c["localization"]
+        assert isinstance(lo["mask"], str)
+        for lb in labels:
+            e = lo["methods"][lb]
+            for k in ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank"):
+                assert_summary(e[k], n)
+            assert e["shortcut_share"] is None or SUMMARY_KEYS <= set(e["shortcut_share"])
+            method_figs(e)
+        figures.extend(lo["figures"])
+    if "complexity" in c:
+        for lb in labels:
+            e = c["complexity"]["methods"][lb]
+            for k in ("sparseness", "complexity", "max_sensitivity"):
+                assert_summary(e[k], n)
+    s = d["summary"]
+    assert set(s["methods"]) == set(labels)
+    assert set(s["recommended"]) <= set(labels) and set(s["reasons"]) == set(s["recommended"])
+    assert {"present_in_data", "detected", "marker_share", "lesion_share", "evidence"} <= set(s["shortcut"])
+    if out_dir is not None:
+        for f in figures:
+            assert not Path(f).is_absolute()
+            assert (out_dir / f).is_file(), f

@@ -257,7 +257,7 @@ def plot_faithfulness_curves(curves: Mapping[str, Mapping[str, Any]], kinds: Seq
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{kind.replace('_', ' ')} ({better.get(kind, '')})", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right" if kind in ("deletion", "road_morf") else "lower right")
     for ax in axes[len(kinds):]:
         ax.set_visible(False)
     fig.suptitle(title or "Faithfulness: mean perturbation curves")

@@ -108,6 +108,7 @@ class CheckSettings:
         random_label_accuracy: stop once the random-label model fits this share of its training labels.
         topk: share of pixels of the top-k overlap.
         batch_size: images per engine call.
+        similarity_metrics: measures of the randomisation checks (HOG is the slowest).
     """
 
     shift: float = 1.0
@@ -121,11 +122,13 @@ class CheckSettings:
     random_label_accuracy: float = 0.95
     topk: float = 0.1
     batch_size: int = 16
+    similarity_metrics: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
         d["road_fractions"] = list(self.road_fractions)
+        d["similarity_metrics"] = list(self.similarity_metrics)
         return {**d, **self.extra}
 
 
@@ -166,14 +169,15 @@ def _save(ctx: _Context, fig: Any, rel: str, into: list[str]) -> None:
 
 def _check_model_randomization(ctx: _Context) -> dict[str, Any]:
     from saliencekit.trust import figures as F
-    from saliencekit.trust.randomization import METRICS, model_randomization
+    from saliencekit.trust.randomization import model_randomization
 
-    out: dict[str, Any] = {"metrics": list(METRICS)}
+    metrics = list(ctx.settings.similarity_metrics)
+    out: dict[str, Any] = {"metrics": metrics}
     figs: list[str] = []
     for mode in ("cascading", "independent"):
         res = model_randomization(ctx.model, ctx.images, ctx.specs, mode=mode, target=ctx.preds, layer=ctx.layer,
                                   seed=ctx.seed, original_maps=ctx.maps, batch_size=ctx.settings.batch_size,
-                                  progress=ctx.progress)
+                                  metrics=metrics, progress=ctx.progress)
         d = res.to_dict()
         _save(ctx, F.plot_randomization_curves(res), f"model_randomization/{mode}_curves.png", figs)
         for label in ctx.specs:
@@ -209,7 +213,7 @@ def _check_data_randomization(ctx: _Context) -> dict[str, Any]:
             target_accuracy=s.random_label_accuracy, seed=ctx.seed, progress=ctx.progress)
     res = data_randomization(ctx.model, rnd, ctx.images, ctx.specs, target=ctx.preds, layer=ctx.layer,
                              seed=ctx.seed, original_maps=ctx.maps, training=training,
-                             batch_size=s.batch_size)
+                             metrics=list(s.similarity_metrics), batch_size=s.batch_size)
     d = res.to_dict()
     figs: list[str] = []
     _save(ctx, F.plot_data_randomization(res), "data_randomization/maps.png", figs)
