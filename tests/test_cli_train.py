@@ -76,15 +76,43 @@ def test_bad_inputs(capsys, tmp_path, cli_run) -> None:
     assert "not found" in err  # the run's classes are not in that folder
 
 
-def test_corrupt_image_and_skip_bad(capsys, tmp_path) -> None:
+def _fake_augment(monkeypatch) -> None:
+    """A stand-in for saliencekit.data.augment when this checkout does not have it yet."""
+    try:
+        importlib.import_module("saliencekit.data.augment")
+        return
+    except ImportError:
+        pass
+    mod = types.ModuleType("saliencekit.data.augment")
+
+    class Augmentation:
+        @classmethod
+        def standard(cls) -> Augmentation:
+            return cls()
+
+        def __call__(self, x):
+            return x.flip(-1)
+
+        def to_dict(self) -> dict:
+            return {"hflip": True}
+
+    mod.Augmentation = Augmentation
+    monkeypatch.setitem(sys.modules, "saliencekit.data.augment", mod)
+
+
+def test_corrupt_image_skip_bad_and_augment(capsys, tmp_path, monkeypatch) -> None:
     data = make_blobs(tmp_path / "d", n=6)
     (data / "effusion" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
     err = _fail(capsys, ["train", str(data), "--out", str(tmp_path / "r"), *TINY])
     assert "corrupt.png" in err and "--skip-bad" in err
-    assert main(["train", str(data), "--out", str(tmp_path / "r"), "--skip-bad", *TINY]) == 0
+    _fake_augment(monkeypatch)
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), "--skip-bad", "--augment", *TINY]) == 0
     err = capsys.readouterr().err
     assert "saliencekit: warning: skipping unreadable image" in err and "corrupt.png" in err
     assert "Traceback" not in err
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["config"]["augment"]["hflip"] is True
+    assert cfg["skipped_files"] == ["effusion/corrupt.png"]
 
 
 def test_every_flag_is_explained() -> None:
