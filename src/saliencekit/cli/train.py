@@ -1,9 +1,154 @@
-"""`saliencekit train` command(s). (Not implemented yet.)"""
+"""`saliencekit train`, `saliencekit evaluate` and `saliencekit models`."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from saliencekit.errors import InputError
+
+
+@contextlib.contextmanager
+def print_warnings() -> Iterator[None]:
+    """Show library warnings (e.g. skipped images) as one ``saliencekit: warning:`` line each on stderr."""
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        print(f"saliencekit: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = show
+        yield
+
+
+def standard_augmentation() -> Callable[[Any], Any]:
+    """The library's standard augmentation (rotation, shift, zoom, horizontal flip), imported lazily."""
+    try:
+        from saliencekit.data.augment import Augmentation
+    except ImportError as exc:
+        raise InputError("augmentation (saliencekit.data.augment) is not available in this installation") from exc
+    return Augmentation.standard()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's command(s) to ``subparsers``."""
+    """Add ``train``, ``evaluate`` and ``models`` to ``subparsers``."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a classifier on a folder of images (one sub-folder per class)",
+        description="Train a classifier on DATA (one sub-folder of images per class, e.g. DATA/effusion/*.png and "
+        "DATA/normal/*.png) and write a run directory: checkpoint.pt (best epoch by validation loss), config.json, "
+        "split.json, history.json, curves.png, and the test-split metrics.json, confusion.png, roc.png.",
+    )
+    p.add_argument("data", metavar="DATA", help="folder with one sub-folder of images per class")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory to write (created if missing)")
+    p.add_argument("--model", default="effusion_cnn", metavar="NAME",
+                   help="architecture from `saliencekit models` (default: effusion_cnn, the lesson's CNN)")
+    p.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training images (default: 10)")
+    p.add_argument("--image-size", type=_positive_int, default=256, metavar="PIXELS",
+                   help="images are resized to PIXELS x PIXELS (default: 256)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per optimiser step (default: 32)")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: 0.001)")
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed of the split, weight initialisation, batch order and dropout (default: 42)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--augment", action="store_true",
+                   help="augment training images (random rotation, shift, zoom, horizontal flip); off by default")
+    p.add_argument("--patience", type=_positive_int, default=None, metavar="N",
+                   help="stop early after N epochs without a lower validation loss (default: train all epochs)")
+    p.add_argument("--color", action="store_true", help="keep RGB colour (3 input channels) instead of greyscale")
+    p.add_argument("--classes", default=None, metavar="A,B",
+                   help="class folders in label order, comma-separated (default: sorted folder names, with a "
+                   "'normal' folder first for two classes so that the single logit scores the finding)")
+    p.add_argument("--test-fraction", type=float, default=0.15,
+                   help="fraction of each class for testing (default: 0.15)")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="fraction of the rest of each class for validation (default: 0.15)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines; print only the result")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="test metrics of a run (accuracy, ROC AUC, sensitivity, specificity, confusion matrix)",
+        description="Evaluate a run directory on its test split (or on every image of another folder with --data), "
+        "print the table and save metrics.json, confusion.png and roc.png in the run directory "
+        "(metrics_<folder>.json, confusion_<folder>.png, roc_<folder>.png for --data).",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory written by `saliencekit train`")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="evaluate on all images of DIR (same class sub-folders) instead of the test split")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("models", help="list the model architectures",
+                              description="List the registered model names usable with `train --model`.")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from saliencekit.train.evaluate import format_metrics
+    from saliencekit.train.fit import TrainConfig, train
+
+    config = TrainConfig(
+        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
+        grayscale=not args.color, seed=args.seed, device=args.device,
+        augment=standard_augmentation() if args.augment else None, patience=args.patience,
+        test_fraction=args.test_fraction, val_fraction=args.val_fraction, skip_bad=args.skip_bad,
+        num_threads=args.threads, classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
+    )
+    with print_warnings():
+        run = train(args.data, args.out, config, progress=not args.quiet,
+                    command=shlex.join(["saliencekit", *sys.argv[1:]]))
+    hist = run.history or {}
+    print(f"best epoch {hist.get('best_epoch')} of {len(hist.get('epochs', []))} "
+          f"(validation loss {hist.get('best_val_loss', float('nan')):.4f}); run directory: {run.path}")
+    print(format_metrics(run.metrics or {}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from saliencekit.run import load_run
+    from saliencekit.train.evaluate import evaluate, format_metrics
+    from saliencekit.train.fit import resolve_device
+
+    run = load_run(args.run, device=resolve_device(args.device))
+    with print_warnings():
+        metrics = evaluate(run, data=args.data, progress=not args.quiet)
+    print(format_metrics(metrics))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from saliencekit.models import describe, list_models
+
+    for name in list_models():
+        print(f"{name:<20} {describe(name)}")
+    return 0

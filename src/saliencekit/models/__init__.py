@@ -12,6 +12,7 @@ from saliencekit.models.zoo import (
     RpsCNN,
     count_parameters,
     create,
+    describe,
     last_conv_layer,
     list_models,
     output_units,
@@ -19,6 +20,6 @@ from saliencekit.models.zoo import (
 )
 
 __all__ = [
-    "CheckpointInfo", "EffusionCNN", "RpsCNN", "count_parameters", "create", "last_conv_layer", "list_models",
-    "load_checkpoint", "load_model_file", "output_units", "register_model", "save_checkpoint",
+    "CheckpointInfo", "EffusionCNN", "RpsCNN", "count_parameters", "create", "describe", "last_conv_layer",
+    "list_models", "load_checkpoint", "load_model_file", "output_units", "register_model", "save_checkpoint",
 ]

@@ -11,6 +11,7 @@ A checkpoint is a ``torch.save`` of a plain dict (loadable with ``weights_only=T
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,7 +149,9 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> nn.
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
     try:
-        return torch.jit.load(str(path), map_location=device).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+            return torch.jit.load(str(path), map_location=device).eval()
     except Exception:  # not TorchScript: try the other formats
         pass
     try:

@@ -95,9 +95,10 @@ class TrainConfig:
             raise InputError(f"patience must be >= 1 (or None to never stop early), got {self.patience}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form for ``config.json`` (the augmentation is described by its repr)."""
+        """Plain-data form for ``config.json`` (the augmentation by its ``to_dict()``, else its repr)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["augment"] = None if self.augment is None else repr(self.augment)
+        aug = self.augment
+        d["augment"] = None if aug is None else aug.to_dict() if hasattr(aug, "to_dict") else repr(aug)
         d["classes"] = None if self.classes is None else list(self.classes)
         d["model_kwargs"] = dict(self.model_kwargs)
         return d
@@ -210,6 +211,9 @@ def fit_model(
     validation images). Returns the history: ``{"epochs": [...], "best_epoch", "best_val_loss", "stopped_early"}``.
     """
     loss_fn = _loss_fn(num_classes)
+    # channels_last roughly halves the time of the small convolutions on CPU (oneDNN); same results
+    fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model.to(memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     n, bs = len(train_x), config.batch_size
@@ -229,7 +233,8 @@ def fit_model(
                 xb = train_x[idx]
                 if config.augment is not None:
                     xb = torch.stack([config.augment(x) for x in xb])
-                xb, yb = xb.to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)
+                xb = xb.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                yb = train_y[idx].to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
                 loss, c = _loss_and_correct(model(xb), yb, loss_fn)
                 loss.backward()
@@ -264,6 +269,7 @@ def fit_model(
     finally:
         bar.close()
     model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format)
     model.eval()
     return {"epochs": rows, "best_epoch": best_epoch, "best_val_loss": best_loss,
             "monitor": "val_loss" if len(val_x) else "train_loss", "stopped_early": stopped_early}
