@@ -23,9 +23,10 @@ from torch import nn
 from saliencekit.errors import InputError
 from saliencekit.methods._batching import BatchSize, check_batch_size, run_in_chunks
 from saliencekit.methods._capture import capture
+from saliencekit.methods._precision import Precision
 from saliencekit.methods.base import Explanation, Method, preserve_model, reduce_channels
 from saliencekit.methods.gradient import PixelGradientMethod, rows_target
-from saliencekit.methods.registry import create_method, register_method
+from saliencekit.methods.registry import create_method, method_options, register_method
 from saliencekit.methods.targets import ResolvedTarget
 
 _STATISTICS = ("mean", "mean_sq", "var")
@@ -58,6 +59,8 @@ class _NoiseTunnel(Method):
         seed: seed of the noise generator (on the input's device); ``None`` draws a fresh seed.
         batch_size: noisy images per pass, or "auto".
         reduce: channel reduction of the (N, C, H, W) result: "sum", "abs_sum", "max_abs", "mean".
+        precision: given to the wrapped method when it takes a ``precision`` option (default: its own default).
+        layer: given to the wrapped method when it takes a ``layer`` option (e.g. SmoothGrad of a CAM).
     """
 
     family = "gradient"
@@ -75,9 +78,16 @@ class _NoiseTunnel(Method):
         seed: int | None = 0,
         batch_size: BatchSize = "auto",
         reduce: str = "sum",
+        precision: Precision | None = None,
+        layer: str | nn.Module | None = None,
     ):
         super().__init__(model)
         base_options = dict(base_options or {})
+        # Options that ``explain`` hands to every method reach the wrapped method when it takes them.
+        accepted = method_options(base) if isinstance(base, str) else {}
+        for key, value in (("precision", precision), ("layer", layer)):
+            if value is not None and key in accepted and key not in base_options:
+                base_options[key] = value
         self.base: Method = create_method(base, model, **base_options)
         if not type(self.base).uses_gradients:
             raise InputError(f"{self.name or 'smoothgrad'} wraps gradient methods; {base!r} does not use gradients "
