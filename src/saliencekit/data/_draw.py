@@ -127,7 +127,7 @@ def sample_patient(rng: np.random.Generator, size: int, effusion: bool, marker: 
         dome_h=(u(0.13, 0.22), u(0.12, 0.2)),
         dome_c=u(0.28, 0.36),
         air=u(0.6, 0.72),
-        heart=(u(0.08, 0.13), u(0.27, 0.33), u(0.3, 0.36), u(0.26, 0.3), np.deg2rad(u(-35.0, -20.0))),
+        heart=(u(0.08, 0.13), u(0.25, 0.3), u(0.31, 0.37), u(0.22, 0.26), np.deg2rad(u(20.0, 35.0))),
         med_w=u(0.09, 0.12),
         rib_phase=u(0.0, 1.0),
         rib_spacing=u(0.1, 0.125),
