@@ -105,7 +105,7 @@ def sample_patient(rng: np.random.Generator, size: int, effusion: bool, marker: 
         for s in sides:
             # skewed towards small volumes: many effusions only blunt the costophrenic angle
             vols[s] = 0.01 + 0.45 * u() ** 1.2
-            men[s] = 0.05 + 0.35 * vols[s] + u(0.0, 0.05)
+            men[s] = 0.06 + 0.45 * vols[s] + u(0.0, 0.05)
         fluid = (vols[0], vols[1])
         meniscus = (men[0], men[1])
     return Patient(
@@ -127,14 +127,14 @@ def sample_patient(rng: np.random.Generator, size: int, effusion: bool, marker: 
         dome_h=(u(0.13, 0.22), u(0.12, 0.2)),
         dome_c=u(0.28, 0.36),
         air=u(0.6, 0.72),
-        heart=(u(0.08, 0.13), u(0.27, 0.33), u(0.3, 0.36), u(0.26, 0.3), np.deg2rad(u(-35.0, -20.0))),
+        heart=(u(0.08, 0.13), u(0.25, 0.3), u(0.31, 0.37), u(0.22, 0.26), np.deg2rad(u(20.0, 35.0))),
         med_w=u(0.09, 0.12),
         rib_phase=u(0.0, 1.0),
         rib_spacing=u(0.1, 0.125),
         rib_width=u(0.32, 0.42),
         rib_density=u(0.14, 0.22),
         clav_q=u(-0.62, -0.54),
-        clav_density=u(0.3, 0.4),
+        clav_density=u(0.22, 0.32),
         breast=u(0.06, 0.16) if u() < 0.4 else 0.0,
         bubble=u(0.15, 0.3) if u() < 0.6 else 0.0,
         gain=u(0.8, 1.1),
@@ -208,8 +208,8 @@ def render(pt: Patient) -> Rendering:
     body = _ramp(width - x, 0.03)
     dens = pt.tissue * body * (0.45 + 0.55 * _bump(x / width))
     # arms beside the chest
-    arm = _ramp(np.minimum(x - width - 0.02, width + 0.32 - x), 0.04) * _ramp(q - pt.shoulder_q, 0.15)
-    dens += 0.6 * pt.tissue * arm
+    arm = _ramp(np.minimum(x - width + 0.01, width + 0.32 - x), 0.05) * _ramp(q - pt.shoulder_q, 0.15)
+    dens += 0.45 * pt.tissue * arm
 
     # --- lungs ------------------------------------------------------------------------------
     qcp = _side(left, pt.q_cp)
@@ -242,19 +242,19 @@ def render(pt: Patient) -> Rendering:
         vol = _side(left, pt.fluid)
         men = _side(left, pt.meniscus)
         t = np.clip((x - xm) / (xl - xm), 0.0, 1.0)
-        level = qcp - vol - men * t**2.5  # concave upper edge, rising along the lateral chest wall
-        fl = _ramp(q - level, 0.025) * (vol > 0)
+        level = qcp - vol - men * t**1.8  # concave upper edge, rising along the lateral chest wall
+        fl = _ramp(q - level, 0.035) * (vol > 0)
         weight = lung * fl
         air = air * (1.0 - fl)
     dens -= air
 
     # --- heart, mediastinum, spine, trachea ------------------------------------------------
     dens += 0.12 * _bump(np.sqrt(r2)) ** 0.5 * body
-    upper = _ramp(q - (pt.shoulder_q - 0.15), 0.1) * _ramp(qcp + 0.15 - q, 0.1)
+    upper = _ramp(q - pt.q_top + 0.05, 0.15) * _ramp(qcp - 0.1 - q, 0.1)
     dens += 0.3 * _ramp(pt.med_w - np.abs(p - 0.01), 0.04) * upper
     vert_seg = 0.8 + 0.2 * np.cos((q + pt.rib_phase) * (2 * np.pi / 0.095))
     dens += 0.1 * _bump(p * (1.0 / 0.06)) * vert_seg * body
-    dens -= 0.22 * _ramp(0.028 - np.abs(p + 0.004), 0.012) * _ramp(-0.3 - q, 0.06)
+    dens -= 0.15 * _ramp(0.025 - np.abs(p + 0.004), 0.012) * _ramp(-0.3 - q, 0.06)
     hila = np.exp(-((x - 0.17) ** 2) * (1 / 0.004) - (q + 0.05) ** 2 * (1 / 0.012))
     dens += 0.12 * hila
 
@@ -271,14 +271,14 @@ def render(pt: Patient) -> Rendering:
     psi_a = (q + 0.5 * x - pt.rib_phase) * (1.0 / (1.35 * pt.rib_spacing))
     fa = psi_a - np.floor(psi_a)
     dens += 0.3 * pt.rib_density * _bump((fa - 0.2) * (1.0 / 0.2)) * gate * _ramp(x - 0.3, 0.1)
-    cq = pt.clav_q - 0.2 * x + 0.3 * (x - 0.3) ** 2
-    clav = _bump((q - cq) * (1.0 / (0.038 - 0.015 * x))) * _ramp(x - 0.05, 0.03) * _ramp(0.64 - x, 0.06)
+    cq = pt.clav_q - 0.2 * x + 0.3 * (x - 0.3) ** 2 + 0.025 * np.sin(x * (2 * np.pi / 0.6))
+    clav = _bump((q - cq) * (1.0 / (0.032 - 0.012 * x))) * _ramp(x - 0.05, 0.03) * _ramp(0.64 - x, 0.06)
     dens += pt.clav_density * clav
 
     # --- confounders: breast shadows, stomach bubble ---------------------------------------
     if pt.breast > 0:
-        br = ((x - 0.48) * (1 / 0.32)) ** 2 + ((q - qcp + 0.02) * (1 / 0.24)) ** 2
-        dens += pt.breast * _ramp(1.0 - br, 0.12) * np.clip((q - qcp + 0.24) * (1 / 0.3), 0.0, 1.0) * body
+        br = ((x - 0.48) * (1 / 0.32)) ** 2 + ((q - qcp + 0.05) * (1 / 0.22)) ** 2
+        dens += pt.breast * _ramp(1.0 - br, 0.12) * np.clip((q - qcp + 0.3) * (1 / 0.35), 0.0, 1.0) * body
     if pt.bubble > 0:
         bq = pt.q_cp[1] + 0.06
         bb = ((p - 0.3) * (1 / 0.09)) ** 2 + ((q - bq) * (1 / 0.05)) ** 2
@@ -290,7 +290,7 @@ def render(pt: Patient) -> Rendering:
     idx = ((ang + np.pi) * (256 / (2 * np.pi))).astype(np.int32) % 256
     radial = np.exp(-np.hypot(x - 0.15, q + 0.05) * 2.5)
     mottle = _noise(trng, w, 40)
-    dens += 0.05 * (lung * radial) * np.clip(line[idx] + 0.6 * mottle, -1.0, 3.0)
+    dens += 0.08 * (lung * radial) * np.clip(line[idx] + 0.6 * mottle, -1.0, 3.0)
     dens += 0.04 * _noise(trng, w, 12) * body
 
     # --- exposure and window, then (at full resolution) noise and blur ---------------------
