@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,11 +391,14 @@ def train_on_permuted_labels(
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
+    factory: Callable[[], nn.Module] | None = None,
     progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a fresh copy of ``model``'s architecture on randomly permuted labels until it fits them.
 
-    The copy is re-initialised (every layer of :func:`parameter_layers`), the labels are permuted with
+    The copy is built by ``factory`` (e.g. the model registry, so it gets the same initialisation as the
+    true model) or else is a deep copy of ``model`` with every layer of :func:`parameter_layers`
+    re-initialised; the labels are permuted with
     ``seed``, and the training loop of :func:`saliencekit.train.fit.fit_model` (Adam, cross-entropy / BCE
     on the logit, no augmentation, best epoch by training loss) runs in rounds of 5 epochs until the
     training accuracy reaches ``target_accuracy`` or ``epochs`` have run.
@@ -412,8 +415,13 @@ def train_on_permuted_labels(
     perm = torch.randperm(train_labels.shape[0], generator=gen)
     y = train_labels.cpu()[perm].long()
     x = train_images.detach().cpu()
-    rnd = copy.deepcopy(model)
-    randomize_layers(rnd, [n for g in parameter_layers(rnd) for n in g], seed + 1)
+    if factory is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            rnd = factory().to(device)
+    else:
+        rnd = copy.deepcopy(model)
+        randomize_layers(rnd, [n for g in parameter_layers(rnd) for n in g], seed + 1)
     rnd.train()
     empty_x, empty_y = x[:0], y[:0]
     done, acc = 0, 0.0

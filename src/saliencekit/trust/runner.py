@@ -151,6 +151,8 @@ class _Context:
     train_data: tuple[torch.Tensor, torch.Tensor] | None = None
     random_model: nn.Module | None = None
     num_classes: int = 2
+    factory: Callable[[], nn.Module] | None = None
+    train_config: dict[str, Any] = field(default_factory=dict)
 
 
 def _save(ctx: _Context, fig: Any, rel: str, into: list[str]) -> None:
@@ -210,7 +212,9 @@ def _check_data_randomization(ctx: _Context) -> dict[str, Any]:
         dev = ctx.images.device
         rnd, training = train_on_permuted_labels(
             ctx.model, x[keep].to(dev), y[keep], num_classes=ctx.num_classes, epochs=s.random_label_epochs,
-            target_accuracy=s.random_label_accuracy, seed=ctx.seed, progress=ctx.progress)
+            target_accuracy=s.random_label_accuracy, seed=ctx.seed, factory=ctx.factory,
+            lr=float(ctx.train_config.get("lr", 1e-3)), batch_size=int(ctx.train_config.get("batch_size", 32)),
+            progress=ctx.progress)
     res = data_randomization(ctx.model, rnd, ctx.images, ctx.specs, target=ctx.preds, layer=ctx.layer,
                              seed=ctx.seed, original_maps=ctx.maps, training=training,
                              metrics=list(s.similarity_metrics), batch_size=s.batch_size)
@@ -625,6 +629,8 @@ def run_checks(
     specs = normalize_specs(methods if methods is not None else default_methods())
     masks = dict(masks or {})
     run_dir = None
+    factory: Callable[[], nn.Module] | None = None
+    train_config: dict[str, Any] = {}
     if run is not None:
         from saliencekit.run import Run, load_run
         from saliencekit.train.fit import resolve_device
@@ -633,6 +639,14 @@ def run_checks(
             run = load_run(run, device=resolve_device(str(device)))
         run_dir = str(Path(run.path).resolve())
         model = run.model
+        info = run.info
+
+        def factory() -> nn.Module:
+            from saliencekit import models
+
+            return models.create(info.arch, **info.arch_kwargs)
+
+        train_config = dict(run.config.get("config", {}))
         test = run.dataset("test")
         all_labels = test.labels()
         pick = _pick(all_labels, len(test), min(n_images, len(test)), seed).tolist()
@@ -686,7 +700,8 @@ def run_checks(
     out_path = Path(out_dir) if out_dir is not None else None
     ctx = _Context(model=model, images=images, labels=labels, preds=preds, probs=probs, specs=specs, maps={},
                    masks=masks, layer=layer, seed=seed, settings=settings, out_dir=out_path, figures=figures,
-                   progress=progress, train_data=train_data, random_model=random_model, num_classes=num_classes)
+                   progress=progress, train_data=train_data, random_model=random_model, num_classes=num_classes,
+                   factory=factory, train_config=train_config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         ctx.maps = compute_maps(model, images, specs, preds, layer, settings.batch_size, progress, desc="maps")
