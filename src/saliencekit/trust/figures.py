@@ -143,12 +143,17 @@ def plot_method_curves(result: RandomizationResult, label: str) -> Figure:
     _null_band(ax, result.null.get("spearman_abs", next(iter(result.null.values()))),
                "null of Spearman |map|")
     ax.plot([], [], color="0.3", ls=":", label="null level of each measure")
+    verdict = result.verdicts.get(label)
+    if verdict is not None and np.isfinite(verdict.threshold):
+        ax.axhline(verdict.threshold, color="crimson", lw=1, ls="--", label=f"pass threshold ({verdict.threshold:.2f})")
+        ax.axvline(result.half_step, color="crimson", lw=0.8, ls=":", alpha=0.7)
+    ax.set_xlabel("layers randomised, output first (cumulative)" if result.mode == "cascading"
+                  else "layer randomised (alone)")
     ax.set_xticks(x)
     ax.set_xticklabels(result.steps, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(-1.05, 1.05)
     ax.set_ylabel("similarity with the original maps")
     ax.grid(alpha=0.3)
-    verdict = result.verdicts.get(label)
     title = f"{label}: {result.mode} randomisation"
     if verdict is not None:
         title += f" - {'PASSED' if verdict.passed else 'FAILED'}"

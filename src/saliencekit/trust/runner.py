@@ -710,7 +710,11 @@ def run_checks(
         for name in bar:
             bar.set_postfix(check=name, refresh=True)
             t0 = time.perf_counter()
-            results[name] = _RUNNERS[name](ctx)
+            try:
+                results[name] = _RUNNERS[name](ctx)
+            except InputError as exc:  # a check that cannot apply to this model (e.g. no Conv2d/Linear first layer)
+                skipped[name] = f"could not run: {exc}"
+                continue
             results[name]["seconds"] = round(time.perf_counter() - t0, 3)
 
     image_rows = []
@@ -729,7 +733,8 @@ def run_checks(
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command or "",
         "run_dir": run_dir,
-        "settings": {"images": int(images.shape[0]), "seed": seed, "device": str(images.device), "checks": todo,
+        "settings": {"images": int(images.shape[0]), "seed": seed, "device": str(images.device),
+                     "checks": [c for c in todo if c in results],
                      "skipped": skipped, "layer": layer, **settings.to_dict()},
         "methods": {lb: {"method": s["method"], "options": dict(s["options"])} for lb, s in specs.items()},
         "images": image_rows,
