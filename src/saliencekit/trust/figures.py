@@ -114,7 +114,9 @@ def plot_randomization_curves(result: RandomizationResult, metrics: Sequence[str
             ax.axvline(result.half_step, color="crimson", lw=0.8, ls=":", alpha=0.7)
         ax.set_xticks(x)
         ax.set_xticklabels(result.steps, rotation=45, ha="right", fontsize=8)
-        ax.set_ylim(-1.05 if metric == "spearman" else -0.3, 1.05)
+        lows = [np.nanmin(np.array(result.curve_ci(lb, metric), dtype=np.float64)) for lb in result.methods]
+        low = min([-0.3, *(v for v in lows if np.isfinite(v))])
+        ax.set_ylim(max(-1.05, low - 0.05) if metric != "spearman" else -1.05, 1.05)
         ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)} with original maps")
         ax.set_xlabel("layers randomised, output first (cumulative)" if result.mode == "cascading"
                       else "layer randomised (alone)")
