@@ -507,6 +507,8 @@ def data_randomization(
     training = dict(training or {})
     acc = training.get("train_accuracy")
     fit_note = "" if acc is None else f"; random-label model fits its training labels to {acc:.0%}"
+    if acc is not None and acc < float(training.get("target_accuracy", 0.9)):
+        fit_note += " (it did not memorise them: a weak test, close to comparing with an untrained network)"
     verdicts = {}
     null_mean = mean_of(null[PASS_METRIC]) if PASS_METRIC in null else float("nan")
     for label in specs:

@@ -526,23 +526,27 @@ def _shortcut_summary(checks: Mapping[str, Any], methods: Mapping[str, Any], rec
     if loc is None:
         return {"present_in_data": True, "detected": None, "marker_share": None, "lesion_share": None,
                 "evidence": "the localisation check was not run"}
-    candidates = [lb for lb in recommended if loc["methods"][lb].get("shortcut_share")] or \
-        [lb for lb in methods if loc["methods"][lb].get("shortcut_share")]
+    sane = [lb for lb in recommended if loc["methods"][lb].get("shortcut_share")]
+    candidates = sane or [lb for lb in methods if loc["methods"][lb].get("shortcut_share")]
     if not candidates:
         return {"present_in_data": True, "detected": None, "marker_share": None, "lesion_share": None,
                 "evidence": "no map could be compared with the marker masks"}
-    lb = candidates[0]
-    marker = _get_mean(loc["methods"][lb], "shortcut_share")
+    by_method = {lb: _get_mean(loc["methods"][lb], "shortcut_share") for lb in candidates}
+    lb = max(candidates, key=lambda k: by_method[k] if math.isfinite(by_method[k]) else -1.0)
+    marker = by_method[lb]
     lesion = _get_mean(loc["methods"][lb], "lesion_share")
     area = _get_mean(loc, "shortcut_area_share")
     detected = bool(math.isfinite(marker) and math.isfinite(area) and marker >= SHORTCUT_FACTOR * area)
     evidence = (f"{lb} puts {marker:.0%} of its map mass on the marker, which covers {area:.1%} of the image "
                 f"({marker / area if area > 0 else float('inf'):.1f}x its area share; lesion share {lesion:.0%}); "
                 + ("the model appears to use the marker" if detected else "no sign that the model uses the marker"))
+    if not sane:
+        evidence += " (no method passed the sanity checks, so the maps themselves are doubtful)"
     return {"present_in_data": True, "detected": detected, "method": lb, "marker_share": marker,
-            "lesion_share": lesion, "marker_area_share": area,
-            "rule": f"detected when the map mass share on the marker is >= {SHORTCUT_FACTOR:g}x the marker's area "
-                    "share (images with a marker)",
+            "lesion_share": lesion, "marker_area_share": area, "marker_share_by_method": by_method,
+            "rule": f"detected when the map mass share on the marker (images with a marker) is >= "
+                    f"{SHORTCUT_FACTOR:g}x the marker's area share, for the recommended method with the largest "
+                    "marker share (all methods when none is recommended)",
             "evidence": evidence}
 
 
