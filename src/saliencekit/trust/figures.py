@@ -202,10 +202,13 @@ def plot_randomization_strip(result: RandomizationResult, label: str | None = No
 def plot_agreement(result: AgreementResult) -> Figure:
     """Agreement matrices between methods, one panel per measure, values written in the cells."""
     n = len(result.methods)
-    cols = len(result.metrics)
+    cols = min(2, len(result.metrics))
+    rows = math.ceil(len(result.metrics) / cols)
     side = max(3.2, 0.55 * n + 1.6)
-    fig = _figure(side * cols, side + 0.5)
-    axes = np.atleast_1d(fig.subplots(1, cols, squeeze=False)).ravel()
+    fig = _figure(side * cols + 0.8, side * rows + 0.5)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[len(result.metrics):]:
+        ax.set_visible(False)
     for ax, metric in zip(axes, result.metrics):
         mat = result.matrix(metric)
         vmin = -1 if metric in ("spearman", "pearson") else 0
@@ -330,9 +333,12 @@ def plot_metric_bars(methods: Mapping[str, Mapping[str, Any]], metrics: Sequence
         title: figure title.
     """
     labels = list(methods)
-    cols = len(metrics)
-    fig = _figure(max(3.0, 0.45 * len(labels) + 1.5) * cols, 3.6)
-    axes = np.atleast_1d(fig.subplots(1, cols, squeeze=False)).ravel()
+    cols = min(2, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = _figure(max(3.0, 0.45 * len(labels) + 1.5) * cols, 3.4 * rows + 0.3)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
     colors = _colors(len(labels))
     for ax, metric in zip(axes, metrics):
         means, lo, hi = [], [], []
