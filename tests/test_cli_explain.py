@@ -279,3 +279,14 @@ def test_save_maps_npz_roundtrip(tmp_path: Path) -> None:
         np.testing.assert_allclose(z["raw"], arr)
         assert z["raw"].dtype == np.float32 and "gradient/scores" in z.files
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+def test_display_normalization_auto_follows_the_family() -> None:
+    from saliencekit.viz.explain_files import display_normalization
+
+    model = make("plain")
+    assert display_normalization(sk.create_method("smoothgrad", model)) == "percentile"
+    assert display_normalization(sk.create_method("occlusion", model)) == "minmax"
+    assert display_normalization(sk.create_method("occlusion", model), "signed") == "signed"
+    with pytest.raises(InputError, match="unknown normalisation 'loud'"):
+        display_normalization(sk.create_method("gradient", model), "loud")

@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "halved on out-of-memory). Default auto.")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32 (default) or mixed precision for the many-pass methods (fp16 needs CUDA)")
+    p.add_argument("--normalization", default="auto", choices=("auto", "minmax", "abs", "percentile", "signed"),
+                   help="how the pictures scale each map (maps.npz always keeps the raw values): auto (default: "
+                        "percentile for the gradient and backprop families, i.e. |map| clipped at its 99th "
+                        "percentile, minmax for CAMs and perturbation methods), minmax, abs, percentile, signed")
     p.add_argument("--model-file", default=None,
                    help="a TorchScript file or a whole module saved with torch.save(model), instead of a run "
                         "directory; preprocessing then comes from --image-size, --color, --no-standardize")
@@ -131,7 +135,7 @@ def _explain(args: argparse.Namespace) -> int:
     target = int(args.target) if args.target is not None and args.target.isdigit() else args.target
     results = explain_files(model, preprocessing, images, methods, args.out, class_names=class_names, target=target,
                             layer=args.layer, top_k=args.top_k, batch_size=batch_size, precision=args.precision,
-                            device=device, progress=not args.no_progress)
+                            device=device, progress=not args.no_progress, normalization=args.normalization)
     print(f"explained {len(results)} image(s) with {len(methods)} method(s); wrote {Path(args.out)}/")
     for r in results:
         print(f"  {r.path} -> {r.folder}/ (predicted {r.predicted})")

@@ -132,7 +132,8 @@ class _NoiseTunnel(Method):
             assert isinstance(m, _NoiseTunnel)
             attr = stats[m.statistic]
             out.append(Explanation(
-                method=m.name, maps=reduce_channels(attr, m.reduce), attributions=attr,
+                method=m.name, maps=reduce_channels(attr, m.reduce),
+                attributions=attr if stats["has_attributions"] else None,  # a wrapped CAM has maps only
                 layer_maps=None, scores=stats["scores"], targets=stats["targets"], predictions=stats["predictions"],
                 params=m.params, extras={},
             ))
@@ -140,7 +141,7 @@ class _NoiseTunnel(Method):
 
     # ----------------------------------------------------------------------------------- engine
 
-    def _statistics(self, inputs: torch.Tensor, target: Any) -> dict[str, torch.Tensor]:
+    def _statistics(self, inputs: torch.Tensor, target: Any) -> dict[str, Any]:
         base = self.base
         pixel = isinstance(base, PixelGradientMethod)
         rule = base.relu_rule if pixel else None
@@ -154,16 +155,17 @@ class _NoiseTunnel(Method):
             gen = torch.Generator(device=inputs.device)
             gen.manual_seed(self.seed if self.seed is not None else int(torch.seed() % 2**63))
             eps = torch.randn((samples, *inputs.shape[1:]), generator=gen, device=inputs.device, dtype=inputs.dtype)
-            acc: dict[str, torch.Tensor] = {}
+            acc: dict[str, Any] = {}
             acc_dtype = torch.float64 if inputs.device.type == "cpu" or inputs.dtype == torch.float64 else torch.float32
 
             def chunk(start: int, stop: int) -> None:
                 rows = torch.arange(start, stop, device=inputs.device)
                 img, smp = rows % n, rows // n
                 noisy = inputs[img] + sigma[img] * eps[smp]
-                a = _wrapped_attributions(base, noisy, rows_target(resolved, start, stop), pixel)
+                a, has_attr = _wrapped_attributions(base, noisy, rows_target(resolved, start, stop), pixel)
+                acc["has_attributions"] = has_attr
                 a = a.to(acc_dtype)
-                if not acc:
+                if "s1" not in acc:
                     acc["s1"] = torch.zeros((n, *a.shape[1:]), dtype=acc_dtype, device=inputs.device)
                     acc["s2"] = torch.zeros_like(acc["s1"])
                 acc["s1"].index_add_(0, img, a)
@@ -176,21 +178,25 @@ class _NoiseTunnel(Method):
         if samples == 1:
             var = torch.zeros_like(mean)
         return {
+            "has_attributions": acc["has_attributions"],
             "mean": mean.to(inputs.dtype), "mean_sq": mean_sq.to(inputs.dtype), "var": var.to(inputs.dtype),
             "scores": clean_scores, "targets": resolved.class_indices().to(inputs.device), "predictions": predictions,
         }
 
 
-def _wrapped_attributions(base: Method, noisy: torch.Tensor, target: ResolvedTarget, pixel: bool) -> torch.Tensor:
-    """The wrapped method's attribution (rows, C, H, W) of noisy rows; maps (rows, 1, H, W) when it has none."""
+def _wrapped_attributions(
+    base: Method, noisy: torch.Tensor, target: ResolvedTarget, pixel: bool
+) -> tuple[torch.Tensor, bool]:
+    """The wrapped method's attribution (rows, C, H, W) of noisy rows, or its maps (rows, 1, H, W) when it
+    has no attribution (then the flag is False)."""
     if pixel:
         assert isinstance(base, PixelGradientMethod)
         attr, _scores, _extras = base._compute(noisy, target)
-        return attr
+        return attr, True
     # Any other gradient method: through its public entry point, with the target fixed per row.
     fixed: Any = target.fn if target.classes is None else target.classes
     e = base.attribute(noisy, fixed)
-    return e.attributions if e.attributions is not None else e.maps[:, None]
+    return (e.attributions, True) if e.attributions is not None else (e.maps[:, None], False)
 
 
 @register_method("smoothgrad")

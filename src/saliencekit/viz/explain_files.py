@@ -132,6 +132,7 @@ def explain_files(
     device: str | torch.device = "cpu",
     images_per_batch: int = 8,
     progress: bool = True,
+    normalization: str = "auto",
 ) -> list[ExplainedImage]:
     """Explain image files with several methods and write overlays, comparison figures and raw maps.
 
@@ -150,6 +151,10 @@ def explain_files(
         device: "auto", "cpu", "cuda", ...
         images_per_batch: how many images are explained together.
         progress: show a progress bar.
+        normalization: display normalisation of the pictures (the .npz keeps raw maps): "auto" (default:
+            "percentile" for the gradient and backprop families, i.e. |a| clipped at its 99th percentile as
+            Smilkov et al. show them, "minmax" for CAMs and perturbation methods), "minmax", "abs",
+            "percentile" or "signed".
 
     Returns:
         One :class:`ExplainedImage` per file.
@@ -177,6 +182,7 @@ def explain_files(
                              f"support; on TorchScript use {', '.join(torchscript_methods())}, or load the model "
                              "as an nn.Module (a run directory or torch.save(model))")
     labels = list(built)
+    norms = {label: display_normalization(m, normalization) for label, m in built.items()}
     folders = _image_folders(files)
     results: list[ExplainedImage] = []
     bar = tqdm(total=len(files), desc="explaining", disable=not progress)
@@ -218,15 +224,15 @@ def explain_files(
                     m = rows[r][label].maps[i]
                     row[label] = m
                     maps[f"{label}/{cname}" if len(ranked) > 1 else label] = m
-                    fig = overlay(x[i], m, title=f"{label}: explaining {cname}\npredicted {names[pred]} "
-                                                 f"(p={float(probs[i, pred]):.2f})").figure
+                    caption = f"{label}: explaining {cname}\npredicted {names[pred]} (p={float(probs[i, pred]):.2f})"
+                    fig = overlay(x[i], m, normalization=norms[label], title=caption).figure
                     res.files.append(save_figure(fig, folder / f"{_safe(label)}{suffix}.png"))
                 fig_rows.append(row)
                 row_titles.append(f"explaining {cname} (p={float(probs[i, cls[i]]):.2f})")
             title = f"{f.name} | predicted: {names[pred]} (p={float(probs[i, pred]):.2f})"
             if true is not None:
                 title += f" | true: {true}"
-            fig = comparison_figure(x[i], fig_rows, title=title, row_titles=row_titles)
+            fig = comparison_figure(x[i], fig_rows, title=title, row_titles=row_titles, normalization=norms)
             res.files.append(save_figure(fig, folder / "comparison.png"))
             res.files.append(save_maps_npz(folder / "maps.npz", maps))
             results.append(res)
@@ -239,6 +245,18 @@ def explain_files(
                     "files": [str(p) for p in r.files]} for r in results],
     })
     return results
+
+
+def display_normalization(method: object, normalization: str = "auto") -> str:
+    """The display normalisation of a method's maps: ``"auto"`` -> "percentile" for the gradient and backprop
+    families (signed, pixel-level maps), "minmax" otherwise; any other value is returned as given (validated)."""
+    from saliencekit.methods.normalize import NORMALIZATIONS
+
+    if normalization == "auto":
+        return "percentile" if getattr(method, "family", "") in ("gradient", "backprop") else "minmax"
+    if normalization not in NORMALIZATIONS:
+        raise InputError(f"unknown normalisation {normalization!r}; valid: auto, {', '.join(NORMALIZATIONS)}")
+    return normalization
 
 
 def _options_of(methods: Sequence[str] | Mapping[str, Mapping[str, Any]], label: str) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def comparison_figure(
     row_titles: Sequence[str] | None = None,
     alpha: float = 0.5,
     cmap: str = "jet",
-    normalization: str = "minmax",
+    normalization: str | Mapping[str, str] = "minmax",
 ) -> Figure:
     """Side by side: the image, then one overlay per method; several rows (e.g. one per explained class).
 
@@ -137,7 +137,8 @@ def comparison_figure(
         explanations: ``label -> map (H, W)`` for one row, or a list of such dicts, one per row.
         title: figure title (put the class and the prediction here).
         row_titles: a label per row, shown left of the row's image.
-        alpha, cmap, normalization: as in :func:`overlay`.
+        alpha, cmap: as in :func:`overlay`.
+        normalization: as in :func:`overlay`, or a dict label -> normalisation (default "minmax" for missing labels).
 
     Returns:
         A matplotlib Figure (not attached to pyplot; save it with ``saliencekit._atomic.save_figure``).
@@ -161,7 +162,8 @@ def comparison_figure(
             ax0.set_ylabel(row_titles[r], fontsize=9)
         for c, (label, saliency) in enumerate(row.items(), start=1):
             overlay(image, saliency, ax=axes[r, c], alpha=alpha, cmap=cmap, colorbar=True,
-                    normalization=normalization, title=label)
+                    normalization=normalization if isinstance(normalization, str)
+                    else normalization.get(label, "minmax"), title=label)
         for c in range(len(row) + 1, cols):
             axes[r, c].axis("off")
     if title:
