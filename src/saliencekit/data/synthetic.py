@@ -98,18 +98,20 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
         raise DataError(f"output path {out} exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return
-    if not (out / "dataset.json").is_file():
+    ours = {*_OUTPUT_DIRS, "dataset.json"}
+    if not (out / "dataset.json").is_file() and not all(p.name in ours for p in out.iterdir()):
         raise DataError(
             f"output folder {out} is not empty and holds no synthetic dataset; choose a new or empty folder"
         )
     if not overwrite:
+        what = "a synthetic dataset" if (out / "dataset.json").is_file() else "an unfinished synthetic dataset"
         raise DataError(
-            f"output folder {out} already holds a synthetic dataset; choose another folder or overwrite it "
+            f"output folder {out} already holds {what}; choose another folder or overwrite it "
             "(overwrite=True, or --overwrite on the command line)"
         )
     import shutil
 
-    (out / "dataset.json").unlink()
+    (out / "dataset.json").unlink(missing_ok=True)
     for d in _OUTPUT_DIRS:
         if (out / d).is_dir():
             shutil.rmtree(out / d)
