@@ -4,7 +4,7 @@
 ``normal``, in the folder layout :func:`saliencekit.data.scan_folder` reads::
 
     OUT/effusion/effusion_0000.png        OUT/normal/normal_0000.png       the images
-    OUT/masks/<class>/<stem>.png          lesion masks: white exactly where fluid was drawn (black for normals)
+    OUT/masks/<class>/<stem>.png          lesion masks: white where fluid was drawn (black for normals)
     OUT/lung_masks/<class>/<stem>.png     lung fields
     OUT/shortcut_masks/<class>/<stem>.png the planted marker (only when ``shortcut > 0``; black where absent)
     OUT/dataset.json                      generator parameters and per-image metadata (written last)
@@ -15,7 +15,9 @@ spine and trachea, lung markings, soft noise and blur, with random patient size,
 and exposure. Confounders appear in both classes (breast shadows over the lung bases, a stomach
 bubble). An effusion is fluid at one or both lung bases: a homogeneous soft-tissue opacity whose
 concave upper edge (meniscus) rises along the lateral chest wall and blunts the costophrenic angle.
-Volumes are skewed towards small effusions, so the classes are not trivially separable.
+Volumes range from a sliver in the costophrenic angle to a third of the lung, so the classes are
+not trivially separable. The lesion mask is white where the fluid replaces at least a quarter of
+the lung's air: every pixel the fluid visibly changes lies within about 2 pixels of it.
 
 Sides in the metadata are the *patient's* sides: "left" is drawn on the image's right.
 
