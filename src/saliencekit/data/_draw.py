@@ -243,7 +243,7 @@ def render(pt: Patient) -> Rendering:
         men = _side(left, pt.meniscus)
         t = np.clip((x - xm) / (xl - xm), 0.0, 1.0)
         level = qcp - vol - men * t**1.8  # concave upper edge, rising along the lateral chest wall
-        fl = _ramp(q - level, 0.035) * (vol > 0)
+        fl = np.clip((q - level) * (1.0 / 0.07) + 0.3, 0.0, 1.0) ** 1.5 * (vol > 0)  # hazy upper edge
         weight = lung * fl
         air = air * (1.0 - fl)
     dens -= air
