@@ -27,7 +27,7 @@ import json
 import math
 import platform
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -88,10 +88,11 @@ _CHECK_SENTENCES = {
     "relevance_mass": "Relevance mass: the share of the map's positive mass inside the ground-truth lesion mask.",
     "pointing_game": "Pointing game: the share of images whose map maximum falls inside the lesion mask.",
 }
+_EXTRA_HEADERS = {"shortcut_share": "Mass on the shortcut marker (lower is better)",
+                  "sparseness": "Sparseness (Gini)", "energy_pointing_game": "Energy pointing game"}
 #: Methods explained when neither ``methods`` nor ``checks.json`` names them (those registered are used).
-DEFAULT_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "guided_backprop", "gradcam", "gradcam++",
-                   "scorecam", "gradient_x_input")
-_MAX_DEFAULT_METHODS = 6
+DEFAULT_METHODS = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
+                   "gradcam", "gradcam++", "scorecam")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -468,7 +469,7 @@ def _method_spec(methods: Any, checks: dict[str, Any] | None) -> dict[str, dict[
             return spec
     registered = list_methods()
     names = [m for m in DEFAULT_METHODS if m in registered] or registered
-    return {m: {"method": m} for m in names[:_MAX_DEFAULT_METHODS]}
+    return {m: {"method": m} for m in names}
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -521,7 +522,8 @@ def _verdict_section(ctx: _Context) -> str:
         for k in vals or {}:
             if k not in keys and k not in extra:
                 extra.append(k)
-    columns = [*VERDICT_COLUMNS, *((k, k.replace("_", " ").capitalize(), "score") for k in extra)]
+    columns = [*VERDICT_COLUMNS, *((k, _EXTRA_HEADERS.get(k, k.replace("_", " ").capitalize()), "score")
+                                   for k in extra)]
     head = "<th>Method</th>" + "".join(f'<th data-key="{_e(k)}">{_e(t)}</th>' for k, t, _ in columns)
     head += "<th>Recommended</th>"
     rows = []
@@ -552,9 +554,13 @@ def _verdict_section(ctx: _Context) -> str:
         rec_html = ('<div class="recommend" id="recommended"><strong>No method passed every check.</strong> '
                     "Treat every saliency map of this model with caution.</div>")
     other = {m: r for m, r in reasons.items() if m not in recommended}
+    other.update({m: r for m, r in (summary.get("not_recommended") or {}).items() if m not in recommended})
     if other:
-        rec_html += "<p class=hint>Other methods: " + " ".join(
-            f"<strong>{_e(m)}</strong>: {_e(r)}" for m, r in other.items()) + "</p>"
+        items = "".join(f'<li data-method="{_e(m)}"><strong>{_e(m)}</strong>: {_e(r) or "not recommended"}.</li>'
+                        for m, r in other.items())
+        rec_html += f'<div class="note" id="not-recommended"><strong>Not recommended:</strong><ul>{items}</ul></div>'
+    if summary.get("recommendation_rule"):
+        rec_html += f'<p class="hint">Rule: {_e(summary["recommendation_rule"])}.</p>'
     sc = _shortcut(ctx)
     note = ""
     if sc.get("present_in_data") and sc.get("detected") is not True:
@@ -568,8 +574,25 @@ def _verdict_section(ctx: _Context) -> str:
     intro = ("<p>Each row is a saliency method, each column a check it must pass or a score "
              f"(means over {_e(n)} test images; confidence intervals in the trust checks section).</p>"
              if n else "<p>Each row is a saliency method, each column a check it must pass or a score.</p>")
-    return _section("verdict", intro + table + rec_html + note + "<details open><summary class=hint>What the columns mean"
-                    "</summary>" + legend + "</details>")
+    legend = f"<details open><summary class=hint>What the columns mean</summary>{legend}</details>"
+    return _section("verdict", intro + table + rec_html + note + legend)
+
+
+def _brief(meta: Any, limit: int = 300) -> dict[str, Any]:
+    """The short entries of a JSON object, nested objects flattened to ``a.b`` keys; long ones summarised."""
+    if not isinstance(meta, Mapping):
+        return {"value": meta}
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        if isinstance(v, Mapping) and len(json.dumps(v, default=str)) > 80:
+            for k2, v2 in _brief(v, limit).items():
+                out[f"{k}.{k2}"] = v2
+        elif len(json.dumps(v, default=str)) > limit:
+            n = len(v) if isinstance(v, Sized) else None
+            out[str(k)] = f"({n} entries; see the file)" if n is not None else "(long; see the file)"
+        else:
+            out[str(k)] = v
+    return out
 
 
 def _data_section(ctx: _Context) -> str:
@@ -590,8 +613,7 @@ def _data_section(ctx: _Context) -> str:
     if meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
-            meta = meta if isinstance(meta, Mapping) else {"dataset.json": meta}
-            parts.append("<h3>How the data was made</h3>" + _kv_table(meta))
+            parts.append("<h3>How the data was made</h3>" + _kv_table(_brief(meta)))
         except (OSError, json.JSONDecodeError) as exc:
             parts.append(_missing(f"Cannot read <code>{_e(meta_path)}</code>: {_e(exc)}"))
     try:
