@@ -25,6 +25,7 @@ import html
 import io
 import json
 import math
+import os
 import platform
 import string
 from collections.abc import Mapping, Sequence, Sized
@@ -69,10 +70,10 @@ VERDICT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("model_randomization", "Model randomisation", "check"),
     ("data_randomization", "Data randomisation", "check"),
     ("input_invariance", "Input invariance", "check"),
-    ("deletion_auc", "Deletion AUC (lower is better)", "score"),
-    ("insertion_auc", "Insertion AUC (higher is better)", "score"),
-    ("relevance_mass", "Relevance mass (higher is better)", "score"),
-    ("pointing_game", "Pointing game (higher is better)", "score"),
+    ("deletion_auc", "Deletion AUC \u2193", "score"),
+    ("insertion_auc", "Insertion AUC \u2191", "score"),
+    ("relevance_mass", "Relevance mass \u2191", "score"),
+    ("pointing_game", "Pointing game \u2191", "score"),
 )
 _CHECK_SENTENCES = {
     "model_randomization": "Model randomisation (Adebayo et al. 2018): the map must change when the model's weights "
@@ -87,13 +88,17 @@ _CHECK_SENTENCES = {
                      "better.",
     "relevance_mass": "Relevance mass: the share of the map's positive mass inside the ground-truth lesion mask.",
     "pointing_game": "Pointing game: the share of images whose map maximum falls inside the lesion mask.",
+    "shortcut_share": "Marker mass: the share of the map's mass on the planted shortcut marker (images with one).",
+    "sparseness": "Sparseness: Gini index of the map (higher = fewer, stronger pixels).",
 }
-_EXTRA_HEADERS = {"shortcut_share": "Mass on the shortcut marker (lower is better)",
-                  "sparseness": "Sparseness (Gini)", "energy_pointing_game": "Energy pointing game"}
+_EXTRA_HEADERS = {"shortcut_share": "Marker mass \u2193", "sparseness": "Sparseness",
+                  "energy_pointing_game": "Energy pointing game \u2191"}
 #: Methods explained when neither ``methods`` nor ``checks.json`` names them (those registered are used).
 DEFAULT_METHODS = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
                    "gradcam", "gradcam++", "scorecam")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PANELS_PER_ROW = 5  # image + maps per row of an explanation figure
+_MAX_WIDTH = 1120  # pixels: the page's content width; wider images are scaled down before embedding
 
 
 @dataclass
@@ -159,6 +164,14 @@ def _summary(v: Any) -> str:
             return _num(mean)
         return f"{_num(mean)} [{_num(lo)}, {_num(hi)}]"
     return _num(v)
+
+
+def _pct(v: Any) -> str:
+    v = _value(v)
+    if _is_missing(v):
+        return "n/a"
+    v = 100 * float(v)
+    return f"{v:.0f}%" if abs(v) >= 1 or v == 0 else f"{v:.1f}%"
 
 
 def verdict_cell(value: Any) -> tuple[str, str]:
@@ -263,7 +276,35 @@ def _as_png(data: bytes) -> bytes:
         return out.getvalue()
 
 
+def _compact_png(png: bytes, max_width: int = _MAX_WIDTH) -> bytes:
+    """A smaller PNG for embedding: flattened on white, at most ``max_width`` pixels wide, 256 colours when that
+    is smaller (saliency figures survive it well); the original when nothing helps."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(png)) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                flat = Image.new("RGB", im.size, "white")
+                flat.paste(im, mask=im.getchannel("A"))
+                im = flat
+            elif im.mode not in ("RGB", "L", "P"):
+                im = im.convert("RGB")
+            if im.width > max_width:
+                im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.LANCZOS)
+            if im.mode == "RGB":
+                im = im.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+            out = io.BytesIO()
+            im.save(out, format="PNG")
+    except (OSError, ValueError):  # not decodable: embed as is and let the browser decide
+        return png
+    small = out.getvalue()
+    return small if len(small) < len(png) else png
+
+
 def _img(png: bytes, alt: str, caption: str | None = None, cls: str = "") -> str:
+    png = _compact_png(png)
     uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
     cls_attr = f' class="{cls}"' if cls else ""
@@ -283,11 +324,21 @@ def _file_img(path: Path, alt: str, caption: str | None = None) -> str:
     return _img(png, alt, caption)
 
 
-def _check_figures(ctx: _Context, paths: Sequence[str] | None, alt: str) -> str:
-    if not paths or ctx.checks_dir is None:
+def _check_figures(ctx: _Context, paths: Sequence[str] | None, alt: str, per_method: Sequence[str] = ()) -> str:
+    """The check's own figures, full width; per-method figures only when the check has none of its own
+    (otherwise they are listed by name: they repeat what the combined figures show)."""
+    if ctx.checks_dir is None:
         return ""
-    figs = [_file_img(ctx.checks_dir / p, f"{alt}: {p}", _e(Path(p).stem.replace("_", " "))) for p in paths]
-    return f'<div class="grid">{"".join(figs)}</div>'
+    top = list(dict.fromkeys(str(p) for p in paths or []))
+    extra = [p for p in dict.fromkeys(str(p) for p in per_method) if p not in top]
+    if not top:
+        top, extra = extra, []
+    figs = [_file_img(ctx.checks_dir / p, f"{alt}: {p}", _e(p)) for p in top]
+    out = f'<div class="grid wide">{"".join(figs)}</div>' if figs else ""
+    if extra:
+        out += ("<p class=hint>Per-method figures in the checks folder: "
+                + ", ".join(f"<code>{_e(p)}</code>" for p in extra) + ".</p>")
+    return out
 
 
 def _display_image(x: np.ndarray) -> np.ndarray:
@@ -311,25 +362,25 @@ def _explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray], title
     from matplotlib.figure import Figure
 
     n = 1 + len(maps)
-    fig = Figure(figsize=(2.05 * n + 0.5, 2.55))
-    gs = fig.add_gridspec(1, n + 1, width_ratios=[1.0] * n + [0.05], wspace=0.06)
+    cols = min(n, _PANELS_PER_ROW)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(2.2 * cols + 0.7, 2.35 * rows))
+    gs = fig.add_gridspec(rows, cols + 1, width_ratios=[1.0] * cols + [0.06], wspace=0.06, hspace=0.16)
     cmap_img = "gray" if image.ndim == 2 else None
-    ax = fig.add_subplot(gs[0, 0])
-    ax.imshow(image, cmap=cmap_img, vmin=0, vmax=1)
-    ax.set_title("image", fontsize=9)
-    ax.axis("off")
+    panels: list[tuple[str, np.ndarray | None]] = [("image", None), *maps.items()]
     mappable = None
-    for j, (label, m) in enumerate(maps.items(), start=1):
-        ax = fig.add_subplot(gs[0, j])
+    for j, (label, m) in enumerate(panels):
+        ax = fig.add_subplot(gs[j // cols, j % cols])
         ax.imshow(image, cmap=cmap_img, vmin=0, vmax=1)
-        mappable = ax.imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        ax.set_title(label, fontsize=9)
+        if m is not None:
+            mappable = ax.imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        ax.set_title(label, fontsize=10)
         ax.axis("off")
     if mappable is not None:
-        cax = fig.add_subplot(gs[0, n])
+        cax = fig.add_subplot(gs[:, cols])
         cb = fig.colorbar(mappable, cax=cax)
-        cb.set_label("saliency (|map|, 99th pct = 1)", fontsize=7)
-        cb.ax.tick_params(labelsize=7)
+        cb.set_label("saliency: |map| / its 99th percentile", fontsize=9)
+        cb.ax.tick_params(labelsize=8)
     return fig
 
 
@@ -485,10 +536,8 @@ def _warning_html(ctx: _Context) -> str:
     sc = _shortcut(ctx)
     if sc.get("detected") is not True:
         return ""
-    marker, lesion = _value(sc.get("marker_share")), _value(sc.get("lesion_share"))
-
-    def pct(v: Any) -> str:
-        return "n/a" if _is_missing(v) else f"{100 * float(v):.0f}%"
+    marker, lesion = sc.get("marker_share"), sc.get("lesion_share")
+    pct = _pct
 
     method = sc.get("method")
     by = f" of {_e(method)}" if method else ""
@@ -564,11 +613,14 @@ def _verdict_section(ctx: _Context) -> str:
     sc = _shortcut(ctx)
     note = ""
     if sc.get("present_in_data") and sc.get("detected") is not True:
+        evidence = f" Evidence: {_e(str(sc['evidence']).rstrip('.'))}." if sc.get("evidence") else ""
         note = ('<p class="note" id="shortcut-note">The data contains a planted shortcut marker; the checks found no '
-                f"sign that the model relies on it (map mass on the marker {_num(sc.get('marker_share'))}, on the "
-                f"lesion {_num(sc.get('lesion_share'))}).</p>")
+                f"sign that the model relies on it (map mass on the marker {_pct(sc.get('marker_share'))}, on the "
+                f"lesion {_pct(sc.get('lesion_share'))}).{evidence}</p>")
     legend = "<ul class=hint>" + "".join(
-        f"<li>{_e(_CHECK_SENTENCES[k])}</li>" for k, _, _ in VERDICT_COLUMNS) + "</ul>"
+        f"<li>{_e(_CHECK_SENTENCES[k])}</li>" for k, _, _ in columns if k in _CHECK_SENTENCES) + (
+        "<li>\u2191: higher is better; \u2193: lower is better. A check shows <em>not run</em> when it was not "
+        "computed for that method.</li></ul>")
     settings = ctx.checks.get("settings") or {}
     n = settings.get("images")
     intro = ("<p>Each row is a saliency method, each column a check it must pass or a score "
@@ -790,10 +842,10 @@ def _trust_model_randomization(ctx: _Context, c: Mapping[str, Any]) -> str:
         parts.append("<p>Similarity of each method's maps to the original ones once every layer is randomised "
                      "(1 = unchanged):</p>")
         parts.append(_table(["method", "verdict", *metrics, "reason"], rows, num_cols=range(2, 2 + len(metrics))))
-    figs = list(c.get("figures") or [])
+    figs: list[str] = []
     for v in (casc.get("methods") or {}).values():
         figs += list((v or {}).get("figures") or [])
-    parts.append(_check_figures(ctx, figs, "model randomisation"))
+    parts.append(_check_figures(ctx, c.get("figures"), "model randomisation", figs))
     indep = c.get("independent") or {}
     if indep.get("methods"):
         parts.append(f"<p class=hint>Independent randomisation (one layer at a time) was also computed for "
@@ -822,10 +874,10 @@ def _trust_data_randomization(ctx: _Context, c: Mapping[str, Any]) -> str:
     if null:
         parts.append("<p class=hint>Random-map level: " + ", ".join(f"{_e(k)} {_summary(v)}" for k, v in null.items())
                      + ".</p>")
-    figs = list(c.get("figures") or [])
+    figs: list[str] = []
     for v in methods.values():
         figs += list((v or {}).get("figures") or [])
-    parts.append(_check_figures(ctx, figs, "data randomisation"))
+    parts.append(_check_figures(ctx, c.get("figures"), "data randomisation", figs))
     return "".join(parts)
 
 
@@ -856,11 +908,11 @@ def _trust_input_invariance(ctx: _Context, c: Mapping[str, Any]) -> str:
         parts.append("<p>With the first layer compensated (same function), a trustworthy map does not change:</p>")
         parts.append(_table(["method", "verdict", *metrics, "largest map change"], rows,
                             num_cols=range(2, 3 + len(metrics))))
-    figs = list(c.get("figures") or [])
+    figs: list[str] = []
     for part in (comp, unc):
         for v in (part.get("methods") or {}).values():
             figs += list((v or {}).get("figures") or [])
-    parts.append(_check_figures(ctx, figs, "input invariance"))
+    parts.append(_check_figures(ctx, c.get("figures"), "input invariance", figs))
     return "".join(parts)
 
 
@@ -888,10 +940,10 @@ def _trust_faithfulness(ctx: _Context, c: Mapping[str, Any]) -> str:
     if c.get("ranking"):
         parts.append("<p>Ranking (most faithful first): " + ", ".join(f"<code>{_e(m)}</code>" for m in c["ranking"])
                      + ".</p>")
-    figs = list(c.get("figures") or [])
+    figs: list[str] = []
     for v in methods.values():
         figs += list((v or {}).get("figures") or [])
-    parts.append(_check_figures(ctx, figs, "faithfulness"))
+    parts.append(_check_figures(ctx, c.get("figures"), "faithfulness", figs))
     return "".join(parts)
 
 
@@ -907,10 +959,10 @@ def _trust_localization(ctx: _Context, c: Mapping[str, Any]) -> str:
     if c.get("ranking"):
         parts.append("<p>Ranking (best localised first): " + ", ".join(f"<code>{_e(m)}</code>" for m in c["ranking"])
                      + ".</p>")
-    figs = list(c.get("figures") or [])
+    figs: list[str] = []
     for v in methods.values():
         figs += list((v or {}).get("figures") or [])
-    parts.append(_check_figures(ctx, figs, "localisation"))
+    parts.append(_check_figures(ctx, c.get("figures"), "localisation", figs))
     return "".join(parts)
 
 
@@ -1125,6 +1177,9 @@ def build_report(
     title = f"Trust report: {run.info.arch} on {run.data_root.name}"
     page = render_page(title, subtitle, _warning_html(ctx), sections, created)
     _atomic.write_text(out_html, page)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out_html, 0o666 & ~umask)  # a page to open and share: the usual file mode, not the temp file's 0600
     return out_html
 
 
