@@ -67,9 +67,9 @@ TRUST_IDS = {
 }
 #: Columns of the verdict table: key in ``summary.methods``, header, kind ("check" or "score").
 VERDICT_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("model_randomization", "Model randomisation", "check"),
-    ("data_randomization", "Data randomisation", "check"),
-    ("input_invariance", "Input invariance", "check"),
+    ("model_randomization", "Model random\u00adisation", "check"),
+    ("data_randomization", "Data random\u00adisation", "check"),
+    ("input_invariance", "Input invari\u00adance", "check"),
     ("deletion_auc", "Deletion AUC \u2193", "score"),
     ("insertion_auc", "Insertion AUC \u2191", "score"),
     ("relevance_mass", "Relevance mass \u2191", "score"),
@@ -98,6 +98,7 @@ DEFAULT_METHODS = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gra
                    "gradcam", "gradcam++", "scorecam")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PANELS_PER_ROW = 5  # image + maps per row of an explanation figure
+_QUANTIZE_ABOVE = 600_000  # pixels: larger figures are reduced to 256 colours (small ones keep smooth colour bars)
 _MAX_WIDTH = 1120  # pixels: the page's content width; wider images are scaled down before embedding
 
 
@@ -293,7 +294,7 @@ def _compact_png(png: bytes, max_width: int = _MAX_WIDTH) -> bytes:
                 im = im.convert("RGB")
             if im.width > max_width:
                 im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.LANCZOS)
-            if im.mode == "RGB":
+            if im.mode == "RGB" and im.width * im.height > _QUANTIZE_ABOVE:
                 im = im.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
             out = io.BytesIO()
             im.save(out, format="PNG")
@@ -574,7 +575,7 @@ def _verdict_section(ctx: _Context) -> str:
     columns = [*VERDICT_COLUMNS, *((k, _EXTRA_HEADERS.get(k, k.replace("_", " ").capitalize()), "score")
                                    for k in extra)]
     head = "<th>Method</th>" + "".join(f'<th data-key="{_e(k)}">{_e(t)}</th>' for k, t, _ in columns)
-    head += "<th>Recommended</th>"
+    head += "<th>Recom\u00admended</th>"
     rows = []
     method_names = (ctx.checks.get("methods") or {})
     for label, vals in per_method.items():
@@ -830,18 +831,35 @@ def _trust_model_randomization(ctx: _Context, c: Mapping[str, Any]) -> str:
                      + " &rarr; ".join(f"<code>{_e(s)}</code>" for s in steps) + ".</p>")
     metrics = c.get("metrics") or []
     null = casc.get("null") or {}
+    methods = casc.get("methods") or {}
     rows = []
-    for label, v in (casc.get("methods") or {}).items():
-        curves = (v or {}).get("curves") or {}
-        finals = [_num(curves[k][-1]) if curves.get(k) else "n/a" for k in metrics]
-        rows.append([label, _verdict_raw((v or {}).get("passed")), *finals, (v or {}).get("reason", "")])
-    if null and rows:
-        rows.append([_Raw("<em>two unrelated random maps</em>"), "", *(_num(null.get(k)) for k in metrics),
-                     "the level a passing method falls to"])
-    if rows:
-        parts.append("<p>Similarity of each method's maps to the original ones once every layer is randomised "
-                     "(1 = unchanged):</p>")
-        parts.append(_table(["method", "verdict", *metrics, "reason"], rows, num_cols=range(2, 2 + len(metrics))))
+    if any("value" in (v or {}) for v in methods.values()):
+        # the verdict's own number: the similarity at the decision step against the pass threshold
+        for label, v in methods.items():
+            v = v or {}
+            rows.append([label, _verdict_raw(v.get("passed")), _num(v.get("value")), _num(v.get("threshold")),
+                         v.get("reason", "")])
+        if casc.get("pass_rule"):
+            parts.append(f"<p>Rule: {_e(casc['pass_rule'])}.</p>")
+        parts.append(_table(["method", "verdict", "similarity", "pass if at most", "reason"], rows, num_cols=(2, 3)))
+        rows = []
+    else:
+        for label, v in methods.items():
+            curves = (v or {}).get("curves") or {}
+            finals = [_num(curves[k][-1]) if curves.get(k) else "n/a" for k in metrics]
+            rows.append([label, _verdict_raw((v or {}).get("passed")), *finals, (v or {}).get("reason", "")])
+        if null and rows:
+            rows.append([_Raw("<em>two unrelated random maps</em>"), "", *(_num(null.get(k)) for k in metrics),
+                         "the level a passing method falls to"])
+        if rows:
+            parts.append("<p>Similarity of each method's maps to the original ones once every layer is randomised "
+                         "(1 = unchanged):</p>")
+            parts.append(_table(["method", "verdict", *metrics, "reason"], rows,
+                                num_cols=range(2, 2 + len(metrics))))
+    if null:
+        levels = ", ".join(f"{_e(k)} {_summary(v)}" for k, v in null.items())
+        parts.append("<p class=hint>Similarity of two unrelated random maps (the level a passing method falls to): "
+                     f"{levels}.</p>")
     figs: list[str] = []
     for v in (casc.get("methods") or {}).values():
         figs += list((v or {}).get("figures") or [])
