@@ -7,6 +7,9 @@ import os
 import pytest
 import torch
 
+# Tests use tiny models, for which thread start-up and contention cost more than a second core gives.
+torch.set_num_threads(1)
+
 
 def _device() -> torch.device:
     name = os.environ.get("SALIENCEKIT_TEST_DEVICE", "cpu")

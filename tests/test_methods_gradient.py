@@ -403,3 +403,36 @@ def test_explanation_contents() -> None:
     json.dumps(e.params)
     json.dumps(sk.create_method("smoothgrad", model, base="integrated_gradients",
                                 base_options={"baseline": torch.zeros(1)}).params)
+
+
+def test_smoothgrad_wraps_a_method_through_its_public_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gradient method that is no PixelGradientMethod (e.g. a CAM) is wrapped through attribute(); its maps are
+    averaged and the result has no (N, C, H, W) attribution."""
+    from saliencekit.methods import registry
+    from saliencekit.methods.base import Explanation, Method
+
+    class MapsOnly(Method):
+        """Squared gradient summed over channels, as maps only (a stand-in for a layer method)."""
+
+        description = "test stand-in"
+        family = "cam"
+        uses_gradients = True
+
+        def attribute(self, inputs: torch.Tensor, target: object = None) -> Explanation:
+            e = sk.create_method("gradient", self.model).attribute(inputs, target)
+            return Explanation(self.name, (e.attributions**2).sum(1), scores=e.scores, targets=e.targets,
+                               predictions=e.predictions)
+
+    MapsOnly.name = "maps_only"
+    monkeypatch.setitem(registry._REGISTRY, "maps_only", MapsOnly)
+    model = make("residual", in_channels=2, classes=3)
+    x = _x(n=2, c=2)
+    cls = [1, 2]
+    plain = MapsOnly(model).attribute(x, target=cls)
+    zero = sk.create_method("smoothgrad", model, base="maps_only", noise=0.0).attribute(x, target=cls)
+    torch.testing.assert_close(zero.maps, plain.maps, atol=0, rtol=0)
+    e = sk.create_method("vargrad", model, base="maps_only", samples=4, noise=0.3).attribute(x, target=cls)
+    assert e.attributions is None
+    ref = ref_noise_tunnel(lambda xi, i: (ref_gradient(model, xi, [cls[i]])[0] ** 2).sum(0, keepdim=True),
+                           x, 4, 0.3, 0, "var")
+    torch.testing.assert_close(e.maps, ref[:, 0], atol=ATOL, rtol=1e-7)

@@ -106,3 +106,31 @@ def test_layer_errors() -> None:
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
     with pytest.raises(InputError, match="no layer with a spatial feature map"):
         resolve_layer(mlp, None, x)
+
+
+class _Counting(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 3))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+@pytest.mark.parametrize("name", ["gradient", "gradient_x_input", "guided_backprop", "deconvnet"])
+def test_single_pass_methods_run_one_forward_and_fix_the_predicted_class(name: str) -> None:
+    import saliencekit as sk
+
+    model = _Counting()
+    x = torch.randn(5, 1, 4, 4)
+    e = sk.create_method(name, model).attribute(x)
+    assert model.calls == 1
+    with torch.no_grad():
+        out = model.net(x)
+    assert e.targets.tolist() == out.argmax(1).tolist() == e.predictions.tolist()
+    assert torch.allclose(e.scores, out.max(1).values, atol=1e-6)
+    # chunked (batch_size=2): same result, via the separate clean pass
+    chunked = sk.create_method(name, model, batch_size=2).attribute(x) if name.startswith("gradient") else e
+    assert torch.allclose(chunked.maps, e.maps, atol=1e-6)

@@ -1,9 +1,155 @@
-"""`saliencekit explain` command(s). (Not implemented yet.)"""
+"""``saliencekit methods`` and ``saliencekit explain``: list the saliency methods, explain image files."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+_TORCHSCRIPT_NOTE = (
+    "TorchScript models (--model-file with a torch.jit.save file) support the methods that need no hooks: "
+    "gradient, gradient_x_input, integrated_gradients, smoothgrad, smoothgrad_sq, vargrad, occlusion, rise. "
+    "Layer methods (the CAMs, Score-CAM, guided Grad-CAM) and ReLU-rule methods (guided_backprop, deconvnet) "
+    "need an nn.Module: a run directory or a whole module saved with torch.save(model)."
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's command(s) to ``subparsers``."""
+    """Add ``methods`` and ``explain`` to ``subparsers``."""
+    p = subparsers.add_parser(
+        "methods", help="list the saliency methods, or show one method's options",
+        description="Without NAME: one line per registered method with its description. With NAME: the method's "
+                    "documentation, its options with their defaults, and its capabilities.",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="a method name, e.g. integrated_gradients")
+    p.set_defaults(func=_methods)
+
+    p = subparsers.add_parser(
+        "explain", help="explain images with saliency maps (overlays, comparison figure, raw maps)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Explain image files with saliency methods. Writes, per image, OUT/<image>/<method>.png (the image in "
+            "grey with a jet heat map and a colour bar), OUT/<image>/comparison.png (all methods side by side, one "
+            "row per explained class, the prediction in the title), OUT/<image>/maps.npz (the raw float maps), and "
+            "OUT/summary.json.\n\n"
+            "  saliencekit explain runs/cxr data/effusion/img1.png --methods gradcam++,scorecam --out maps\n"
+            "  saliencekit explain --model-file model.pt --image-size 256 --classes normal,effusion "
+            "images/ --methods gradient,integrated_gradients --out maps\n\n" + _TORCHSCRIPT_NOTE
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="RUN_DIR IMAGE_OR_FOLDER",
+                   help="a run directory written by `saliencekit train`, then image files and/or folders (searched "
+                        "recursively; mask folders skipped). With --model-file, give only images and folders.")
+    p.add_argument("--methods", default="gradient",
+                   help="comma-separated method names (see `saliencekit methods`), or a JSON object "
+                        "label -> options, e.g. '{\"ig\": {\"method\": \"integrated_gradients\", \"steps\": 32}}'. "
+                        "Default: gradient.")
+    p.add_argument("--out", required=True, help="output folder (created if needed)")
+    p.add_argument("--target", default=None,
+                   help="class to explain, by name or index (default: the predicted class). For a single-logit "
+                        "binary model, class 1 explains the logit z and class 0 explains -z.")
+    p.add_argument("--layer", default=None,
+                   help="layer for CAM methods, a module name such as 'features.7' (default: the last convolutional "
+                        "stage, found automatically)")
+    p.add_argument("--top-k", type=int, default=1, metavar="K",
+                   help="explain the K most probable classes of each image, one row each (default 1: the prediction)")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--batch-size", default="auto",
+                   help="images per forward/backward pass of the multi-pass methods, or 'auto' (sized to the device, "
+                        "halved on out-of-memory). Default auto.")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32 (default) or mixed precision for the many-pass methods (fp16 needs CUDA)")
+    p.add_argument("--normalization", default="auto", choices=("auto", "minmax", "abs", "percentile", "signed"),
+                   help="how the pictures scale each map (maps.npz always keeps the raw values): auto (default: "
+                        "percentile for the gradient and backprop families, i.e. |map| clipped at its 99th "
+                        "percentile, minmax for CAMs and perturbation methods), minmax, abs, percentile, signed")
+    p.add_argument("--model-file", default=None,
+                   help="a TorchScript file or a whole module saved with torch.save(model), instead of a run "
+                        "directory; preprocessing then comes from --image-size, --color, --no-standardize")
+    p.add_argument("--image-size", type=int, default=256, help="with --model-file: resize images to this size "
+                                                               "(square). Default 256.")
+    p.add_argument("--color", action="store_true", help="with --model-file: keep RGB (default: greyscale)")
+    p.add_argument("--no-standardize", action="store_true",
+                   help="with --model-file: keep values in [0, 1] (default: per-image standardisation)")
+    p.add_argument("--classes", default=None,
+                   help="with --model-file: comma-separated class names in label order (default class_0, ...)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_explain)
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from saliencekit.methods.registry import list_methods, method_class, method_options
+
+    if args.name is None:
+        names = list_methods()
+        width = max(len(n) for n in names)
+        for n in names:
+            print(f"{n:<{width}}  {method_class(n).description}")
+        return 0
+    cls = method_class(args.name)
+    print(f"{args.name} ({cls.family} family)\n")
+    print(inspect.getdoc(cls) or cls.description)
+    print("\noptions (defaults):")
+    for k, v in method_options(args.name).items():
+        shown = "(required)" if v is inspect.Parameter.empty else repr(v)
+        print(f"  {k} = {shown}")
+    flags = [f for f in ("uses_gradients", "multiplies_by_inputs", "needs_layer", "satisfies_completeness",
+                         "works_on_torchscript") if getattr(cls, f)]
+    print(f"\ncapabilities: {', '.join(flags) or '(none)'}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from saliencekit.data.preprocess import Preprocessing
+    from saliencekit.errors import InputError
+    from saliencekit.viz.explain_files import explain_files, load_model_file
+
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.model_file:
+        model = load_model_file(args.model_file, device)
+        preprocessing = Preprocessing(grayscale=not args.color, size=(args.image_size, args.image_size),
+                                      standardize="none" if args.no_standardize else "per_image")
+        class_names = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        images = args.inputs
+    else:
+        if len(args.inputs) < 2:
+            raise InputError("give a run directory and at least one image or folder (or use --model-file)")
+        run = _load_run(args.inputs[0], device)
+        model, preprocessing, class_names = run.model, run.preprocessing, list(run.class_names)
+        images = args.inputs[1:]
+    methods: object = args.methods
+    if args.methods.strip().startswith("{"):
+        try:
+            methods = json.loads(args.methods)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--methods is not valid JSON: {exc}") from None
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    batch_size: int | str = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+    target = int(args.target) if args.target is not None and args.target.isdigit() else args.target
+    results = explain_files(model, preprocessing, images, methods, args.out, class_names=class_names, target=target,
+                            layer=args.layer, top_k=args.top_k, batch_size=batch_size, precision=args.precision,
+                            device=device, progress=not args.no_progress, normalization=args.normalization)
+    print(f"explained {len(results)} image(s) with {len(methods)} method(s); wrote {Path(args.out)}/")
+    for r in results:
+        print(f"  {r.path} -> {r.folder}/ (predicted {r.predicted})")
+    return 0
+
+
+def _load_run(path: str, device: str) -> Any:  # a saliencekit.run.Run
+    from saliencekit.errors import RunDirError
+
+    if not Path(path).is_dir():
+        raise RunDirError(f"{path} is not a run directory (a folder written by `saliencekit train`); to explain with "
+                          "a model file use --model-file PATH and give only images")
+    try:
+        from saliencekit.run import load_run
+    except ImportError as exc:  # pragma: no cover - the training module is missing
+        raise RunDirError(f"cannot open run directories in this installation: {exc}") from exc
+    return load_run(path, device=device)

@@ -1,9 +1,13 @@
-"""Imports every module that registers built-in methods (the registry loads this once)."""
+"""Imports every module that registers built-in methods (the registry loads this once).
 
+The import order is the order of ``list_methods()``.
+"""
+
+# ruff: noqa: F401, I001
+import saliencekit.methods.gradient  # gradient, gradient_x_input
+import saliencekit.methods.smoothgrad  # smoothgrad, smoothgrad_sq, vargrad
+import saliencekit.methods.integrated  # integrated_gradients
 import saliencekit.methods.backprop  # guided_backprop, deconvnet, guided_gradcam
 import saliencekit.methods.cam  # gradcam, gradcam++, xgradcam, hirescam, layercam
-import saliencekit.methods.gradient
-import saliencekit.methods.integrated
-import saliencekit.methods.perturbation
-import saliencekit.methods.scorecam
-import saliencekit.methods.smoothgrad  # noqa: F401
+import saliencekit.methods.scorecam  # scorecam
+import saliencekit.methods.perturbation  # occlusion, rise

@@ -36,9 +36,9 @@ _FUNCTIONAL_NOTE = "nn.ReLU modules only: functional F.relu keeps the plain grad
 def _warn_without_relu_modules(model: nn.Module, name: str) -> None:
     if count_relu_modules(model) == 0:
         warnings.warn(
-            f"{model.__class__.__name__} has no nn.ReLU modules, so {name} cannot apply its ReLU rule and equals the "
-            "plain gradient (ReLUs called as functions, F.relu inside forward, cannot be reached without patching "
-            "torch); use nn.ReLU modules to get the rule",
+            f"{model.__class__.__name__} has no nn.ReLU modules, so {name} cannot apply its ReLU rule: its backward "
+            "pass is the plain gradient (ReLUs called as functions, F.relu inside forward, cannot be reached without "
+            "patching torch); use nn.ReLU modules to get the rule",
             UserWarning,
             stacklevel=3,
         )

@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from saliencekit.methods._batching import BatchSize, check_batch_size, run_in_chunks
+from saliencekit.methods._batching import BatchSize, check_batch_size, initial_batch_size, run_in_chunks
 from saliencekit.methods._capture import ReluRule, capture
 from saliencekit.methods._precision import Precision, autocast, check_precision
-from saliencekit.methods.base import Explanation, Method, preserve_model, reduce_channels
+from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model, reduce_channels
 from saliencekit.methods.registry import register_method
-from saliencekit.methods.targets import ResolvedTarget
+from saliencekit.methods.targets import ResolvedTarget, as_target
 
 
 def input_gradient(model: nn.Module, inputs: torch.Tensor, target: ResolvedTarget) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,10 +106,26 @@ class PixelGradientMethod(Method):
         """Return the attributions (N, C, H, W), the scores ``S`` (N,) and extras."""
         raise NotImplementedError
 
+    def _fits_one_pass(self, inputs: torch.Tensor) -> bool:
+        if self.batches_itself:
+            return False
+        size = self.batch_size
+        if size == "auto":
+            size = initial_batch_size(self.model, inputs, backward=True)
+        return inputs.shape[0] <= size
+
     def attribute(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
+        check_inputs(self.model, inputs)
         with preserve_model(self.model), capture(self.model, relu_rule=self.relu_rule):
-            _output, resolved, predictions = self._resolve(inputs, target)
-            attributions, scores, extras = self._compute(inputs, resolved)
+            if self._fits_one_pass(inputs):
+                # One forward pass both fixes the target and is differentiated (no separate clean pass).
+                resolved = ResolvedTarget.deferred(as_target(target), inputs.shape[0])
+                with self._autocast(inputs.device):
+                    attributions, scores, extras = self._attributions(inputs, resolved)
+                predictions = resolved.predictions
+            else:
+                _output, resolved, predictions = self._resolve(inputs, target)
+                attributions, scores, extras = self._compute(inputs, resolved)
         return Explanation(
             method=self.name,
             maps=reduce_channels(attributions, self.reduce),

@@ -23,9 +23,10 @@ from torch import nn
 from saliencekit.errors import InputError
 from saliencekit.methods._batching import BatchSize, check_batch_size, run_in_chunks
 from saliencekit.methods._capture import capture
+from saliencekit.methods._precision import Precision
 from saliencekit.methods.base import Explanation, Method, preserve_model, reduce_channels
 from saliencekit.methods.gradient import PixelGradientMethod, rows_target
-from saliencekit.methods.registry import create_method, register_method
+from saliencekit.methods.registry import create_method, method_options, register_method
 from saliencekit.methods.targets import ResolvedTarget
 
 _STATISTICS = ("mean", "mean_sq", "var")
@@ -58,6 +59,8 @@ class _NoiseTunnel(Method):
         seed: seed of the noise generator (on the input's device); ``None`` draws a fresh seed.
         batch_size: noisy images per pass, or "auto".
         reduce: channel reduction of the (N, C, H, W) result: "sum", "abs_sum", "max_abs", "mean".
+        precision: given to the wrapped method when it takes a ``precision`` option (default: its own default).
+        layer: given to the wrapped method when it takes a ``layer`` option (e.g. SmoothGrad of a CAM).
     """
 
     family = "gradient"
@@ -75,9 +78,16 @@ class _NoiseTunnel(Method):
         seed: int | None = 0,
         batch_size: BatchSize = "auto",
         reduce: str = "sum",
+        precision: Precision | None = None,
+        layer: str | nn.Module | None = None,
     ):
         super().__init__(model)
         base_options = dict(base_options or {})
+        # Options that ``explain`` hands to every method reach the wrapped method when it takes them.
+        accepted = method_options(base) if isinstance(base, str) else {}
+        for key, value in (("precision", precision), ("layer", layer)):
+            if value is not None and key in accepted and key not in base_options:
+                base_options[key] = value
         self.base: Method = create_method(base, model, **base_options)
         if not type(self.base).uses_gradients:
             raise InputError(f"{self.name or 'smoothgrad'} wraps gradient methods; {base!r} does not use gradients "
@@ -122,7 +132,8 @@ class _NoiseTunnel(Method):
             assert isinstance(m, _NoiseTunnel)
             attr = stats[m.statistic]
             out.append(Explanation(
-                method=m.name, maps=reduce_channels(attr, m.reduce), attributions=attr,
+                method=m.name, maps=reduce_channels(attr, m.reduce),
+                attributions=attr if stats["has_attributions"] else None,  # a wrapped CAM has maps only
                 layer_maps=None, scores=stats["scores"], targets=stats["targets"], predictions=stats["predictions"],
                 params=m.params, extras={},
             ))
@@ -130,7 +141,7 @@ class _NoiseTunnel(Method):
 
     # ----------------------------------------------------------------------------------- engine
 
-    def _statistics(self, inputs: torch.Tensor, target: Any) -> dict[str, torch.Tensor]:
+    def _statistics(self, inputs: torch.Tensor, target: Any) -> dict[str, Any]:
         base = self.base
         pixel = isinstance(base, PixelGradientMethod)
         rule = base.relu_rule if pixel else None
@@ -144,16 +155,17 @@ class _NoiseTunnel(Method):
             gen = torch.Generator(device=inputs.device)
             gen.manual_seed(self.seed if self.seed is not None else int(torch.seed() % 2**63))
             eps = torch.randn((samples, *inputs.shape[1:]), generator=gen, device=inputs.device, dtype=inputs.dtype)
-            acc: dict[str, torch.Tensor] = {}
+            acc: dict[str, Any] = {}
             acc_dtype = torch.float64 if inputs.device.type == "cpu" or inputs.dtype == torch.float64 else torch.float32
 
             def chunk(start: int, stop: int) -> None:
                 rows = torch.arange(start, stop, device=inputs.device)
                 img, smp = rows % n, rows // n
                 noisy = inputs[img] + sigma[img] * eps[smp]
-                a = _wrapped_attributions(base, noisy, rows_target(resolved, start, stop), pixel)
+                a, has_attr = _wrapped_attributions(base, noisy, rows_target(resolved, start, stop), pixel)
+                acc["has_attributions"] = has_attr
                 a = a.to(acc_dtype)
-                if not acc:
+                if "s1" not in acc:
                     acc["s1"] = torch.zeros((n, *a.shape[1:]), dtype=acc_dtype, device=inputs.device)
                     acc["s2"] = torch.zeros_like(acc["s1"])
                 acc["s1"].index_add_(0, img, a)
@@ -166,21 +178,25 @@ class _NoiseTunnel(Method):
         if samples == 1:
             var = torch.zeros_like(mean)
         return {
+            "has_attributions": acc["has_attributions"],
             "mean": mean.to(inputs.dtype), "mean_sq": mean_sq.to(inputs.dtype), "var": var.to(inputs.dtype),
             "scores": clean_scores, "targets": resolved.class_indices().to(inputs.device), "predictions": predictions,
         }
 
 
-def _wrapped_attributions(base: Method, noisy: torch.Tensor, target: ResolvedTarget, pixel: bool) -> torch.Tensor:
-    """The wrapped method's attribution (rows, C, H, W) of noisy rows; maps (rows, 1, H, W) when it has none."""
+def _wrapped_attributions(
+    base: Method, noisy: torch.Tensor, target: ResolvedTarget, pixel: bool
+) -> tuple[torch.Tensor, bool]:
+    """The wrapped method's attribution (rows, C, H, W) of noisy rows, or its maps (rows, 1, H, W) when it
+    has no attribution (then the flag is False)."""
     if pixel:
         assert isinstance(base, PixelGradientMethod)
         attr, _scores, _extras = base._compute(noisy, target)
-        return attr
+        return attr, True
     # Any other gradient method: through its public entry point, with the target fixed per row.
     fixed: Any = target.fn if target.classes is None else target.classes
     e = base.attribute(noisy, fixed)
-    return e.attributions if e.attributions is not None else e.maps[:, None]
+    return (e.attributions, True) if e.attributions is not None else (e.maps[:, None], False)
 
 
 @register_method("smoothgrad")

@@ -83,9 +83,27 @@ class ResolvedTarget:
     n: int
     classes: torch.Tensor | None = None
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    pending: Target | None = None
+    predictions: torch.Tensor | None = None
+
+    @classmethod
+    def deferred(cls, target: Target, n: int) -> ResolvedTarget:
+        """A target resolved by the first output it scores (its rows must be the ``n`` clean images).
+
+        Single-pass methods use it to fix the target (e.g. the predicted class) from the very forward
+        pass whose graph they differentiate, instead of paying for a separate clean forward pass.
+        """
+        return cls(n, pending=target)
 
     def score(self, output: torch.Tensor) -> torch.Tensor:
         """The explained score ``S`` per row of ``output`` (rows may be ``k`` blocks of ``n``)."""
+        if self.pending is not None:
+            clean = _as_2d(output).detach()
+            if clean.shape[0] != self.n:
+                raise InputError(f"a deferred target must first score the {self.n} clean images, got {clean.shape[0]}")
+            resolved = self.pending.resolve(clean)
+            self.classes, self.fn, self.pending = resolved.classes, resolved.fn, None
+            self.predictions = predicted_classes(clean)
         if self.fn is not None:
             s = self.fn(output)
             if not isinstance(s, torch.Tensor) or s.ndim != 1 or s.shape[0] != output.shape[0]:

@@ -211,7 +211,8 @@ def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Seque
         fractions: shares of pixels removed, each in [0, 1].
         order: ``"morf"`` (most relevant first) or ``"lerf"`` (least relevant first).
         noise: std of the imputation noise, in input units.
-        generator: torch.Generator or seed for the noise (None: seed 0).
+        generator: torch.Generator or seed for the noise (None: seed 0). Each (image, fraction) gets its own noise
+            stream derived from it, so the scores do not depend on ``batch_size`` or the device.
         batch_size: images imputed and scored together.
         progress: show a progress bar.
 
@@ -226,6 +227,7 @@ def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Seque
     if fr.numel() == 0 or bool(((fr < 0) | (fr > 1)).any()):
         raise InputError(f"road fractions must be a non-empty list of shares in [0, 1], got {list(fractions)}")
     gen = make_generator(generator)
+    base = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item())
     n, _, h, w = inputs.shape
     ranks = salience_ranks(maps, descending=(order == "morf"))
     counts = torch.round(fr * h * w).long().to(inputs.device)
@@ -242,7 +244,14 @@ def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Seque
             img = torch.tensor([j[0] for j in chunk], device=inputs.device)
             step = torch.tensor([j[1] for j in chunk], device=inputs.device)
             removed = (ranks[img] < counts[step].unsqueeze(1)).view(-1, h, w)
-            batch = noisy_linear_impute(inputs[img], removed, noise=noise, generator=gen)
+            batch = noisy_linear_impute(inputs[img], removed, noise=0.0)
+            if noise > 0:
+                # one noise draw per (image, fraction), seeded from the job's index: the result does not depend on
+                # batch_size
+                eps = torch.stack([torch.randn(inputs.shape[1:], generator=torch.Generator().manual_seed(base + j),
+                                               dtype=torch.float64) for j in range(lo, lo + len(chunk))])
+                eps = eps.to(inputs.device, batch.dtype)
+                batch = torch.where(removed.unsqueeze(1), batch + noise * eps, batch)
             scores[img, step] = _scores(model_score, batch)
             if bar is not None:
                 bar.update(len(chunk))

@@ -1,0 +1,196 @@
+"""Saliency maps drawn the way the lesson draws them: the image in grey, a jet heat map on top, a colour bar.
+
+This is where maps become numpy arrays; methods always return tensors.
+
+>>> import numpy as np
+>>> fig = comparison_figure(np.zeros((8, 8)), {"gradient": np.random.rand(8, 8)}, title="demo")
+>>> len(fig.axes) >= 2
+True
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from saliencekit._atomic import atomic_write
+from saliencekit.errors import InputError
+
+ArrayLike = Any  # numpy array, torch tensor or an Explanation of one image
+
+
+def _numpy(a: Any) -> np.ndarray:
+    from saliencekit.methods.base import Explanation
+
+    if isinstance(a, Explanation):
+        if len(a) != 1:
+            raise InputError(f"an Explanation of {len(a)} images was given where one map is expected; use .select(i)")
+        a = a.maps[0]
+    if isinstance(a, torch.Tensor):
+        a = a.detach().float().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def image_for_display(image: ArrayLike) -> tuple[np.ndarray, str | None]:
+    """An image (C, H, W), (H, W, C) or (H, W) scaled to [0, 1]; returns the array and the colour map to use
+    (``"gray"`` for one channel, ``None`` for RGB)."""
+    img = _numpy(image)
+    if img.ndim == 3 and img.shape[0] in (1, 3):  # (C, H, W), the torch layout, wins when ambiguous
+        img = img.transpose(1, 2, 0)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] != 3):
+        raise InputError(f"image must have shape (H, W), (1, H, W) or (3, H, W), got {tuple(_numpy(image).shape)}")
+    lo, hi = np.nanmin(img), np.nanmax(img)
+    img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return img, ("gray" if img.ndim == 2 else None)
+
+
+def map_for_display(saliency: ArrayLike, normalization: str = "minmax") -> np.ndarray:
+    """A map (H, W) normalised for display (see :func:`saliencekit.methods.normalize.normalize`;
+    ``"none"`` keeps the raw values)."""
+    m = _numpy(saliency)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2:
+        raise InputError(f"a saliency map must have shape (H, W), got {tuple(m.shape)}")
+    if normalization == "none":
+        return m
+    from saliencekit.methods.normalize import normalize
+
+    return normalize(torch.from_numpy(m)[None], normalization)[0].double().numpy()
+
+
+def overlay(
+    image: ArrayLike,
+    saliency: ArrayLike,
+    ax: Axes | None = None,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    colorbar: bool = True,
+    normalization: str = "minmax",
+    title: str | None = None,
+) -> Axes:
+    """Draw ``saliency`` over ``image``: the image in grey (RGB images in colour), the map in ``cmap``
+    with transparency ``alpha``, and a colour bar.
+
+    Args:
+        image: the (preprocessed) image, (C, H, W) or (H, W); scaled to [0, 1] for display.
+        saliency: the map (H, W) at the image's resolution.
+        ax: axes to draw into (default: a new figure's axes).
+        alpha: opacity of the heat map.
+        cmap: matplotlib colour map of the heat map.
+        colorbar: add a colour bar.
+        normalization: "minmax" (default), "abs", "percentile", "signed" or "none".
+        title: axes title.
+
+    Returns:
+        The axes.
+    """
+    img, img_cmap = image_for_display(image)
+    m = map_for_display(saliency, normalization)
+    if m.shape != img.shape[:2]:
+        raise InputError(f"map shape {m.shape} does not match the image's {img.shape[:2]}")
+    if ax is None:
+        fig = Figure(figsize=(4.2, 3.6))
+        ax = fig.add_subplot()
+    ax.imshow(img, cmap=img_cmap, vmin=0, vmax=1, interpolation="nearest")
+    if normalization == "signed":
+        vmin, vmax = -1.0, 1.0
+    elif normalization == "none":
+        vmin, vmax = float(np.min(m)), float(np.max(m))
+    else:
+        vmin, vmax = 0.0, 1.0
+    heat = ax.imshow(m, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax, interpolation="bilinear")
+    if colorbar:
+        cb = ax.figure.colorbar(heat, ax=ax, fraction=0.046, pad=0.04)
+        cb.solids.set_alpha(1.0)  # the scale in full colour, not faded like the overlay
+        cb.set_label(f"saliency ({normalization})", fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def comparison_figure(
+    image: ArrayLike,
+    explanations: Mapping[str, ArrayLike] | Sequence[Mapping[str, ArrayLike]],
+    title: str | None = None,
+    row_titles: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    normalization: str | Mapping[str, str] = "minmax",
+) -> Figure:
+    """Side by side: the image, then one overlay per method; several rows (e.g. one per explained class).
+
+    Args:
+        image: the image (C, H, W) or (H, W).
+        explanations: ``label -> map (H, W)`` for one row, or a list of such dicts, one per row.
+        title: figure title (put the class and the prediction here).
+        row_titles: a label per row, shown left of the row's image.
+        alpha, cmap: as in :func:`overlay`.
+        normalization: as in :func:`overlay`, or a dict label -> normalisation (default "minmax" for missing labels).
+
+    Returns:
+        A matplotlib Figure (not attached to pyplot; save it with ``saliencekit._atomic.save_figure``).
+    """
+    rows = [explanations] if isinstance(explanations, Mapping) else list(explanations)
+    if not rows or not all(isinstance(r, Mapping) and r for r in rows):
+        raise InputError("explanations must be a non-empty dict label -> map, or a list of such dicts")
+    if row_titles is not None and len(row_titles) != len(rows):
+        raise InputError(f"{len(row_titles)} row titles for {len(rows)} rows")
+    cols = 1 + max(len(r) for r in rows)
+    fig = Figure(figsize=(3.3 * cols, 3.1 * len(rows) + (0.5 if title else 0)))
+    axes = np.atleast_2d(np.asarray(fig.subplots(len(rows), cols, squeeze=False)))
+    img, img_cmap = image_for_display(image)
+    for r, row in enumerate(rows):
+        ax0 = axes[r, 0]
+        ax0.imshow(img, cmap=img_cmap, vmin=0, vmax=1)
+        ax0.set_xticks([])
+        ax0.set_yticks([])
+        ax0.set_title("image", fontsize=9)
+        if row_titles is not None:
+            ax0.set_ylabel(row_titles[r], fontsize=9)
+        for c, (label, saliency) in enumerate(row.items(), start=1):
+            overlay(image, saliency, ax=axes[r, c], alpha=alpha, cmap=cmap, colorbar=True,
+                    normalization=normalization if isinstance(normalization, str)
+                    else normalization.get(label, "minmax"), title=label)
+        for c in range(len(row) + 1, cols):
+            axes[r, c].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def save_maps_npz(path: str | os.PathLike[str], explanations: Mapping[str, ArrayLike]) -> Path:
+    """Atomically write raw maps to a compressed ``.npz`` (one array per label, float32).
+
+    An :class:`~saliencekit.methods.base.Explanation` is stored as its maps (N, H, W) under the label,
+    plus ``<label>/layer_maps`` for CAMs and ``<label>/scores``, ``<label>/targets``.
+    """
+    from saliencekit.methods.base import Explanation
+
+    arrays: dict[str, np.ndarray] = {}
+    for label, value in explanations.items():
+        if isinstance(value, Explanation):
+            arrays[label] = value.maps.detach().float().cpu().numpy()
+            for field in ("layer_maps", "scores", "targets"):
+                t = getattr(value, field)
+                if t is not None:
+                    arrays[f"{label}/{field}"] = t.detach().cpu().numpy()
+        else:
+            a = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            arrays[label] = a.astype(np.float32) if a.dtype.kind == "f" else a
+    if not arrays:
+        raise InputError("no maps to save")
+    return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
