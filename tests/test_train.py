@@ -195,3 +195,13 @@ def test_skip_bad_image(tmp_path) -> None:
         run = train(data, tmp_path / "r2", TrainConfig(epochs=1, skip_bad=True, **FAST), progress=False)
     assert run.config["skipped_files"] == ["normal/broken.png"]
     assert sum(len(v) for v in run.split.parts().values()) == 12
+
+
+def test_multiclass_training(tmp_path) -> None:
+    data = make_blobs(tmp_path / "d", n=5, classes=("cat", "dog", "eel"))
+    run = train(data, tmp_path / "r", TrainConfig(epochs=1, **FAST), progress=False)
+    assert run.class_names == ["cat", "dog", "eel"]
+    x = run.dataset("test").images()
+    assert run.model(x).shape == (len(x), 3)
+    assert run.metrics["n"] == 3 and len(run.metrics["confusion_matrix"]) == 3
+    assert set(run.metrics["roc_curves"]) == {"cat", "dog", "eel"}

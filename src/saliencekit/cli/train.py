@@ -85,7 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", default=None, metavar="A,B",
                    help="class folders in label order, comma-separated (default: sorted folder names, with a "
                    "'normal' folder first for two classes so that the single logit scores the finding)")
-    p.add_argument("--test-fraction", type=float, default=0.15, help="fraction of each class for testing (0.15)")
+    p.add_argument("--test-fraction", type=float, default=0.15,
+                   help="fraction of each class for testing (default: 0.15)")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="fraction of the rest of each class for validation (default: 0.15)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all)")

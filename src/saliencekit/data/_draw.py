@@ -127,7 +127,7 @@ def sample_patient(rng: np.random.Generator, size: int, effusion: bool, marker: 
         dome_h=(u(0.13, 0.22), u(0.12, 0.2)),
         dome_c=u(0.28, 0.36),
         air=u(0.6, 0.72),
-        heart=(u(0.08, 0.13), u(0.27, 0.33), u(0.3, 0.36), u(0.26, 0.3), np.deg2rad(u(-35.0, -20.0))),
+        heart=(u(0.08, 0.13), u(0.25, 0.3), u(0.31, 0.37), u(0.22, 0.26), np.deg2rad(u(20.0, 35.0))),
         med_w=u(0.09, 0.12),
         rib_phase=u(0.0, 1.0),
         rib_spacing=u(0.1, 0.125),
@@ -135,7 +135,7 @@ def sample_patient(rng: np.random.Generator, size: int, effusion: bool, marker: 
         rib_density=u(0.14, 0.22),
         clav_q=u(-0.62, -0.54),
         clav_density=u(0.22, 0.32),
-        breast=u(0.06, 0.16) if u() < 0.4 else 0.0,
+        breast=u(0.05, 0.13) if u() < 0.4 else 0.0,
         bubble=u(0.15, 0.3) if u() < 0.6 else 0.0,
         gain=u(0.8, 1.1),
         lo=u(0.02, 0.1),
@@ -243,13 +243,13 @@ def render(pt: Patient) -> Rendering:
         men = _side(left, pt.meniscus)
         t = np.clip((x - xm) / (xl - xm), 0.0, 1.0)
         level = qcp - vol - men * t**1.8  # concave upper edge, rising along the lateral chest wall
-        fl = _ramp(q - level, 0.035) * (vol > 0)
+        fl = np.clip((q - level) * (1.0 / 0.07) + 0.3, 0.0, 1.0) ** 1.5 * (vol > 0)  # hazy upper edge
         weight = lung * fl
         air = air * (1.0 - fl)
     dens -= air
 
     # --- heart, mediastinum, spine, trachea ------------------------------------------------
-    dens += 0.12 * _bump(np.sqrt(r2)) ** 0.5 * body
+    dens += 0.1 * _bump(np.sqrt(r2)) ** 0.5 * _ramp(dome - q + 0.03, 0.06)  # the heart sits on the diaphragm
     upper = _ramp(q - pt.q_top + 0.05, 0.15) * _ramp(qcp - 0.1 - q, 0.1)
     dens += 0.3 * _ramp(pt.med_w - np.abs(p - 0.01), 0.04) * upper
     vert_seg = 0.8 + 0.2 * np.cos((q + pt.rib_phase) * (2 * np.pi / 0.095))
@@ -263,6 +263,7 @@ def render(pt: Patient) -> Rendering:
     gate *= _ramp(qcp + 0.2 - q, 0.15) * (0.35 + 0.65 * lung)
     qq = q - 1.3 * (x - 0.3) ** 2 - pt.rib_phase * pt.rib_spacing
     psi = qq * (1.0 / pt.rib_spacing) * (1.0 - 0.12 * qq)  # ribs spread out lower down
+    psi += 0.1 * _noise(trng, w, 5)  # no two ribs alike
     f = psi - np.floor(psi)
     half = pt.rib_width / 2
     rib = _bump((f - half) * (1.0 / half))
@@ -277,8 +278,8 @@ def render(pt: Patient) -> Rendering:
 
     # --- confounders: breast shadows, stomach bubble ---------------------------------------
     if pt.breast > 0:
-        br = ((x - 0.48) * (1 / 0.32)) ** 2 + ((q - qcp + 0.05) * (1 / 0.22)) ** 2
-        dens += pt.breast * _ramp(1.0 - br, 0.12) * np.clip((q - qcp + 0.3) * (1 / 0.35), 0.0, 1.0) * body
+        br = ((x - 0.48) * (1 / 0.32)) ** 2 + ((q - qcp + 0.1) * (1 / 0.2)) ** 2
+        dens += pt.breast * _ramp(0.8 - br, 0.6) * np.clip((q - qcp + 0.32) * (1 / 0.3), 0.0, 1.0) * body
     if pt.bubble > 0:
         bq = pt.q_cp[1] + 0.06
         bb = ((p - 0.3) * (1 / 0.09)) ** 2 + ((q - bq) * (1 / 0.05)) ** 2

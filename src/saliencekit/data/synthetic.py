@@ -4,7 +4,7 @@
 ``normal``, in the folder layout :func:`saliencekit.data.scan_folder` reads::
 
     OUT/effusion/effusion_0000.png        OUT/normal/normal_0000.png       the images
-    OUT/masks/<class>/<stem>.png          lesion masks: white exactly where fluid was drawn (black for normals)
+    OUT/masks/<class>/<stem>.png          lesion masks: white where fluid was drawn (black for normals)
     OUT/lung_masks/<class>/<stem>.png     lung fields
     OUT/shortcut_masks/<class>/<stem>.png the planted marker (only when ``shortcut > 0``; black where absent)
     OUT/dataset.json                      generator parameters and per-image metadata (written last)
@@ -15,7 +15,9 @@ spine and trachea, lung markings, soft noise and blur, with random patient size,
 and exposure. Confounders appear in both classes (breast shadows over the lung bases, a stomach
 bubble). An effusion is fluid at one or both lung bases: a homogeneous soft-tissue opacity whose
 concave upper edge (meniscus) rises along the lateral chest wall and blunts the costophrenic angle.
-Volumes are skewed towards small effusions, so the classes are not trivially separable.
+Volumes range from a sliver in the costophrenic angle to a third of the lung, so the classes are
+not trivially separable. The lesion mask is white where the fluid replaces at least a quarter of
+the lung's air: every pixel the fluid visibly changes lies within about 2 pixels of it.
 
 Sides in the metadata are the *patient's* sides: "left" is drawn on the image's right.
 
@@ -98,18 +100,20 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
         raise DataError(f"output path {out} exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return
-    if not (out / "dataset.json").is_file():
+    ours = {*_OUTPUT_DIRS, "dataset.json"}
+    if not (out / "dataset.json").is_file() and not all(p.name in ours for p in out.iterdir()):
         raise DataError(
             f"output folder {out} is not empty and holds no synthetic dataset; choose a new or empty folder"
         )
     if not overwrite:
+        what = "a synthetic dataset" if (out / "dataset.json").is_file() else "an unfinished synthetic dataset"
         raise DataError(
-            f"output folder {out} already holds a synthetic dataset; choose another folder or overwrite it "
+            f"output folder {out} already holds {what}; choose another folder or overwrite it "
             "(overwrite=True, or --overwrite on the command line)"
         )
     import shutil
 
-    (out / "dataset.json").unlink()
+    (out / "dataset.json").unlink(missing_ok=True)
     for d in _OUTPUT_DIRS:
         if (out / d).is_dir():
             shutil.rmtree(out / d)

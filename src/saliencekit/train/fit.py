@@ -95,9 +95,10 @@ class TrainConfig:
             raise InputError(f"patience must be >= 1 (or None to never stop early), got {self.patience}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form for ``config.json`` (the augmentation is described by its repr)."""
+        """Plain-data form for ``config.json`` (the augmentation by its ``to_dict()``, else its repr)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["augment"] = None if self.augment is None else repr(self.augment)
+        aug = self.augment
+        d["augment"] = None if aug is None else aug.to_dict() if hasattr(aug, "to_dict") else repr(aug)
         d["classes"] = None if self.classes is None else list(self.classes)
         d["model_kwargs"] = dict(self.model_kwargs)
         return d

@@ -114,7 +114,9 @@ def plot_randomization_curves(result: RandomizationResult, metrics: Sequence[str
             ax.axvline(result.half_step, color="crimson", lw=0.8, ls=":", alpha=0.7)
         ax.set_xticks(x)
         ax.set_xticklabels(result.steps, rotation=45, ha="right", fontsize=8)
-        ax.set_ylim(-1.05 if metric == "spearman" else -0.3, 1.05)
+        lows = [np.nanmin(np.array(result.curve_ci(lb, metric), dtype=np.float64)) for lb in result.methods]
+        low = min([-0.3, *(v for v in lows if np.isfinite(v))])
+        ax.set_ylim(max(-1.05, low - 0.05) if metric != "spearman" else -1.05, 1.05)
         ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)} with original maps")
         ax.set_xlabel("layers randomised, output first (cumulative)" if result.mode == "cascading"
                       else "layer randomised (alone)")
@@ -143,12 +145,17 @@ def plot_method_curves(result: RandomizationResult, label: str) -> Figure:
     _null_band(ax, result.null.get("spearman_abs", next(iter(result.null.values()))),
                "null of Spearman |map|")
     ax.plot([], [], color="0.3", ls=":", label="null level of each measure")
+    verdict = result.verdicts.get(label)
+    if verdict is not None and np.isfinite(verdict.threshold):
+        ax.axhline(verdict.threshold, color="crimson", lw=1, ls="--", label=f"pass threshold ({verdict.threshold:.2f})")
+        ax.axvline(result.half_step, color="crimson", lw=0.8, ls=":", alpha=0.7)
+    ax.set_xlabel("layers randomised, output first (cumulative)" if result.mode == "cascading"
+                  else "layer randomised (alone)")
     ax.set_xticks(x)
     ax.set_xticklabels(result.steps, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(-1.05, 1.05)
     ax.set_ylabel("similarity with the original maps")
     ax.grid(alpha=0.3)
-    verdict = result.verdicts.get(label)
     title = f"{label}: {result.mode} randomisation"
     if verdict is not None:
         title += f" - {'PASSED' if verdict.passed else 'FAILED'}"
@@ -195,10 +202,13 @@ def plot_randomization_strip(result: RandomizationResult, label: str | None = No
 def plot_agreement(result: AgreementResult) -> Figure:
     """Agreement matrices between methods, one panel per measure, values written in the cells."""
     n = len(result.methods)
-    cols = len(result.metrics)
+    cols = min(2, len(result.metrics))
+    rows = math.ceil(len(result.metrics) / cols)
     side = max(3.2, 0.55 * n + 1.6)
-    fig = _figure(side * cols, side + 0.5)
-    axes = np.atleast_1d(fig.subplots(1, cols, squeeze=False)).ravel()
+    fig = _figure(side * cols + 0.8, side * rows + 0.5)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[len(result.metrics):]:
+        ax.set_visible(False)
     for ax, metric in zip(axes, result.metrics):
         mat = result.matrix(metric)
         vmin = -1 if metric in ("spearman", "pearson") else 0
@@ -257,7 +267,7 @@ def plot_faithfulness_curves(curves: Mapping[str, Mapping[str, Any]], kinds: Seq
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{kind.replace('_', ' ')} ({better.get(kind, '')})", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right" if kind in ("deletion", "road_morf") else "lower right")
     for ax in axes[len(kinds):]:
         ax.set_visible(False)
     fig.suptitle(title or "Faithfulness: mean perturbation curves")
@@ -323,9 +333,12 @@ def plot_metric_bars(methods: Mapping[str, Mapping[str, Any]], metrics: Sequence
         title: figure title.
     """
     labels = list(methods)
-    cols = len(metrics)
-    fig = _figure(max(3.0, 0.45 * len(labels) + 1.5) * cols, 3.6)
-    axes = np.atleast_1d(fig.subplots(1, cols, squeeze=False)).ravel()
+    cols = min(2, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = _figure(max(3.0, 0.45 * len(labels) + 1.5) * cols, 3.4 * rows + 0.3)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
     colors = _colors(len(labels))
     for ax, metric in zip(axes, metrics):
         means, lo, hi = [], [], []

@@ -18,14 +18,16 @@ the original maps and the maps once the top half of the layers (``ceil(L / 2)``,
 down) are randomised, and ``null`` the mean of the same measure between unrelated random maps
 (smoothed noise, see :func:`saliencekit.trust.similarity.null_level`). The method passes when
 ``s <= null + margin`` (``margin`` = :data:`PASS_MARGIN` = 0.3 by default). The data-randomisation
-verdict applies the same rule to the random-label model's maps.
+verdict applies the same rule to the random-label model's maps. An image whose new map is constant (e.g. a
+Grad-CAM map that the ReLU turned to all zeros) has an undefined Spearman correlation; for the verdict it
+counts as 0 (nothing of the original map is left), while the reported curves skip it.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +117,18 @@ def _similarities(orig: dict[str, torch.Tensor], new: dict[str, torch.Tensor],
 
     return {label: {k: v.cpu().numpy() for k, v in similarity_all(orig[label], new[label], metrics).items()}
             for label in orig}
+
+
+def _constant(maps: torch.Tensor) -> np.ndarray:
+    """(N,) bool: maps without any variation (e.g. a Grad-CAM map that the ReLU turned to all zeros)."""
+    flat = maps.reshape(maps.shape[0], -1)
+    return (flat.amax(1) == flat.amin(1)).cpu().numpy()
+
+
+def _verdict_values(values: np.ndarray, constant: np.ndarray) -> np.ndarray:
+    """Per-image similarities for the verdict: an undefined (NaN) similarity because the new map is constant
+    counts as 0 (a constant map keeps none of the original's structure)."""
+    return np.where(np.isnan(values) & constant, 0.0, values)
 
 
 def null_levels(shape: tuple[int, int], n: int, seed: int = 0,
@@ -284,11 +298,13 @@ def model_randomization(
 
     top_first = list(reversed(groups))
     similarity: dict[str, dict[str, list[np.ndarray]]] = {label: {m: [] for m in metrics} for label in specs}
+    constant: dict[str, list[np.ndarray]] = {label: [] for label in specs}
     if mode == "cascading":
         for label in specs:
             for m in metrics:
                 similarity[label][m].append(_similarities({label: orig[label]}, {label: orig[label]},
                                                           [m])[label][m])
+            constant[label].append(_constant(orig[label]))
         steps = ["original"] + [g[0] for g in top_first]
     else:
         steps = [g[0] for g in top_first]
@@ -305,6 +321,7 @@ def model_randomization(
         for label in specs:
             for m in metrics:
                 similarity[label][m].append(sims[label][m])
+            constant[label].append(_constant(maps[label]))
             if mode == "cascading":
                 strip[label].append(maps[label][:k].numpy())
     del work
@@ -326,7 +343,11 @@ def model_randomization(
         half = result.half_step
         what = f"the top {half} of {len(groups)} layers (down to {steps[half]})"
         for label in specs:
-            result.verdicts[label] = _verdict(result.curve(label), half, null_mean, steps, what)
+            row = _verdict_values(result.similarity[label][PASS_METRIC][half], constant[label][half])
+            result.verdicts[label] = _verdict(np.array([mean_of(row)]), 0, null_mean, steps, what)
+            n_const = int(constant[label][half].sum())
+            if n_const:
+                result.verdicts[label].reason += f" ({n_const} constant map(s) counted as similarity 0)"
     return result
 
 
@@ -391,11 +412,14 @@ def train_on_permuted_labels(
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
+    factory: Callable[[], nn.Module] | None = None,
     progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a fresh copy of ``model``'s architecture on randomly permuted labels until it fits them.
 
-    The copy is re-initialised (every layer of :func:`parameter_layers`), the labels are permuted with
+    The copy is built by ``factory`` (e.g. the model registry, so it gets the same initialisation as the
+    true model) or else is a deep copy of ``model`` with every layer of :func:`parameter_layers`
+    re-initialised; the labels are permuted with
     ``seed``, and the training loop of :func:`saliencekit.train.fit.fit_model` (Adam, cross-entropy / BCE
     on the logit, no augmentation, best epoch by training loss) runs in rounds of 5 epochs until the
     training accuracy reaches ``target_accuracy`` or ``epochs`` have run.
@@ -412,8 +436,13 @@ def train_on_permuted_labels(
     perm = torch.randperm(train_labels.shape[0], generator=gen)
     y = train_labels.cpu()[perm].long()
     x = train_images.detach().cpu()
-    rnd = copy.deepcopy(model)
-    randomize_layers(rnd, [n for g in parameter_layers(rnd) for n in g], seed + 1)
+    if factory is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            rnd = factory().to(device)
+    else:
+        rnd = copy.deepcopy(model)
+        randomize_layers(rnd, [n for g in parameter_layers(rnd) for n in g], seed + 1)
     rnd.train()
     empty_x, empty_y = x[:0], y[:0]
     done, acc = 0, 0.0
@@ -478,12 +507,15 @@ def data_randomization(
     training = dict(training or {})
     acc = training.get("train_accuracy")
     fit_note = "" if acc is None else f"; random-label model fits its training labels to {acc:.0%}"
+    if acc is not None and acc < float(training.get("target_accuracy", 0.9)):
+        fit_note += " (it did not memorise them: a weak test, close to comparing with an untrained network)"
     verdicts = {}
     null_mean = mean_of(null[PASS_METRIC]) if PASS_METRIC in null else float("nan")
     for label in specs:
         if PASS_METRIC not in sims[label]:
             continue
-        v = _verdict(np.array([mean_of(sims[label][PASS_METRIC])]), 0, null_mean, ["random"],
+        const = _constant(rnd_maps[label])
+        v = _verdict(np.array([mean_of(_verdict_values(sims[label][PASS_METRIC], const))]), 0, null_mean, ["random"],
                      "the labels (model trained on permuted labels)")
         v.reason += fit_note
         verdicts[label] = v

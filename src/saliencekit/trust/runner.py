@@ -108,6 +108,7 @@ class CheckSettings:
         random_label_accuracy: stop once the random-label model fits this share of its training labels.
         topk: share of pixels of the top-k overlap.
         batch_size: images per engine call.
+        similarity_metrics: measures of the randomisation checks (HOG is the slowest).
     """
 
     shift: float = 1.0
@@ -121,11 +122,13 @@ class CheckSettings:
     random_label_accuracy: float = 0.95
     topk: float = 0.1
     batch_size: int = 16
+    similarity_metrics: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
         d["road_fractions"] = list(self.road_fractions)
+        d["similarity_metrics"] = list(self.similarity_metrics)
         return {**d, **self.extra}
 
 
@@ -148,6 +151,8 @@ class _Context:
     train_data: tuple[torch.Tensor, torch.Tensor] | None = None
     random_model: nn.Module | None = None
     num_classes: int = 2
+    factory: Callable[[], nn.Module] | None = None
+    train_config: dict[str, Any] = field(default_factory=dict)
 
 
 def _save(ctx: _Context, fig: Any, rel: str, into: list[str]) -> None:
@@ -166,14 +171,15 @@ def _save(ctx: _Context, fig: Any, rel: str, into: list[str]) -> None:
 
 def _check_model_randomization(ctx: _Context) -> dict[str, Any]:
     from saliencekit.trust import figures as F
-    from saliencekit.trust.randomization import METRICS, model_randomization
+    from saliencekit.trust.randomization import model_randomization
 
-    out: dict[str, Any] = {"metrics": list(METRICS)}
+    metrics = list(ctx.settings.similarity_metrics)
+    out: dict[str, Any] = {"metrics": metrics}
     figs: list[str] = []
     for mode in ("cascading", "independent"):
         res = model_randomization(ctx.model, ctx.images, ctx.specs, mode=mode, target=ctx.preds, layer=ctx.layer,
                                   seed=ctx.seed, original_maps=ctx.maps, batch_size=ctx.settings.batch_size,
-                                  progress=ctx.progress)
+                                  metrics=metrics, progress=ctx.progress)
         d = res.to_dict()
         _save(ctx, F.plot_randomization_curves(res), f"model_randomization/{mode}_curves.png", figs)
         for label in ctx.specs:
@@ -206,10 +212,12 @@ def _check_data_randomization(ctx: _Context) -> dict[str, Any]:
         dev = ctx.images.device
         rnd, training = train_on_permuted_labels(
             ctx.model, x[keep].to(dev), y[keep], num_classes=ctx.num_classes, epochs=s.random_label_epochs,
-            target_accuracy=s.random_label_accuracy, seed=ctx.seed, progress=ctx.progress)
+            target_accuracy=s.random_label_accuracy, seed=ctx.seed, factory=ctx.factory,
+            lr=float(ctx.train_config.get("lr", 1e-3)), batch_size=int(ctx.train_config.get("batch_size", 32)),
+            progress=ctx.progress)
     res = data_randomization(ctx.model, rnd, ctx.images, ctx.specs, target=ctx.preds, layer=ctx.layer,
                              seed=ctx.seed, original_maps=ctx.maps, training=training,
-                             batch_size=s.batch_size)
+                             metrics=list(s.similarity_metrics), batch_size=s.batch_size)
     d = res.to_dict()
     figs: list[str] = []
     _save(ctx, F.plot_data_randomization(res), "data_randomization/maps.png", figs)
@@ -518,23 +526,27 @@ def _shortcut_summary(checks: Mapping[str, Any], methods: Mapping[str, Any], rec
     if loc is None:
         return {"present_in_data": True, "detected": None, "marker_share": None, "lesion_share": None,
                 "evidence": "the localisation check was not run"}
-    candidates = [lb for lb in recommended if loc["methods"][lb].get("shortcut_share")] or \
-        [lb for lb in methods if loc["methods"][lb].get("shortcut_share")]
+    sane = [lb for lb in recommended if loc["methods"][lb].get("shortcut_share")]
+    candidates = sane or [lb for lb in methods if loc["methods"][lb].get("shortcut_share")]
     if not candidates:
         return {"present_in_data": True, "detected": None, "marker_share": None, "lesion_share": None,
                 "evidence": "no map could be compared with the marker masks"}
-    lb = candidates[0]
-    marker = _get_mean(loc["methods"][lb], "shortcut_share")
+    by_method = {lb: _get_mean(loc["methods"][lb], "shortcut_share") for lb in candidates}
+    lb = max(candidates, key=lambda k: by_method[k] if math.isfinite(by_method[k]) else -1.0)
+    marker = by_method[lb]
     lesion = _get_mean(loc["methods"][lb], "lesion_share")
     area = _get_mean(loc, "shortcut_area_share")
     detected = bool(math.isfinite(marker) and math.isfinite(area) and marker >= SHORTCUT_FACTOR * area)
     evidence = (f"{lb} puts {marker:.0%} of its map mass on the marker, which covers {area:.1%} of the image "
                 f"({marker / area if area > 0 else float('inf'):.1f}x its area share; lesion share {lesion:.0%}); "
                 + ("the model appears to use the marker" if detected else "no sign that the model uses the marker"))
+    if not sane:
+        evidence += " (no method passed the sanity checks, so the maps themselves are doubtful)"
     return {"present_in_data": True, "detected": detected, "method": lb, "marker_share": marker,
-            "lesion_share": lesion, "marker_area_share": area,
-            "rule": f"detected when the map mass share on the marker is >= {SHORTCUT_FACTOR:g}x the marker's area "
-                    "share (images with a marker)",
+            "lesion_share": lesion, "marker_area_share": area, "marker_share_by_method": by_method,
+            "rule": f"detected when the map mass share on the marker (images with a marker) is >= "
+                    f"{SHORTCUT_FACTOR:g}x the marker's area share, for the recommended method with the largest "
+                    "marker share (all methods when none is recommended)",
             "evidence": evidence}
 
 
@@ -621,6 +633,8 @@ def run_checks(
     specs = normalize_specs(methods if methods is not None else default_methods())
     masks = dict(masks or {})
     run_dir = None
+    factory: Callable[[], nn.Module] | None = None
+    train_config: dict[str, Any] = {}
     if run is not None:
         from saliencekit.run import Run, load_run
         from saliencekit.train.fit import resolve_device
@@ -629,6 +643,19 @@ def run_checks(
             run = load_run(run, device=resolve_device(str(device)))
         run_dir = str(Path(run.path).resolve())
         model = run.model
+        info = run.info
+
+        def factory() -> nn.Module:
+            # The same architecture with dropout off (when the factory has that option), so that the random-label
+            # model can memorise its labels in an affordable number of epochs; dropout has no weights.
+            from saliencekit import models
+
+            try:
+                return models.create(info.arch, **{**info.arch_kwargs, "dropout": 0.0})
+            except TypeError:
+                return models.create(info.arch, **info.arch_kwargs)
+
+        train_config = dict(run.config.get("config", {}))
         test = run.dataset("test")
         all_labels = test.labels()
         pick = _pick(all_labels, len(test), min(n_images, len(test)), seed).tolist()
@@ -682,7 +709,8 @@ def run_checks(
     out_path = Path(out_dir) if out_dir is not None else None
     ctx = _Context(model=model, images=images, labels=labels, preds=preds, probs=probs, specs=specs, maps={},
                    masks=masks, layer=layer, seed=seed, settings=settings, out_dir=out_path, figures=figures,
-                   progress=progress, train_data=train_data, random_model=random_model, num_classes=num_classes)
+                   progress=progress, train_data=train_data, random_model=random_model, num_classes=num_classes,
+                   factory=factory, train_config=train_config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         ctx.maps = compute_maps(model, images, specs, preds, layer, settings.batch_size, progress, desc="maps")
@@ -691,7 +719,11 @@ def run_checks(
         for name in bar:
             bar.set_postfix(check=name, refresh=True)
             t0 = time.perf_counter()
-            results[name] = _RUNNERS[name](ctx)
+            try:
+                results[name] = _RUNNERS[name](ctx)
+            except InputError as exc:  # a check that cannot apply to this model (e.g. no Conv2d/Linear first layer)
+                skipped[name] = f"could not run: {exc}"
+                continue
             results[name]["seconds"] = round(time.perf_counter() - t0, 3)
 
     image_rows = []
@@ -710,7 +742,8 @@ def run_checks(
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command or "",
         "run_dir": run_dir,
-        "settings": {"images": int(images.shape[0]), "seed": seed, "device": str(images.device), "checks": todo,
+        "settings": {"images": int(images.shape[0]), "seed": seed, "device": str(images.device),
+                     "checks": [c for c in todo if c in results],
                      "skipped": skipped, "layer": layer, **settings.to_dict()},
         "methods": {lb: {"method": s["method"], "options": dict(s["options"])} for lb, s in specs.items()},
         "images": image_rows,
