@@ -350,16 +350,8 @@ def _display_image(x: np.ndarray) -> np.ndarray:
     return x[0] if x.shape[0] == 1 else np.transpose(x[:3], (1, 2, 0))
 
 
-def _explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray], title: str) -> Figure:
+def _explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray]) -> Figure:
     """One row: the image, then each method's map over it, with one shared colour bar."""
-    try:  # the shared overlay helpers, once available
-        from saliencekit.viz import overlay as _overlay  # type: ignore[attr-defined]
-
-        fig = _overlay.comparison_figure(image, dict(maps), title=title)  # type: ignore[attr-defined]
-        if fig is not None:
-            return fig
-    except Exception:
-        pass
     from matplotlib.figure import Figure
 
     n = 1 + len(maps)
@@ -380,18 +372,29 @@ def _explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray], title
     if mappable is not None:
         cax = fig.add_subplot(gs[:, cols])
         cb = fig.colorbar(mappable, cax=cax)
-        cb.set_label("saliency: |map| / its 99th percentile", fontsize=9)
+        cb.set_label("saliency (1 = most salient)", fontsize=9)
         cb.ax.tick_params(labelsize=8)
     return fig
 
 
+def _display_normalization(method: str) -> str:
+    """The project's display convention: percentile for gradient/backprop maps, min-max for the others."""
+    try:
+        from saliencekit.methods import method_class
+        from saliencekit.viz.explain_files import display_normalization
+
+        return display_normalization(method_class(method))
+    except (ImportError, SaliencekitError):
+        return "percentile"
+
+
 def _sample_figure(run: Run, per_class: int = 4, size: int = 160) -> Figure:
     """A grid of raw images per class (rows) with their mask outlines."""
-    try:  # the data helpers' figure, once available
-        from saliencekit.viz.samples import plot_samples  # type: ignore[import-not-found]
+    try:  # the data helpers' figure (lesion and shortcut masks outlined)
+        from saliencekit.viz.samples import plot_samples
 
         return plot_samples(run.data_root, per_class=per_class)
-    except Exception:
+    except (ImportError, SaliencekitError):
         pass
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -776,13 +779,16 @@ def _explanations_section(ctx: _Context, methods: Any, n_images: int, progress: 
         results = explain(run.model, x, methods=spec)
     except SaliencekitError as exc:
         return _section("explanations", "".join(parts) + _missing(f"Explaining failed: {_e(exc)}"))
-    ctx.method_params = {lbl: {"method": e.method, **e.params} for lbl, e in results.items()}
-    shown = {lbl: e.normalized("percentile").detach().float().cpu().numpy() for lbl, e in results.items()}
+    norms = {lbl: _display_normalization(spec[lbl]["method"]) for lbl in results}
+    ctx.method_params = {lbl: {"method": e.method, **e.params, "display_normalization": norms[lbl]}
+                         for lbl, e in results.items()}
+    shown = {lbl: e.normalized(norms[lbl]).detach().float().cpu().numpy() for lbl, e in results.items()}
     names = run.class_names
     parts.append(
         f"<p>{len(chosen)} test images: the most confident correct and wrong predictions of each class. Each map "
-        "explains the <em>predicted</em> class; every map is shown as |map| scaled to its 99th percentile (1 = "
-        "most salient), over the preprocessed image.</p>"
+        "explains the <em>predicted</em> class and is drawn over the preprocessed image, scaled per map so that 1 "
+        "is its most salient pixel (gradient and backprop maps: |map| clipped at its 99th percentile; CAM and other "
+        "maps: min-max).</p>"
     )
     rows = []
     figs = []
@@ -799,7 +805,7 @@ def _explanations_section(ctx: _Context, methods: Any, n_images: int, progress: 
         rows.append([_Raw(badge), files[i], names[y], names[p], prob])
         title = f"{files[i]}: true {names[y]}, predicted {names[p]} ({'correct' if ok else 'wrong'})"
         image = _display_image(x_all[i].cpu().numpy())
-        fig = _explanation_figure(image, {lbl: m[j] for lbl, m in shown.items()}, title)
+        fig = _explanation_figure(image, {lbl: m[j] for lbl, m in shown.items()})
         figs.append(_fig_img(fig, f"saliency maps of {files[i]}", f"{badge} {_e(title)}"))
     parts.append(_table(["", "file", "true class", "predicted", "probabilities"], rows))
     parts.append('<div class="grid wide">' + "".join(figs) + "</div>")
