@@ -202,7 +202,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "", 
         cells = []
         for i, c in enumerate(row):
             text = c.html if isinstance(c, _Raw) else _e(c)
-            cells.append(f'<td{" class=num" if i in num_cols else ""}>{text}</td>')
+            klass = " class=num" if i in num_cols else " class=text" if header[i] == "reason" else ""
+            cells.append(f"<td{klass}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     cls_attr = f' class="{cls}"' if cls else ""
     return (f'<div class="table-wrap"><table{cls_attr}><thead><tr>{head}</tr></thead><tbody>'
@@ -879,9 +880,13 @@ def _trust_model_randomization(ctx: _Context, c: Mapping[str, Any]) -> str:
 
 def _trust_data_randomization(ctx: _Context, c: Mapping[str, Any]) -> str:
     parts = []
+    training = c.get("training") if isinstance(c.get("training"), Mapping) else {}
     info = {"random-label model's training accuracy": c.get("random_model_train_accuracy"),
-            "epochs": c.get("epochs")}
+            "its target training accuracy": training.get("target_accuracy"),
+            "epochs": c.get("epochs"), "training images": training.get("images")}
     parts.append(_kv_table({k: v for k, v in info.items() if v is not None}))
+    if c.get("pass_rule"):
+        parts.append(f"<p>Rule: {_e(c['pass_rule'])}.</p>")
     methods = c.get("methods") or {}
     metrics: list[str] = []
     for v in methods.values():
@@ -889,11 +894,12 @@ def _trust_data_randomization(ctx: _Context, c: Mapping[str, Any]) -> str:
             if k not in metrics:
                 metrics.append(k)
     rows = [[label, _verdict_raw((v or {}).get("passed")),
-             *(_summary(((v or {}).get("similarity") or {}).get(k)) for k in metrics), (v or {}).get("reason", "")]
+             *(_num(((v or {}).get("similarity") or {}).get(k)) for k in metrics), (v or {}).get("reason", "")]
             for label, v in methods.items()]
     if rows:
-        parts.append(_table(["method", "verdict", *(f"{k} to true model" for k in metrics), "reason"], rows,
-                            num_cols=range(2, 2 + len(metrics))))
+        parts.append("<p>Similarity of each method's maps between the true and the random-label model (lower = the "
+                     "maps depend on the labels):</p>")
+        parts.append(_table(["method", "verdict", *metrics, "reason"], rows, num_cols=range(2, 2 + len(metrics))))
     null = c.get("null") or {}
     if null:
         parts.append("<p class=hint>Random-map level: " + ", ".join(f"{_e(k)} {_summary(v)}" for k, v in null.items())
