@@ -133,3 +133,29 @@ def test_parse_method_option() -> None:
     for bad in ("gradient", "=gradient", "x=ig:steps"):
         with pytest.raises(InputError):
             parse_method_option(bad)
+
+
+def test_agreement_matrix_cells_are_the_pairwise_metric_means() -> None:
+    from saliencekit.trust.agreement import agreement
+    from saliencekit.trust.similarity import spearman, ssim, topk_iou
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(5, 16, 16, generator=g, dtype=torch.float64)
+    maps = {"a": a, "b": a + 0.3 * torch.rand(5, 16, 16, generator=g, dtype=torch.float64),
+            "c": torch.rand(5, 16, 16, generator=g, dtype=torch.float64)}
+    res = agreement(maps, topk=0.2)
+    sp, ss, iou = res.matrix("spearman"), res.matrix("ssim"), res.matrix("topk_iou")
+    for i, x in enumerate("abc"):
+        for j, y in enumerate("abc"):
+            if i == j:
+                assert sp[i, j] == 1.0 and iou[i, j] == 1.0
+                continue
+            assert sp[i, j] == pytest.approx(float(spearman(maps[x], maps[y]).mean()))
+            assert ss[i, j] == pytest.approx(float(ssim(maps[x], maps[y]).mean()))
+            assert iou[i, j] == pytest.approx(float(topk_iou(maps[x], maps[y], k=0.2).mean()))
+    assert sp[0, 1] > sp[0, 2] + 0.3  # a noisy copy agrees more than an unrelated map
+    d = res.to_dict()
+    assert d["matrices"]["spearman"][1][0] == d["matrices"]["spearman"][0][1]
+    assert set(d["pairs"]) == {"a|b", "a|c", "b|c"}
+    with pytest.raises(InputError, match="at least 2"):
+        agreement({"a": a})

@@ -39,11 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `saliencekit train`")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for checks.json and the figures (created)")
     p.add_argument("--methods", default=None, metavar="M1,M2,...",
-                   help="comma-separated registered method names (see `saliencekit explain --help`); default: those "
+                   help="comma-separated registered method names (see `saliencekit methods`); default: those "
                    f"of {', '.join(DEFAULT_METHODS)} that are registered")
     p.add_argument("--method-options", action="append", default=[], metavar="LABEL=METHOD[:key=value,...]",
                    help="add a method under its own label with options, e.g. ig_white=integrated_gradients:"
-                   "baseline=white (repeatable; lets one method appear several times)")
+                   "baseline=white,steps=32 (repeatable; lets one method appear several times; values are read as "
+                   "numbers, true/false or none where they look like one, else as text)")
     p.add_argument("--checks", default=None, metavar="C1,C2,...",
                    help=f"comma-separated checks from {', '.join(CHECKS)}; default: every check that applies "
                    "(localization only when the data has masks)")

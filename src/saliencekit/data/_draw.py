@@ -104,7 +104,7 @@ def sample_patient(rng: np.random.Generator, size: int, effusion: bool, marker: 
         men = [0.0, 0.0]
         for s in sides:
             # skewed towards small volumes: many effusions only blunt the costophrenic angle
-            vols[s] = 0.01 + 0.45 * u() ** 1.2
+            vols[s] = 0.015 + 0.45 * u()
             men[s] = 0.06 + 0.45 * vols[s] + u(0.0, 0.05)
         fluid = (vols[0], vols[1])
         meniscus = (men[0], men[1])
@@ -246,6 +246,7 @@ def render(pt: Patient) -> Rendering:
         fl = np.clip((q - level) * (1.0 / 0.07) + 0.3, 0.0, 1.0) ** 1.5 * (vol > 0)  # hazy upper edge
         weight = lung * fl
         air = air * (1.0 - fl)
+        dens += 0.12 * weight  # the fluid layer is a little denser than the soft tissue it replaces air with
     dens -= air
 
     # --- heart, mediastinum, spine, trachea ------------------------------------------------

@@ -229,7 +229,8 @@ class RandomizationResult:
         return out
 
 
-def _verdict(curve: np.ndarray, half: int, null_mean: float, steps: Sequence[str], what: str) -> Verdict:
+def _verdict(curve: np.ndarray, half: int, null_mean: float, steps: Sequence[str], what: str,
+             depends: str = "the weights") -> Verdict:
     value = float(curve[half])
     threshold = null_mean + PASS_MARGIN
     if not math.isfinite(value):
@@ -237,10 +238,10 @@ def _verdict(curve: np.ndarray, half: int, null_mean: float, steps: Sequence[str
                        value, threshold)
     if value <= threshold:
         return Verdict(True, f"{PASS_METRIC} fell to {value:.2f} after randomising {what} "
-                             f"(null {null_mean:.2f}, pass <= {threshold:.2f}): the maps depend on the weights",
+                             f"(null {null_mean:.2f}, pass <= {threshold:.2f}): the maps depend on {depends}",
                        value, threshold)
     return Verdict(False, f"{PASS_METRIC} stays at {value:.2f} after randomising {what} "
-                          f"(null {null_mean:.2f}, pass <= {threshold:.2f}): the maps barely depend on the weights",
+                          f"(null {null_mean:.2f}, pass <= {threshold:.2f}): the maps barely depend on {depends}",
                    value, threshold)
 
 
@@ -516,7 +517,7 @@ def data_randomization(
             continue
         const = _constant(rnd_maps[label])
         v = _verdict(np.array([mean_of(_verdict_values(sims[label][PASS_METRIC], const))]), 0, null_mean, ["random"],
-                     "the labels (model trained on permuted labels)")
+                     "the labels (model trained on permuted labels)", "what the model learned")
         v.reason += fit_note
         verdicts[label] = v
     k = min(keep_images, images.shape[0])
