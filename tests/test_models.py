@@ -141,6 +141,7 @@ def test_not_a_checkpoint(tmp_path) -> None:
         models.load_checkpoint(tmp_path / "missing.pt")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_load_model_file_formats(tmp_path) -> None:
     m = _trained_like()
     x = torch.randn(2, 1, 64, 64)
