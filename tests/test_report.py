@@ -285,6 +285,10 @@ def test_full_report_sections_verdict_and_embedding(run_dir: Path, tmp_path: Pat
         assert url.startswith(("data:image/png;base64,", "#")), url[:80]
     assert "script" not in page.tags and "link" not in page.tags
     assert not re.search(r"https?://", html_text)
+    # each check's own figures are embedded once; per-method figures that repeat them are listed by name
+    trust = html_text[html_text.index('id="trust"'):html_text.index('id="reproducibility"')]
+    assert trust.count("<img ") == 5
+    assert "model_randomization/strip_gradient.png" in trust and "faithfulness/curves_gradient.png" in trust
     # the verdict table shows exactly what checks.json says
     data = json.loads(checks.read_text())
     summary = data["summary"]["methods"]
@@ -403,3 +407,25 @@ def test_cli_report(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "nosuchmethod" in text and "is not registered" in text  # an unknown method is skipped with a note
     assert main(["report", str(tmp_path / "nothing"), "--no-progress"]) == 2
     assert "not a saliencekit run directory" in capsys.readouterr().err
+
+
+def test_compact_png_shrinks_wide_transparent_figures() -> None:
+    import io
+
+    from saliencekit.viz.report import _compact_png
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 255, (700, 2400, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[:10, :10, 3] = 0  # a transparent corner becomes white
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    small = _compact_png(buf.getvalue())
+    with Image.open(io.BytesIO(small)) as im:
+        assert im.width == 1120 and im.height == round(700 * 1120 / 2400)
+        assert im.mode in ("RGB", "P", "L")
+        assert im.convert("RGB").getpixel((0, 0)) == (255, 255, 255)
+    assert len(small) < len(buf.getvalue())
+    tiny = io.BytesIO()
+    Image.fromarray(rgba[:20, :20, :3]).save(tiny, format="PNG")
+    assert len(_compact_png(tiny.getvalue())) <= len(tiny.getvalue())  # never larger than the original

@@ -6,6 +6,16 @@ import argparse
 import shlex
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` command to ``subparsers``."""
     p = subparsers.add_parser(
@@ -25,11 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder (or checks.json) written by `saliencekit check` (default: RUN_DIR/checks if it exists)",
     )
     p.add_argument(
-        "--methods", metavar="NAME", nargs="+", default=None,
-        help="saliency methods to show for the chosen images, by registered name (space or comma separated; "
-             "default: the methods in checks.json, else a standard set)",
+        "--methods", metavar="M1,M2,...", default=None,
+        help="comma-separated registered method names to show for the chosen images (see `saliencekit explain "
+             "--help`); default: the methods (with their options) in checks.json, else a standard set",
     )
-    p.add_argument("--images", metavar="N", type=int, default=8,
+    p.add_argument("--images", metavar="N", type=_count, default=8,
                    help="number of test images to explain: correct and wrong predictions of each class (default 8)")
     p.add_argument("--data", metavar="DIR", default=None, help="the data folder, if it moved since training")
     p.add_argument("--device", default="cpu", help="device for the model: cpu, cuda, cuda:1 ... (default cpu)")
@@ -44,7 +54,7 @@ def _command(args: argparse.Namespace) -> str:
         if value is not None:
             words += [flag, str(value)]
     if args.methods:
-        words += ["--methods", *args.methods]
+        words += ["--methods", args.methods]
     words += ["--images", str(args.images)]
     if args.device != "cpu":
         words += ["--device", args.device]
@@ -59,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     methods = None
     if args.methods:
-        methods = [m.strip() for word in args.methods for m in word.split(",") if m.strip()]
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     path = build_report(
         args.run_dir, args.out, checks=args.checks, methods=methods, images=args.images,
         progress=not args.no_progress, device=args.device, data=args.data, seed=args.seed, command=_command(args),

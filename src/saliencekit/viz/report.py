@@ -25,9 +25,10 @@ import html
 import io
 import json
 import math
+import os
 import platform
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -66,13 +67,13 @@ TRUST_IDS = {
 }
 #: Columns of the verdict table: key in ``summary.methods``, header, kind ("check" or "score").
 VERDICT_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("model_randomization", "Model randomisation", "check"),
-    ("data_randomization", "Data randomisation", "check"),
-    ("input_invariance", "Input invariance", "check"),
-    ("deletion_auc", "Deletion AUC (lower is better)", "score"),
-    ("insertion_auc", "Insertion AUC (higher is better)", "score"),
-    ("relevance_mass", "Relevance mass (higher is better)", "score"),
-    ("pointing_game", "Pointing game (higher is better)", "score"),
+    ("model_randomization", "Model random\u00adisation", "check"),
+    ("data_randomization", "Data random\u00adisation", "check"),
+    ("input_invariance", "Input invari\u00adance", "check"),
+    ("deletion_auc", "Deletion AUC \u2193", "score"),
+    ("insertion_auc", "Insertion AUC \u2191", "score"),
+    ("relevance_mass", "Relevance mass \u2191", "score"),
+    ("pointing_game", "Pointing game \u2191", "score"),
 )
 _CHECK_SENTENCES = {
     "model_randomization": "Model randomisation (Adebayo et al. 2018): the map must change when the model's weights "
@@ -87,12 +88,18 @@ _CHECK_SENTENCES = {
                      "better.",
     "relevance_mass": "Relevance mass: the share of the map's positive mass inside the ground-truth lesion mask.",
     "pointing_game": "Pointing game: the share of images whose map maximum falls inside the lesion mask.",
+    "shortcut_share": "Marker mass: the share of the map's mass on the planted shortcut marker (images with one).",
+    "sparseness": "Sparseness: Gini index of the map (higher = fewer, stronger pixels).",
 }
+_EXTRA_HEADERS = {"shortcut_share": "Marker mass \u2193", "sparseness": "Sparseness",
+                  "energy_pointing_game": "Energy pointing game \u2191"}
 #: Methods explained when neither ``methods`` nor ``checks.json`` names them (those registered are used).
-DEFAULT_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "guided_backprop", "gradcam", "gradcam++",
-                   "scorecam", "gradient_x_input")
-_MAX_DEFAULT_METHODS = 6
+DEFAULT_METHODS = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
+                   "gradcam", "gradcam++", "scorecam")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PANELS_PER_ROW = 5  # image + maps per row of an explanation figure
+_QUANTIZE_ABOVE = 600_000  # pixels: larger figures are reduced to 256 colours (small ones keep smooth colour bars)
+_MAX_WIDTH = 1120  # pixels: the page's content width; wider images are scaled down before embedding
 
 
 @dataclass
@@ -160,6 +167,14 @@ def _summary(v: Any) -> str:
     return _num(v)
 
 
+def _pct(v: Any) -> str:
+    v = _value(v)
+    if _is_missing(v):
+        return "n/a"
+    v = 100 * float(v)
+    return f"{v:.0f}%" if abs(v) >= 1 or v == 0 else f"{v:.1f}%"
+
+
 def verdict_cell(value: Any) -> tuple[str, str]:
     """Text and CSS class of one verdict-table cell: ``pass`` / ``fail`` for a check, ``not run`` when it was not,
     a number with three decimals for a score (``n/a`` when it could not be computed).
@@ -187,7 +202,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "", 
         cells = []
         for i, c in enumerate(row):
             text = c.html if isinstance(c, _Raw) else _e(c)
-            cells.append(f'<td{" class=num" if i in num_cols else ""}>{text}</td>')
+            klass = " class=num" if i in num_cols else " class=text" if header[i] == "reason" else ""
+            cells.append(f"<td{klass}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     cls_attr = f' class="{cls}"' if cls else ""
     return (f'<div class="table-wrap"><table{cls_attr}><thead><tr>{head}</tr></thead><tbody>'
@@ -262,7 +278,35 @@ def _as_png(data: bytes) -> bytes:
         return out.getvalue()
 
 
+def _compact_png(png: bytes, max_width: int = _MAX_WIDTH) -> bytes:
+    """A smaller PNG for embedding: flattened on white, at most ``max_width`` pixels wide, 256 colours when that
+    is smaller (saliency figures survive it well); the original when nothing helps."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(png)) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                flat = Image.new("RGB", im.size, "white")
+                flat.paste(im, mask=im.getchannel("A"))
+                im = flat
+            elif im.mode not in ("RGB", "L", "P"):
+                im = im.convert("RGB")
+            if im.width > max_width:
+                im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.LANCZOS)
+            if im.mode == "RGB" and im.width * im.height > _QUANTIZE_ABOVE:
+                im = im.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+            out = io.BytesIO()
+            im.save(out, format="PNG")
+    except (OSError, ValueError):  # not decodable: embed as is and let the browser decide
+        return png
+    small = out.getvalue()
+    return small if len(small) < len(png) else png
+
+
 def _img(png: bytes, alt: str, caption: str | None = None, cls: str = "") -> str:
+    png = _compact_png(png)
     uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
     cls_attr = f' class="{cls}"' if cls else ""
@@ -282,11 +326,21 @@ def _file_img(path: Path, alt: str, caption: str | None = None) -> str:
     return _img(png, alt, caption)
 
 
-def _check_figures(ctx: _Context, paths: Sequence[str] | None, alt: str) -> str:
-    if not paths or ctx.checks_dir is None:
+def _check_figures(ctx: _Context, paths: Sequence[str] | None, alt: str, per_method: Sequence[str] = ()) -> str:
+    """The check's own figures, full width; per-method figures only when the check has none of its own
+    (otherwise they are listed by name: they repeat what the combined figures show)."""
+    if ctx.checks_dir is None:
         return ""
-    figs = [_file_img(ctx.checks_dir / p, f"{alt}: {p}", _e(Path(p).stem.replace("_", " "))) for p in paths]
-    return f'<div class="grid">{"".join(figs)}</div>'
+    top = list(dict.fromkeys(str(p) for p in paths or []))
+    extra = [p for p in dict.fromkeys(str(p) for p in per_method) if p not in top]
+    if not top:
+        top, extra = extra, []
+    figs = [_file_img(ctx.checks_dir / p, f"{alt}: {p}", _e(p)) for p in top]
+    out = f'<div class="grid wide">{"".join(figs)}</div>' if figs else ""
+    if extra:
+        out += ("<p class=hint>Per-method figures in the checks folder: "
+                + ", ".join(f"<code>{_e(p)}</code>" for p in extra) + ".</p>")
+    return out
 
 
 def _display_image(x: np.ndarray) -> np.ndarray:
@@ -297,48 +351,51 @@ def _display_image(x: np.ndarray) -> np.ndarray:
     return x[0] if x.shape[0] == 1 else np.transpose(x[:3], (1, 2, 0))
 
 
-def _explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray], title: str) -> Figure:
+def _explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray]) -> Figure:
     """One row: the image, then each method's map over it, with one shared colour bar."""
-    try:  # the shared overlay helpers, once available
-        from saliencekit.viz import overlay as _overlay  # type: ignore[attr-defined]
-
-        fig = _overlay.comparison_figure(image, dict(maps), title=title)  # type: ignore[attr-defined]
-        if fig is not None:
-            return fig
-    except Exception:
-        pass
     from matplotlib.figure import Figure
 
     n = 1 + len(maps)
-    fig = Figure(figsize=(2.05 * n + 0.5, 2.55))
-    gs = fig.add_gridspec(1, n + 1, width_ratios=[1.0] * n + [0.05], wspace=0.06)
+    cols = min(n, _PANELS_PER_ROW)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(2.2 * cols + 0.7, 2.35 * rows))
+    gs = fig.add_gridspec(rows, cols + 1, width_ratios=[1.0] * cols + [0.06], wspace=0.06, hspace=0.16)
     cmap_img = "gray" if image.ndim == 2 else None
-    ax = fig.add_subplot(gs[0, 0])
-    ax.imshow(image, cmap=cmap_img, vmin=0, vmax=1)
-    ax.set_title("image", fontsize=9)
-    ax.axis("off")
+    panels: list[tuple[str, np.ndarray | None]] = [("image", None), *maps.items()]
     mappable = None
-    for j, (label, m) in enumerate(maps.items(), start=1):
-        ax = fig.add_subplot(gs[0, j])
+    for j, (label, m) in enumerate(panels):
+        ax = fig.add_subplot(gs[j // cols, j % cols])
         ax.imshow(image, cmap=cmap_img, vmin=0, vmax=1)
-        mappable = ax.imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        ax.set_title(label, fontsize=9)
+        if m is not None:
+            mappable = ax.imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        ax.set_title(label, fontsize=10)
         ax.axis("off")
     if mappable is not None:
-        cax = fig.add_subplot(gs[0, n])
+        cax = fig.add_subplot(gs[:, cols])
         cb = fig.colorbar(mappable, cax=cax)
-        cb.set_label("saliency (|map|, 99th pct = 1)", fontsize=7)
-        cb.ax.tick_params(labelsize=7)
+        cb.set_label("saliency (1 = most salient)", fontsize=9)
+        cb.ax.tick_params(labelsize=8)
     return fig
+
+
+def _display_normalization(method: str) -> str:
+    """The project's display convention: percentile for gradient/backprop maps, min-max for the others."""
+    try:
+        from saliencekit.methods import method_class
+        from saliencekit.viz.explain_files import display_normalization
+
+        return display_normalization(method_class(method))
+    except (ImportError, SaliencekitError):
+        return "percentile"
 
 
 def _sample_figure(run: Run, per_class: int = 4, size: int = 160) -> Figure:
     """A grid of raw images per class (rows) with their mask outlines."""
-    try:  # the data helpers' figure, once available
-        from saliencekit.viz.samples import plot_samples  # type: ignore[import-not-found]
+    try:  # the data helpers' figure (lesion and shortcut masks outlined)
+        from saliencekit.viz.samples import plot_samples
 
         return plot_samples(run.data_root, per_class=per_class)
-    except Exception:
+    except (ImportError, SaliencekitError):
         pass
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -468,7 +525,7 @@ def _method_spec(methods: Any, checks: dict[str, Any] | None) -> dict[str, dict[
             return spec
     registered = list_methods()
     names = [m for m in DEFAULT_METHODS if m in registered] or registered
-    return {m: {"method": m} for m in names[:_MAX_DEFAULT_METHODS]}
+    return {m: {"method": m} for m in names}
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -484,10 +541,8 @@ def _warning_html(ctx: _Context) -> str:
     sc = _shortcut(ctx)
     if sc.get("detected") is not True:
         return ""
-    marker, lesion = _value(sc.get("marker_share")), _value(sc.get("lesion_share"))
-
-    def pct(v: Any) -> str:
-        return "n/a" if _is_missing(v) else f"{100 * float(v):.0f}%"
+    marker, lesion = sc.get("marker_share"), sc.get("lesion_share")
+    pct = _pct
 
     method = sc.get("method")
     by = f" of {_e(method)}" if method else ""
@@ -521,9 +576,10 @@ def _verdict_section(ctx: _Context) -> str:
         for k in vals or {}:
             if k not in keys and k not in extra:
                 extra.append(k)
-    columns = [*VERDICT_COLUMNS, *((k, k.replace("_", " ").capitalize(), "score") for k in extra)]
+    columns = [*VERDICT_COLUMNS, *((k, _EXTRA_HEADERS.get(k, k.replace("_", " ").capitalize()), "score")
+                                   for k in extra)]
     head = "<th>Method</th>" + "".join(f'<th data-key="{_e(k)}">{_e(t)}</th>' for k, t, _ in columns)
-    head += "<th>Recommended</th>"
+    head += "<th>Recom\u00admended</th>"
     rows = []
     method_names = (ctx.checks.get("methods") or {})
     for label, vals in per_method.items():
@@ -552,24 +608,48 @@ def _verdict_section(ctx: _Context) -> str:
         rec_html = ('<div class="recommend" id="recommended"><strong>No method passed every check.</strong> '
                     "Treat every saliency map of this model with caution.</div>")
     other = {m: r for m, r in reasons.items() if m not in recommended}
+    other.update({m: r for m, r in (summary.get("not_recommended") or {}).items() if m not in recommended})
     if other:
-        rec_html += "<p class=hint>Other methods: " + " ".join(
-            f"<strong>{_e(m)}</strong>: {_e(r)}" for m, r in other.items()) + "</p>"
+        items = "".join(f'<li data-method="{_e(m)}"><strong>{_e(m)}</strong>: {_e(r) or "not recommended"}.</li>'
+                        for m, r in other.items())
+        rec_html += f'<div class="note" id="not-recommended"><strong>Not recommended:</strong><ul>{items}</ul></div>'
+    if summary.get("recommendation_rule"):
+        rec_html += f'<p class="hint">Rule: {_e(summary["recommendation_rule"])}.</p>'
     sc = _shortcut(ctx)
     note = ""
     if sc.get("present_in_data") and sc.get("detected") is not True:
+        evidence = f" Evidence: {_e(str(sc['evidence']).rstrip('.'))}." if sc.get("evidence") else ""
         note = ('<p class="note" id="shortcut-note">The data contains a planted shortcut marker; the checks found no '
-                f"sign that the model relies on it (map mass on the marker {_num(sc.get('marker_share'))}, on the "
-                f"lesion {_num(sc.get('lesion_share'))}).</p>")
+                f"sign that the model relies on it (map mass on the marker {_pct(sc.get('marker_share'))}, on the "
+                f"lesion {_pct(sc.get('lesion_share'))}).{evidence}</p>")
     legend = "<ul class=hint>" + "".join(
-        f"<li>{_e(_CHECK_SENTENCES[k])}</li>" for k, _, _ in VERDICT_COLUMNS) + "</ul>"
+        f"<li>{_e(_CHECK_SENTENCES[k])}</li>" for k, _, _ in columns if k in _CHECK_SENTENCES) + (
+        "<li>\u2191: higher is better; \u2193: lower is better. A check shows <em>not run</em> when it was not "
+        "computed for that method.</li></ul>")
     settings = ctx.checks.get("settings") or {}
     n = settings.get("images")
     intro = ("<p>Each row is a saliency method, each column a check it must pass or a score "
              f"(means over {_e(n)} test images; confidence intervals in the trust checks section).</p>"
              if n else "<p>Each row is a saliency method, each column a check it must pass or a score.</p>")
-    return _section("verdict", intro + table + rec_html + note + "<details open><summary class=hint>What the columns mean"
-                    "</summary>" + legend + "</details>")
+    legend = f"<details open><summary class=hint>What the columns mean</summary>{legend}</details>"
+    return _section("verdict", intro + table + rec_html + note + legend)
+
+
+def _brief(meta: Any, limit: int = 300) -> dict[str, Any]:
+    """The short entries of a JSON object, nested objects flattened to ``a.b`` keys; long ones summarised."""
+    if not isinstance(meta, Mapping):
+        return {"value": meta}
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        if isinstance(v, Mapping) and len(json.dumps(v, default=str)) > 80:
+            for k2, v2 in _brief(v, limit).items():
+                out[f"{k}.{k2}"] = v2
+        elif len(json.dumps(v, default=str)) > limit:
+            n = len(v) if isinstance(v, Sized) else None
+            out[str(k)] = f"({n} entries; see the file)" if n is not None else "(long; see the file)"
+        else:
+            out[str(k)] = v
+    return out
 
 
 def _data_section(ctx: _Context) -> str:
@@ -590,8 +670,7 @@ def _data_section(ctx: _Context) -> str:
     if meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
-            meta = meta if isinstance(meta, Mapping) else {"dataset.json": meta}
-            parts.append("<h3>How the data was made</h3>" + _kv_table(meta))
+            parts.append("<h3>How the data was made</h3>" + _kv_table(_brief(meta)))
         except (OSError, json.JSONDecodeError) as exc:
             parts.append(_missing(f"Cannot read <code>{_e(meta_path)}</code>: {_e(exc)}"))
     try:
@@ -701,13 +780,16 @@ def _explanations_section(ctx: _Context, methods: Any, n_images: int, progress: 
         results = explain(run.model, x, methods=spec)
     except SaliencekitError as exc:
         return _section("explanations", "".join(parts) + _missing(f"Explaining failed: {_e(exc)}"))
-    ctx.method_params = {lbl: {"method": e.method, **e.params} for lbl, e in results.items()}
-    shown = {lbl: e.normalized("percentile").detach().float().cpu().numpy() for lbl, e in results.items()}
+    norms = {lbl: _display_normalization(spec[lbl]["method"]) for lbl in results}
+    ctx.method_params = {lbl: {"method": e.method, **e.params, "display_normalization": norms[lbl]}
+                         for lbl, e in results.items()}
+    shown = {lbl: e.normalized(norms[lbl]).detach().float().cpu().numpy() for lbl, e in results.items()}
     names = run.class_names
     parts.append(
         f"<p>{len(chosen)} test images: the most confident correct and wrong predictions of each class. Each map "
-        "explains the <em>predicted</em> class; every map is shown as |map| scaled to its 99th percentile (1 = "
-        "most salient), over the preprocessed image.</p>"
+        "explains the <em>predicted</em> class and is drawn over the preprocessed image, scaled per map so that 1 "
+        "is its most salient pixel (gradient and backprop maps: |map| clipped at its 99th percentile; CAM and other "
+        "maps: min-max).</p>"
     )
     rows = []
     figs = []
@@ -724,7 +806,7 @@ def _explanations_section(ctx: _Context, methods: Any, n_images: int, progress: 
         rows.append([_Raw(badge), files[i], names[y], names[p], prob])
         title = f"{files[i]}: true {names[y]}, predicted {names[p]} ({'correct' if ok else 'wrong'})"
         image = _display_image(x_all[i].cpu().numpy())
-        fig = _explanation_figure(image, {lbl: m[j] for lbl, m in shown.items()}, title)
+        fig = _explanation_figure(image, {lbl: m[j] for lbl, m in shown.items()})
         figs.append(_fig_img(fig, f"saliency maps of {files[i]}", f"{badge} {_e(title)}"))
     parts.append(_table(["", "file", "true class", "predicted", "probabilities"], rows))
     parts.append('<div class="grid wide">' + "".join(figs) + "</div>")
@@ -756,22 +838,39 @@ def _trust_model_randomization(ctx: _Context, c: Mapping[str, Any]) -> str:
                      + " &rarr; ".join(f"<code>{_e(s)}</code>" for s in steps) + ".</p>")
     metrics = c.get("metrics") or []
     null = casc.get("null") or {}
+    methods = casc.get("methods") or {}
     rows = []
-    for label, v in (casc.get("methods") or {}).items():
-        curves = (v or {}).get("curves") or {}
-        finals = [_num(curves[k][-1]) if curves.get(k) else "n/a" for k in metrics]
-        rows.append([label, _verdict_raw((v or {}).get("passed")), *finals, (v or {}).get("reason", "")])
-    if null and rows:
-        rows.append([_Raw("<em>two unrelated random maps</em>"), "", *(_num(null.get(k)) for k in metrics),
-                     "the level a passing method falls to"])
-    if rows:
-        parts.append("<p>Similarity of each method's maps to the original ones once every layer is randomised "
-                     "(1 = unchanged):</p>")
-        parts.append(_table(["method", "verdict", *metrics, "reason"], rows, num_cols=range(2, 2 + len(metrics))))
-    figs = list(c.get("figures") or [])
+    if any("value" in (v or {}) for v in methods.values()):
+        # the verdict's own number: the similarity at the decision step against the pass threshold
+        for label, v in methods.items():
+            v = v or {}
+            rows.append([label, _verdict_raw(v.get("passed")), _num(v.get("value")), _num(v.get("threshold")),
+                         v.get("reason", "")])
+        if casc.get("pass_rule"):
+            parts.append(f"<p>Rule: {_e(casc['pass_rule'])}.</p>")
+        parts.append(_table(["method", "verdict", "similarity", "pass if at most", "reason"], rows, num_cols=(2, 3)))
+        rows = []
+    else:
+        for label, v in methods.items():
+            curves = (v or {}).get("curves") or {}
+            finals = [_num(curves[k][-1]) if curves.get(k) else "n/a" for k in metrics]
+            rows.append([label, _verdict_raw((v or {}).get("passed")), *finals, (v or {}).get("reason", "")])
+        if null and rows:
+            rows.append([_Raw("<em>two unrelated random maps</em>"), "", *(_num(null.get(k)) for k in metrics),
+                         "the level a passing method falls to"])
+        if rows:
+            parts.append("<p>Similarity of each method's maps to the original ones once every layer is randomised "
+                         "(1 = unchanged):</p>")
+            parts.append(_table(["method", "verdict", *metrics, "reason"], rows,
+                                num_cols=range(2, 2 + len(metrics))))
+    if null:
+        levels = ", ".join(f"{_e(k)} {_summary(v)}" for k, v in null.items())
+        parts.append("<p class=hint>Similarity of two unrelated random maps (the level a passing method falls to): "
+                     f"{levels}.</p>")
+    figs: list[str] = []
     for v in (casc.get("methods") or {}).values():
         figs += list((v or {}).get("figures") or [])
-    parts.append(_check_figures(ctx, figs, "model randomisation"))
+    parts.append(_check_figures(ctx, c.get("figures"), "model randomisation", figs))
     indep = c.get("independent") or {}
     if indep.get("methods"):
         parts.append(f"<p class=hint>Independent randomisation (one layer at a time) was also computed for "
@@ -781,9 +880,13 @@ def _trust_model_randomization(ctx: _Context, c: Mapping[str, Any]) -> str:
 
 def _trust_data_randomization(ctx: _Context, c: Mapping[str, Any]) -> str:
     parts = []
+    training = c.get("training") if isinstance(c.get("training"), Mapping) else {}
     info = {"random-label model's training accuracy": c.get("random_model_train_accuracy"),
-            "epochs": c.get("epochs")}
+            "its target training accuracy": training.get("target_accuracy"),
+            "epochs": c.get("epochs"), "training images": training.get("images")}
     parts.append(_kv_table({k: v for k, v in info.items() if v is not None}))
+    if c.get("pass_rule"):
+        parts.append(f"<p>Rule: {_e(c['pass_rule'])}.</p>")
     methods = c.get("methods") or {}
     metrics: list[str] = []
     for v in methods.values():
@@ -791,19 +894,20 @@ def _trust_data_randomization(ctx: _Context, c: Mapping[str, Any]) -> str:
             if k not in metrics:
                 metrics.append(k)
     rows = [[label, _verdict_raw((v or {}).get("passed")),
-             *(_summary(((v or {}).get("similarity") or {}).get(k)) for k in metrics), (v or {}).get("reason", "")]
+             *(_num(((v or {}).get("similarity") or {}).get(k)) for k in metrics), (v or {}).get("reason", "")]
             for label, v in methods.items()]
     if rows:
-        parts.append(_table(["method", "verdict", *(f"{k} to true model" for k in metrics), "reason"], rows,
-                            num_cols=range(2, 2 + len(metrics))))
+        parts.append("<p>Similarity of each method's maps between the true and the random-label model (lower = the "
+                     "maps depend on the labels):</p>")
+        parts.append(_table(["method", "verdict", *metrics, "reason"], rows, num_cols=range(2, 2 + len(metrics))))
     null = c.get("null") or {}
     if null:
         parts.append("<p class=hint>Random-map level: " + ", ".join(f"{_e(k)} {_summary(v)}" for k, v in null.items())
                      + ".</p>")
-    figs = list(c.get("figures") or [])
+    figs: list[str] = []
     for v in methods.values():
         figs += list((v or {}).get("figures") or [])
-    parts.append(_check_figures(ctx, figs, "data randomisation"))
+    parts.append(_check_figures(ctx, c.get("figures"), "data randomisation", figs))
     return "".join(parts)
 
 
@@ -834,11 +938,11 @@ def _trust_input_invariance(ctx: _Context, c: Mapping[str, Any]) -> str:
         parts.append("<p>With the first layer compensated (same function), a trustworthy map does not change:</p>")
         parts.append(_table(["method", "verdict", *metrics, "largest map change"], rows,
                             num_cols=range(2, 3 + len(metrics))))
-    figs = list(c.get("figures") or [])
+    figs: list[str] = []
     for part in (comp, unc):
         for v in (part.get("methods") or {}).values():
             figs += list((v or {}).get("figures") or [])
-    parts.append(_check_figures(ctx, figs, "input invariance"))
+    parts.append(_check_figures(ctx, c.get("figures"), "input invariance", figs))
     return "".join(parts)
 
 
@@ -866,10 +970,10 @@ def _trust_faithfulness(ctx: _Context, c: Mapping[str, Any]) -> str:
     if c.get("ranking"):
         parts.append("<p>Ranking (most faithful first): " + ", ".join(f"<code>{_e(m)}</code>" for m in c["ranking"])
                      + ".</p>")
-    figs = list(c.get("figures") or [])
+    figs: list[str] = []
     for v in methods.values():
         figs += list((v or {}).get("figures") or [])
-    parts.append(_check_figures(ctx, figs, "faithfulness"))
+    parts.append(_check_figures(ctx, c.get("figures"), "faithfulness", figs))
     return "".join(parts)
 
 
@@ -885,10 +989,10 @@ def _trust_localization(ctx: _Context, c: Mapping[str, Any]) -> str:
     if c.get("ranking"):
         parts.append("<p>Ranking (best localised first): " + ", ".join(f"<code>{_e(m)}</code>" for m in c["ranking"])
                      + ".</p>")
-    figs = list(c.get("figures") or [])
+    figs: list[str] = []
     for v in methods.values():
         figs += list((v or {}).get("figures") or [])
-    parts.append(_check_figures(ctx, figs, "localisation"))
+    parts.append(_check_figures(ctx, c.get("figures"), "localisation", figs))
     return "".join(parts)
 
 
@@ -1103,6 +1207,9 @@ def build_report(
     title = f"Trust report: {run.info.arch} on {run.data_root.name}"
     page = render_page(title, subtitle, _warning_html(ctx), sections, created)
     _atomic.write_text(out_html, page)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out_html, 0o666 & ~umask)  # a page to open and share: the usual file mode, not the temp file's 0600
     return out_html
 
 
