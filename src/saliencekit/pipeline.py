@@ -1,12 +1,7 @@
-"""The demo pipeline: synthetic data -> trained CNN -> evaluation (-> later: explanations, checks, report).
+"""The demo pipeline: synthetic data -> trained CNN -> evaluation -> saliency maps -> trust checks -> report.
 
-The demo is a list of :class:`Step` objects run in order on one shared :class:`DemoContext`.
-Later stages add their own step to :data:`DEMO_STEPS` (or pass ``steps=`` to :func:`run_demo`)::
-
-    def explain_step(ctx: DemoContext) -> None:
-        ctx.outputs["explanations"] = ...
-
-    DEMO_STEPS.append(Step("explain", "saliency maps of test images", explain_step))
+The demo is a list of :class:`Step` objects run in order on one shared :class:`DemoContext`;
+``run_demo(steps=...)`` runs another list (e.g. only the first three).
 """
 
 from __future__ import annotations
@@ -33,11 +28,36 @@ class DemoSettings:
     image_size: int = 256
     epochs: int = 10
     batch_size: int = 32
+    check_images: int = 16
+    explain_images: int = 4
+    report_images: int = 8
+    random_label_epochs: int = 30
+    smoothgrad_samples: int = 16
+    ig_steps: int = 16
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        """Tiny settings: 40 images per class at 128 px, 64 px model input, 2 epochs."""
-        return cls(per_class=40, size=128, image_size=64, epochs=2, batch_size=16)
+        """Tiny settings: 40 images per class at 128 px, 64 px model input, 2 epochs, 4 checked images."""
+        return cls(per_class=40, size=128, image_size=64, epochs=2, batch_size=16, check_images=4,
+                   explain_images=2, report_images=4, random_label_epochs=5, smoothgrad_samples=4, ig_steps=4)
+
+    def methods(self) -> dict[str, dict[str, Any]]:
+        """The saliency methods the demo explains with and checks (labels -> options).
+
+        Integrated gradients appears twice, from a black and from a zero baseline: the input-shift
+        check shows that only the first is invariant to a constant brightness shift.
+        """
+        return {
+            "gradient": {"method": "gradient"},
+            "gradient_x_input": {"method": "gradient_x_input"},
+            "smoothgrad": {"method": "smoothgrad", "samples": self.smoothgrad_samples},
+            "ig_black": {"method": "integrated_gradients", "baseline": "black", "steps": self.ig_steps},
+            "ig_zero": {"method": "integrated_gradients", "baseline": "zero", "steps": self.ig_steps},
+            "guided_backprop": {"method": "guided_backprop"},
+            "gradcam": {"method": "gradcam"},
+            "gradcam++": {"method": "gradcam++"},
+            "scorecam": {"method": "scorecam"},
+        }
 
 
 @dataclass
@@ -143,10 +163,54 @@ def evaluate_step(ctx: DemoContext) -> None:
     ctx.outputs["ROC curve"] = ctx.run_dir / rd.ROC
 
 
+def explain_step(ctx: DemoContext) -> None:
+    """Overlays, comparison figures and raw maps of a few test images (``OUT/explanations``)."""
+    from saliencekit.run import load_run
+    from saliencekit.viz.explain_files import explain_files
+
+    run = ctx.run if ctx.run is not None else load_run(ctx.run_dir)
+    test = run.dataset("test")
+    # the first images of each class of the test split
+    per_class = max(1, ctx.settings.explain_images // len(run.class_names))
+    chosen: list[Path] = []
+    for label in range(len(run.class_names)):
+        chosen += [test.sample(i).path for i in range(len(test)) if test.sample(i).label == label][:per_class]
+    explain_files(run.model, run.preprocessing, chosen, ctx.settings.methods(), ctx.out / "explanations",
+                  class_names=run.class_names, device=str(next(run.model.parameters()).device), progress=ctx.progress)
+    ctx.outputs["explanations"] = ctx.out / "explanations"
+
+
+def check_step(ctx: DemoContext) -> None:
+    """The trust checks on test images (``OUT/run/checks/checks.json`` and figures)."""
+    from saliencekit.run import load_run
+    from saliencekit.trust import CheckSettings, run_checks
+
+    s = ctx.settings
+    run = ctx.run if ctx.run is not None else load_run(ctx.run_dir)
+    out = ctx.run_dir / "checks"
+    run_checks(run, methods=s.methods(), out_dir=out, n_images=s.check_images, seed=s.seed, device=ctx.device,
+               settings=CheckSettings(random_label_epochs=s.random_label_epochs), progress=ctx.progress,
+               command="saliencekit demo")
+    ctx.outputs["trust checks"] = out / "checks.json"
+
+
+def report_step(ctx: DemoContext) -> None:
+    """The self-contained HTML trust report (``OUT/report.html``)."""
+    from saliencekit.viz.report import build_report
+
+    path = build_report(ctx.run_dir, ctx.out / "report.html", checks=ctx.run_dir / "checks",
+                        images=ctx.settings.report_images, progress=ctx.progress, seed=ctx.settings.seed,
+                        command="saliencekit demo")
+    ctx.outputs["report"] = path
+
+
 DEMO_STEPS: list[Step] = [
     Step("generate", "synthetic chest X-rays (effusion vs normal) with masks", generate_step),
     Step("train", "the lesson's effusion CNN, best epoch by validation loss", train_step),
     Step("evaluate", "accuracy, ROC AUC, sensitivity, specificity, confusion matrix", evaluate_step),
+    Step("explain", "saliency maps of a few test images, every method side by side", explain_step),
+    Step("check", "trust checks: randomisation, invariance, agreement, faithfulness, localisation", check_step),
+    Step("report", "one self-contained HTML page", report_step),
 ]
 
 

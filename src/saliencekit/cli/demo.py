@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+SHORTCUT_FRACTION = 0.8
+
 
 def _fraction(text: str) -> float:
     try:
@@ -21,15 +23,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="run the whole pipeline on built-in synthetic chest X-rays",
         description="Generate synthetic chest X-rays (350 effusion + 350 normal, 512x512, with masks) into OUT/data, "
-        "train the lesson's effusion CNN into OUT/run, evaluate it on the test split, and print where "
-        "everything is. Takes a few minutes on a laptop CPU; --quick takes seconds.",
+        "train the lesson's effusion CNN into OUT/run, evaluate it on the test split, explain a few test images "
+        "(OUT/explanations), run the trust checks (OUT/run/checks) and write the HTML trust report "
+        "(OUT/report.html), then print where everything is. Takes a few minutes on a laptop CPU; --quick takes "
+        "well under a minute.",
     )
     p.add_argument("--out", default="saliencekit_demo", metavar="DIR",
                    help="folder for everything the demo writes (default: saliencekit_demo)")
     p.add_argument("--quick", action="store_true",
                    help="tiny smoke-test settings: 40 images per class at 128 px, 64 px model input, 2 epochs")
-    p.add_argument("--shortcut", type=_fraction, default=0.0, metavar="FRACTION",
-                   help="plant a shortcut marker in this fraction of the effusion images (default: 0, none)")
+    p.add_argument("--shortcut", type=_fraction, nargs="?", const=SHORTCUT_FRACTION, default=0.0, metavar="FRACTION",
+                   help="plant a shortcut marker (a burned-in letter) in this fraction of the effusion images and "
+                   f"never in the normals, so the report shows a model caught learning it (FRACTION defaults to "
+                   f"{SHORTCUT_FRACTION} when the flag is given alone; without the flag: no marker)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
@@ -49,4 +55,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     width = max((len(k) for k in ctx.outputs), default=0)
     for label, path in ctx.outputs.items():
         print(f"  {label:<{width}}  {path}")
+    if "report" in ctx.outputs:
+        print(f"\nopen the trust report in a browser: {ctx.outputs['report'].resolve()}")
     return 0
