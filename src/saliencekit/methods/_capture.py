@@ -32,41 +32,59 @@ ReluRule = Literal["guided", "deconv"]
 _RULES = ("guided", "deconv")
 
 
+class _RuleSwitch:
+    """Whether the ReLU rule is applied in a backward pass (``False``: the plain ReLU gradient)."""
+
+    def __init__(self) -> None:
+        self.active = True
+
+
 class _GuidedReLU(torch.autograd.Function):
     """``relu(x)`` forward; backward passes ``grad`` where ``x > 0`` and ``grad > 0``."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, switch: _RuleSwitch) -> torch.Tensor:
         ctx.save_for_backward(x)
+        ctx.switch = switch
         return x.clamp_min(0)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
-        return grad.clamp_min(0) * (x > 0).to(grad.dtype)
+        if not ctx.switch.active:
+            return grad * (x > 0).to(grad.dtype), None
+        return grad.clamp_min(0) * (x > 0).to(grad.dtype), None
 
 
 class _DeconvReLU(torch.autograd.Function):
     """``relu(x)`` forward; backward passes ``relu(grad)`` whatever the forward input was."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, switch: _RuleSwitch) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.switch = switch
         return x.clamp_min(0)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp_min(0)
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if not ctx.switch.active:
+            (x,) = ctx.saved_tensors
+            return grad * (x > 0).to(grad.dtype), None
+        return grad.clamp_min(0), None
 
 
 _RULE_FUNCTIONS = {"guided": _GuidedReLU, "deconv": _DeconvReLU}
 
 
 class Capture:
-    """What a :func:`capture` context records: the latest output of each captured layer."""
+    """What a :func:`capture` context records: the latest output of each captured layer, and how
+    often each captured layer was called since the last :meth:`clear`."""
 
     def __init__(self, layers: Sequence[nn.Module]):
         self.layers = list(layers)
         self.activations: dict[int, torch.Tensor] = {}
+        self.calls: dict[int, int] = {}
+        self._switch = _RuleSwitch()
 
     def activation(self, layer: nn.Module) -> torch.Tensor:
         """The output the layer produced in the latest forward pass."""
@@ -77,8 +95,20 @@ class Capture:
                 f"layer {layer.__class__.__name__} was not called in the forward pass; choose a layer the model uses"
             ) from None
 
+    @contextlib.contextmanager
+    def plain_relu(self) -> Iterator[None]:
+        """Backward passes run inside this block use the ordinary ReLU gradient instead of the rule
+        (guided backprop and Grad-CAM share one forward pass this way)."""
+        saved = self._switch.active
+        self._switch.active = False
+        try:
+            yield
+        finally:
+            self._switch.active = saved
+
     def clear(self) -> None:
         self.activations.clear()
+        self.calls.clear()
 
 
 def count_relu_modules(model: nn.Module) -> int:
@@ -105,6 +135,7 @@ def capture(
     layers: Sequence[nn.Module] = (),
     relu_rule: ReluRule | None = None,
     eval: bool = True,
+    leaf: bool = False,
 ) -> Iterator[Capture]:
     """Record layer outputs and/or apply a ReLU backward rule for the duration of the block.
 
@@ -113,6 +144,9 @@ def capture(
         layers: modules whose outputs are recorded.
         relu_rule: ``None``, ``"guided"`` or ``"deconv"``.
         eval: run the block in eval mode (dropout off, batch-norm statistics frozen).
+        leaf: record each layer output as a detached leaf that requires grad (the network goes on
+            with a clone of it): ``autograd.grad(score, activation)`` then works even when nothing
+            before the layer requires grad, and never walks back past the layer.
 
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
     >>> with capture(net, [net[0]]) as cap:
@@ -129,6 +163,9 @@ def capture(
         if not isinstance(output, torch.Tensor):
             raise InputError(f"layer {module.__class__.__name__} returns {type(output).__name__}, not a tensor; "
                              "choose a layer whose output is a feature map")
+        cap.calls[id(module)] = cap.calls.get(id(module), 0) + 1
+        if leaf:
+            output = output.detach().requires_grad_(True)
         cap.activations[id(module)] = output
         return output.clone()
 
@@ -138,21 +175,22 @@ def capture(
             module_inputs[id(module)] = inputs[0].clone() if getattr(module, "inplace", False) else inputs[0]
 
         def post(module: nn.Module, _inputs: Any, _output: Any) -> torch.Tensor:
-            return fn.apply(module_inputs.pop(id(module)))
+            return fn.apply(module_inputs.pop(id(module)), cap._switch)
 
         return pre, post
 
     module_inputs: dict[int, torch.Tensor] = {}
     with eval_mode(model, eval):
         try:
-            for layer in layers:
-                handles.append(layer.register_forward_hook(record))
+            # Rule hooks first: a captured layer that is itself an nn.ReLU then records the rule's output.
             if relu_rule is not None:
                 pre, post = make_rule(_RULE_FUNCTIONS[relu_rule])
                 for m in model.modules():
                     if isinstance(m, nn.ReLU):
                         handles.append(m.register_forward_pre_hook(pre))
                         handles.append(m.register_forward_hook(post))
+            for layer in layers:
+                handles.append(layer.register_forward_hook(record))
             yield cap
         finally:
             for h in handles:

@@ -53,7 +53,8 @@ def class_probabilities(output: torch.Tensor, classes: torch.Tensor) -> torch.Te
     if output.shape[1] == 1:
         return torch.sigmoid(class_scores(output, classes))
     classes = _tile(classes.to(output.device), output.shape[0])
-    return torch.softmax(output.float(), dim=1).gather(1, classes[:, None])[:, 0]
+    logits = output if output.dtype == torch.float64 else output.float()
+    return torch.softmax(logits, dim=1).gather(1, classes[:, None])[:, 0]
 
 
 def _as_2d(output: torch.Tensor) -> torch.Tensor:

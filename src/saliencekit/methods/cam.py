@@ -1,0 +1,294 @@
+"""Gradient-weighted class activation maps: Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM.
+
+All of them need the same two tensors of one layer: the activation ``A`` (N, K, h, w) and its
+gradient ``g = dS/dA``. :class:`BaseCAM` computes them with one forward pass and one backward pass
+that stops at the layer (``torch.autograd.grad`` with respect to the captured activation: no input
+gradient, no parameter gradients), then each method only combines them:
+``capture -> channel weights -> weighted sum -> ReLU -> bilinear upsample``. Grad-CAM, Grad-CAM++
+and XGrad-CAM override only :meth:`BaseCAM.weights`; HiResCAM and LayerCAM override only
+:meth:`BaseCAM.combine`.
+
+Methods on the same model and layer requested together (``saliencekit.explain(model, x,
+methods=["gradcam", "gradcam++", "layercam"])``) share one forward and one backward pass: their
+:meth:`~BaseCAM.share_key` is equal, and :meth:`BaseCAM.attribute_shared` computes ``A`` and ``g``
+once, combines them per method and upsamples all maps with one interpolation call.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from saliencekit.errors import InputError
+from saliencekit.methods._capture import capture, module_name, resolve_layer
+from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model
+from saliencekit.methods.registry import register_method
+from saliencekit.methods.targets import ResolvedTarget, as_target, predicted_classes
+
+LayerSpec = str | nn.Module | None
+
+# ------------------------------------------------------------------------------------------ layers
+
+_DEFAULT_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
+
+
+def check_layer_option(layer: object) -> LayerSpec:
+    """Validate a ``layer`` option (``None``, a dotted module name or a module)."""
+    if layer is None or isinstance(layer, str | nn.Module):
+        return layer
+    raise InputError(f"layer must be None (the last convolutional stage), a module name such as 'features.7', "
+                     f"or a module of the model; got {type(layer).__name__}")
+
+
+def layer_key(layer: LayerSpec) -> Hashable:
+    """A hashable stand-in for a ``layer`` option (used in share keys)."""
+    return ("module", id(layer)) if isinstance(layer, nn.Module) else ("name", layer)
+
+
+def layer_for(model: nn.Module, layer: LayerSpec, inputs: torch.Tensor) -> tuple[nn.Module, str]:
+    """The module to explain at and its dotted name (see :func:`~saliencekit.methods._capture.resolve_layer`).
+
+    The default layer found for a model and an input shape is remembered (keyed on the model's
+    module structure), so repeated calls do not pay for the one-image discovery pass again.
+    """
+    if layer is None and not isinstance(model, torch.jit.ScriptModule):
+        key = (tuple(inputs.shape[1:]), tuple((n, id(m)) for n, m in model.named_modules()))
+        known = _DEFAULT_LAYERS.get(model, {})
+        if key in known:
+            name = known[key]
+            return model.get_submodule(name), name
+        module = resolve_layer(model, None, inputs)
+        name = module_name(model, module)
+        if len(known) >= 8:
+            known.clear()
+        known[key] = name
+        _DEFAULT_LAYERS[model] = known
+        return module, name
+    module = resolve_layer(model, layer, inputs)
+    return module, module_name(model, module)
+
+
+def checked_activation(cap: Any, layer: nn.Module, name: str) -> torch.Tensor:
+    """The captured activation of ``layer``; it must be an (N, K, h, w) map from a single call."""
+    a = cap.activation(layer)
+    calls = cap.calls.get(id(layer), 0)
+    if calls > 1:
+        raise InputError(f"layer {name!r} is called {calls} times in one forward pass (a shared module, like the "
+                         "ReLU reused inside torchvision's ResNet blocks); choose a layer that is called once")
+    if a.ndim != 4:
+        raise InputError(f"layer {name!r} outputs shape {tuple(a.shape)}, not a spatial feature map (N, C, H, W); "
+                         "CAM methods need a convolutional layer")
+    return a
+
+
+def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear upsampling (align_corners=False) of (B, h, w) maps to (B, H, W), in one call."""
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def layer_gradients(
+    model: nn.Module, layer: nn.Module, name: str, inputs: torch.Tensor, target: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ResolvedTarget, torch.Tensor]:
+    """One forward and one backward pass that stops at ``layer``.
+
+    Returns:
+        The activation ``A`` (N, K, h, w), its gradient ``g = dS/dA``, the scores ``S`` (N,),
+        the resolved target and the predicted classes.
+    """
+    with preserve_model(model), capture(model, [layer], leaf=True) as cap, \
+            torch.inference_mode(False), torch.enable_grad():
+        x = inputs.clone() if inputs.is_inference() else inputs
+        output = model(x)
+        a = checked_activation(cap, layer, name)
+        resolved = as_target(target).resolve(output.detach())
+        predictions = predicted_classes(output.detach())
+        scores = resolved.score(output)
+        (g,) = torch.autograd.grad(scores.sum(), a, allow_unused=True)
+    if g is None:
+        raise InputError(f"the explained score does not depend on layer {name!r}; choose a layer on the path "
+                         "from the input to the output")
+    return a.detach(), g, scores.detach(), resolved, predictions
+
+
+# --------------------------------------------------------------------------------------- base class
+
+
+class BaseCAM(Method):
+    """Shared machinery of the gradient-weighted CAMs.
+
+    ``capture -> channel weights -> weighted sum -> ReLU -> bilinear upsample``. Subclasses override
+    :meth:`weights` (a per-channel weight ``w_k``, map ``sum_k w_k A^k``) or :meth:`combine`
+    (any element-wise combination of ``A`` and ``g``), nothing else.
+
+    Args:
+        model: the classifier (never modified).
+        layer: the layer to explain at: None (the last spatial feature map, found automatically),
+            a dotted module name (``"layer4"``, ``"features.7"``) or a module of the model.
+        relu: apply the final ReLU (METHODS.md's definition); False returns the signed map.
+    """
+
+    family = "cam"
+    uses_gradients = True
+    needs_layer = True
+    works_on_torchscript = False
+
+    def __init__(self, model: nn.Module, *, layer: LayerSpec = None, relu: bool = True):
+        super().__init__(model)
+        self.layer = check_layer_option(layer)
+        self.relu = bool(relu)
+        self._store_params(layer=layer, relu=self.relu)
+
+    def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor | None:
+        """Channel weights ``w_k`` (N, K), or None for methods that override :meth:`combine` instead."""
+        return None
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """The map before the ReLU (N, h, w); default ``sum_k w_k A^k``."""
+        if weights is None:
+            raise NotImplementedError(f"{type(self).__name__} must override weights() or combine()")
+        return torch.einsum("nk,nkhw->nhw", weights, activations)
+
+    def share_key(self) -> Hashable:
+        return ("gradient-cam", id(self.model), layer_key(self.layer))
+
+    def attribute(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
+        return self.attribute_shared([self], inputs, target)[0]
+
+    @classmethod
+    def attribute_shared(cls, methods: Sequence[Method], inputs: torch.Tensor, target: Any = None) -> list[Explanation]:
+        """Several CAMs of one model and layer from one forward and one backward pass."""
+        cams = list(methods)
+        first = cams[0]
+        assert all(isinstance(m, BaseCAM) and m.share_key() == first.share_key() for m in cams)
+        model = first.model
+        check_inputs(model, inputs)
+        layer, name = layer_for(model, first.layer, inputs)  # type: ignore[attr-defined]
+        a, g, scores, resolved, predictions = layer_gradients(model, layer, name, inputs, target)
+        raws, weights = [], []
+        for m in cams:
+            w = m.weights(a, g)  # type: ignore[attr-defined]
+            raw = m.combine(a, g, w)  # type: ignore[attr-defined]
+            raws.append(raw.clamp_min(0) if m.relu else raw)  # type: ignore[attr-defined]
+            weights.append(w)
+        n = inputs.shape[0]
+        ups = upsample(torch.cat(raws), inputs.shape[-2:]).split(n)
+        targets = resolved.class_indices().to(inputs.device)
+        out = []
+        for m, raw, up, w in zip(cams, raws, ups, weights):
+            out.append(Explanation(
+                method=m.name, maps=up, layer_maps=raw, scores=scores, targets=targets, predictions=predictions,
+                params={**m.params, "layer": name}, extras={} if w is None else {"weights": w},
+            ))
+        return out
+
+
+# ------------------------------------------------------------------------------------------ methods
+
+
+@register_method("gradcam")
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al. 2017): channel weights are the spatially averaged gradients.
+
+    ``w_k = mean_ij dS/dA^k_ij`` (Eq. 1), map ``relu(sum_k w_k A^k)`` (Eq. 2).
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    ...                     nn.Linear(4, 2))
+    >>> e = GradCAM(net).attribute(torch.randn(2, 1, 8, 8))
+    >>> e.maps.shape, e.layer_maps.shape, e.params["layer"]
+    (torch.Size([2, 8, 8]), torch.Size([2, 8, 8]), '1')
+    """
+
+    description = "Grad-CAM: layer activations weighted by spatially averaged gradients (Selvaraju 2017)."
+
+    def weights(self, activations, gradients):  # type: ignore[no-untyped-def]
+        return gradients.mean(dim=(2, 3))  # Eq. 1: alpha^c_k = 1/Z sum_ij dy^c/dA^k_ij
+
+
+@register_method("gradcam++")
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++ (Chattopadhyay et al. 2018), Eq. 19 with the exponential trick.
+
+    With ``S = exp(Y)`` the second and third derivatives are powers of the first, so
+    ``alpha^k_ij = g^2 / (2 g^2 + sum_ab A^k_ab g^3)`` (Eq. 19; zero where the denominator is zero)
+    and ``w_k = sum_ij alpha^k_ij relu(g^k_ij)`` (the paper's weight equation), map ``relu(sum_k w_k A^k)``.
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 2))
+    >>> GradCAMPlusPlus(net).attribute(torch.randn(1, 1, 8, 8)).extras["weights"].shape
+    torch.Size([1, 4])
+    """
+
+    description = ("Grad-CAM++: pixel-weighted positive gradients, Eq. 19 with the exponential trick "
+                   "(Chattopadhyay 2018).")
+
+    def weights(self, activations, gradients):  # type: ignore[no-untyped-def]
+        g2 = gradients.pow(2)
+        sum_a = activations.sum(dim=(2, 3), keepdim=True)
+        denom = 2 * g2 + sum_a * g2 * gradients  # Eq. 19 denominator
+        nonzero = denom != 0
+        alpha = torch.where(nonzero, g2 / torch.where(nonzero, denom, torch.ones_like(denom)), 0.0)
+        return (alpha * gradients.clamp_min(0)).sum(dim=(2, 3))  # w_k = sum_ij alpha^k_ij relu(g^k_ij)
+
+
+@register_method("xgradcam")
+class XGradCAM(BaseCAM):
+    """XGrad-CAM (Fu et al. 2020): gradients averaged with the activations as weights.
+
+    ``w_k = sum_ij g^k_ij A^k_ij / sum_ij A^k_ij`` (zero where ``sum_ij A^k_ij`` is zero),
+    map ``relu(sum_k w_k A^k)``.
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 1))
+    >>> XGradCAM(net).attribute(torch.randn(1, 1, 8, 8)).maps.shape
+    torch.Size([1, 8, 8])
+    """
+
+    description = "XGrad-CAM: gradients averaged with activation weights (Fu 2020)."
+
+    def weights(self, activations, gradients):  # type: ignore[no-untyped-def]
+        sum_a = activations.sum(dim=(2, 3))
+        num = (gradients * activations).sum(dim=(2, 3))
+        nonzero = sum_a != 0
+        return torch.where(nonzero, num / torch.where(nonzero, sum_a, torch.ones_like(sum_a)), 0.0)
+
+
+@register_method("hirescam")
+class HiResCAM(BaseCAM):
+    """HiResCAM (Draelos & Carin 2020): element-wise product of gradient and activation.
+
+    Map ``relu(sum_k g^k * A^k)``: no spatial averaging of the gradient, so the map shows
+    exactly which locations raise the score (for a CNN ending in global average pooling and one
+    linear layer it equals Grad-CAM).
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 1))
+    >>> HiResCAM(net).attribute(torch.randn(1, 1, 8, 8)).maps.shape
+    torch.Size([1, 8, 8])
+    """
+
+    description = "HiResCAM: element-wise gradient x activation summed over channels (Draelos 2020)."
+
+    def combine(self, activations, gradients, weights):  # type: ignore[no-untyped-def]
+        return (gradients * activations).sum(dim=1)  # sum_k g^k * A^k, element-wise
+
+
+@register_method("layercam")
+class LayerCAM(BaseCAM):
+    """LayerCAM (Jiang et al. 2021): activations weighted element-wise by the positive gradients.
+
+    Map ``relu(sum_k relu(g^k) * A^k)``; reliable also at shallow layers.
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 1))
+    >>> LayerCAM(net).attribute(torch.randn(1, 1, 8, 8)).maps.shape
+    torch.Size([1, 8, 8])
+    """
+
+    description = "LayerCAM: activations weighted by positive gradients, element-wise (Jiang 2021)."
+
+    def combine(self, activations, gradients, weights):  # type: ignore[no-untyped-def]
+        return (gradients.clamp_min(0) * activations).sum(dim=1)  # w^k_ij = relu(g^k_ij), map sum_k w^k * A^k
+
+
+__all__ = ["BaseCAM", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "XGradCAM", "layer_for", "upsample"]

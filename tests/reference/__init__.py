@@ -1,0 +1,1 @@
+"""Slow, literal reference implementations of the saliency methods, written from the equations."""

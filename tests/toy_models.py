@@ -1,0 +1,164 @@
+"""Small CNN factories for the method tests (random weights, seeded by the caller).
+
+Every factory takes ``in_channels`` and ``classes`` (1 = a single-logit binary head, else a
+multi-class head) and builds a model small enough for float64 reference comparisons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def plain_cnn(in_channels: int = 1, classes: int = 1, width: int = 4) -> nn.Module:
+    """conv-relu-pool-conv-relu-gap-linear."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes),
+    )
+
+
+def inplace_cnn(in_channels: int = 1, classes: int = 1, width: int = 4) -> nn.Module:
+    """The plain CNN with in-place ReLUs and batch norm."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes),
+    )
+
+
+def smooth_cnn(in_channels: int = 1, classes: int = 1, width: int = 4) -> nn.Module:
+    """Softplus activations: a smooth model (IG completeness converges fast, finite differences are exact)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.Softplus(),
+        nn.Conv2d(width, width, 3, padding=1, stride=2), nn.Softplus(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes),
+    )
+
+
+class FunctionalReluCNN(nn.Module):
+    """ReLUs called as ``F.relu`` inside ``forward`` (no ReLU modules)."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 1, width: int = 4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class ResidualBlock(nn.Module):
+    """conv-bn-relu-conv-bn + skip connection, then a ReLU; both ReLUs in-place modules."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.relu2 = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + x)
+
+
+class ResidualCNN(nn.Module):
+    """Stem, a residual block with in-place ReLUs, nested Sequential head, dropout."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 1, width: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True))
+        self.block = ResidualBlock(width)
+        self.head = nn.Sequential(
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), nn.Dropout(0.5), nn.Linear(width, classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))
+
+
+def nested_cnn(in_channels: int = 1, classes: int = 3, width: int = 4) -> nn.Module:
+    """Nested ``nn.Sequential`` feature extractor and classifier."""
+    return nn.Sequential(
+        nn.Sequential(
+            nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()),
+        ),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes)),
+    )
+
+
+class Boom(nn.Module):
+    """Identity that raises ``RuntimeError`` on its ``fail_on``-th call (counting from 1; 0 = never)."""
+
+    def __init__(self, fail_on: int = 0):
+        super().__init__()
+        self.fail_on = fail_on
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.fail_on and self.calls >= self.fail_on:
+            raise RuntimeError("boom: this layer raises on purpose")
+        return x
+
+
+class LinearModel(nn.Module):
+    """``z = sum(w * x) + b`` on the flattened image, optionally with ``classes`` rows of weights."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | float = 0.0):
+        super().__init__()
+        w = weight if weight.ndim == 4 else weight[None]  # (K, C, H, W)
+        self.weight = nn.Parameter(w.clone())
+        self.bias = nn.Parameter(torch.as_tensor(bias, dtype=w.dtype).reshape(-1).expand(w.shape[0]).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nchw,kchw->nk", x, self.weight) + self.bias
+
+
+FACTORIES = {
+    "plain": plain_cnn,
+    "inplace": inplace_cnn,
+    "functional": FunctionalReluCNN,
+    "residual": ResidualCNN,
+    "nested": nested_cnn,
+    "smooth": smooth_cnn,
+}
+
+
+def make(kind: str, in_channels: int = 1, classes: int = 1, seed: int = 0, dtype: torch.dtype = torch.float64,
+         width: int = 4) -> nn.Module:
+    """A seeded model of one kind, in eval mode, in ``dtype``."""
+    torch.manual_seed(seed)
+    model = FACTORIES[kind](in_channels=in_channels, classes=classes, width=width).to(dtype)
+    # Non-trivial batch-norm statistics.
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (and much faster on a busy machine); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
