@@ -63,6 +63,7 @@ class Peer:
     run: Callable[[], Any]
     output: str  # ATTRIBUTIONS, LAYER_RAW or INPUT_MINMAX
     note: str = ""
+    parts: tuple[str, ...] = ()  # a composite peer: the sum of these peers' times, round by round
 
 
 def versions() -> dict[str, str | None]:
@@ -119,10 +120,11 @@ def build_peers(
     wrap_note = "model wrapped to output [-z, z]" if single_logit else ""
     peers: list[Peer] = []
 
-    def add(key: str, library: str, race: str, run: Callable[[], Any], output: str, note: str = "") -> None:
-        if race in races:
+    def add(key: str, library: str, race: str, run: Callable[[], Any] | None, output: str, note: str = "",
+            parts: tuple[str, ...] = (), also: Sequence[str] = ()) -> None:
+        if race in races or any(a in races for a in also):
             note = "; ".join(n for n in (note, wrap_note) if n)
-            peers.append(Peer(key, library, race, run, output, note))
+            peers.append(Peer(key, library, race, run or (lambda: None), output, note, parts))
 
     if _has("captum"):
         import captum.attr as ca
@@ -159,10 +161,15 @@ def build_peers(
 
             add("captum.NoiseTunnel(smoothgrad)", "captum", "smoothgrad", captum_nt("smoothgrad"), ATTRIBUTIONS,
                 f"nt_samples={sg.get('nt_samples')}, stdevs={sg.get('stdevs'):.4g} (one sigma for the batch); "
-                "noise differs, so agreement is statistical")
-            sg3 = [captum_nt(t) for t in ("smoothgrad", "smoothgrad_sq", "vargrad")]
-            add("captum.NoiseTunnel x3", "captum", "smoothgrad_family", lambda: [f() for f in sg3], ATTRIBUTIONS,
-                "three NoiseTunnel calls (smoothgrad, smoothgrad_sq, vargrad): captum draws noise for each")
+                "noise differs, so agreement is statistical", also=["smoothgrad_family"])
+            for t in ("smoothgrad_sq", "vargrad"):
+                add(f"captum.NoiseTunnel({t})", "captum", f"_{t}", captum_nt(t), ATTRIBUTIONS,
+                    also=["smoothgrad_family"])
+            add("captum.NoiseTunnel x3", "captum", "smoothgrad_family", None, ATTRIBUTIONS,
+                "three NoiseTunnel calls (smoothgrad, smoothgrad_sq, vargrad), each drawing its own noise; "
+                "time = sum of the three, round by round",
+                parts=("captum.NoiseTunnel(smoothgrad)", "captum.NoiseTunnel(smoothgrad_sq)",
+                       "captum.NoiseTunnel(vargrad)"))
 
     if _has("pytorch_grad_cam"):
         import pytorch_grad_cam as pgc
@@ -191,11 +198,12 @@ def build_peers(
         pgc_cams = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
                     "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM}
         for race, cls in pgc_cams.items():
-            add(f"pytorch-grad-cam.{cls.__name__}", "pytorch-grad-cam", race, pgc_run(cls), INPUT_MINMAX, note)
-        five = [pgc_run(cls) for cls in pgc_cams.values()]
-        add("pytorch-grad-cam x5", "pytorch-grad-cam", "cams5", lambda: [f() for f in five], INPUT_MINMAX,
-            "five separate calls (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM), one forward+full "
-            "backward each")
+            add(f"pytorch-grad-cam.{cls.__name__}", "pytorch-grad-cam", race, pgc_run(cls), INPUT_MINMAX, note,
+                also=["cams5"])
+        add("pytorch-grad-cam x5", "pytorch-grad-cam", "cams5", None, INPUT_MINMAX,
+            "five separate calls (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM), one forward + full "
+            "backward each; time = sum of the five, round by round",
+            parts=tuple(f"pytorch-grad-cam.{c.__name__}" for c in pgc_cams.values()))
         add("pytorch-grad-cam.ScoreCAM", "pytorch-grad-cam", "scorecam", pgc_run(pgc.ScoreCAM, multi=True),
             INPUT_MINMAX, f"{note}; batch_size={score_batch}")
 
@@ -223,10 +231,11 @@ def build_peers(
             if race == "gradcam++":
                 note = ("torch-cam's alpha denominator sums A*g^3 over the map, and its in-place division acts on a "
                         "masked copy, so alpha = g^2: a different (buggy) formula")
-            add(f"torchcam.{cls.__name__}", "torchcam", race, tc_run(cls), LAYER_RAW, note)
-        four = [tc_run(cls) for cls in tc_cams.values()]
-        add("torchcam x4", "torchcam", "cams5", lambda: [f() for f in four], LAYER_RAW,
-            "four separate calls (GradCAM, GradCAMpp, XGradCAM, LayerCAM; torch-cam has no HiResCAM)")
+            add(f"torchcam.{cls.__name__}", "torchcam", race, tc_run(cls), LAYER_RAW, note, also=["cams5"])
+        add("torchcam x4", "torchcam", "cams5", None, LAYER_RAW,
+            "four separate calls (GradCAM, GradCAMpp, XGradCAM, LayerCAM; torch-cam has no HiResCAM); "
+            "time = sum of the four, round by round",
+            parts=tuple(f"torchcam.{c.__name__}" for c in tc_cams.values()))
         add("torchcam.ScoreCAM", "torchcam", "scorecam", tc_run(tm.ScoreCAM, score=True), LAYER_RAW,
             f"batch_size={score_batch}; masks from min-max normalised layer maps, scores minus the clean score "
             "(softmax is shift-invariant, so the same weights)")

@@ -95,10 +95,10 @@ class Case:
 
 
 CASES = {
-    "lesson_cpu": Case("lesson_cpu", "effusion_cnn", 32, 256, 1, "cpu", 4, "features.relu7", 256,
-                       note="many-pass methods on the first 4 images of the batch (2 shared CPU cores)"),
+    "lesson_cpu": Case("lesson_cpu", "effusion_cnn", 32, 256, 1, "cpu", 2, "features.relu7", 128, repeats=2,
+                       note="many-pass methods on the first 2 images of the batch (2 shared CPU cores)"),
     "resnet50_cuda": Case("resnet50_cuda", "resnet50", 32, 224, 3, "cuda", 32, "layer4", 512),
-    "resnet50_cpu_small": Case("resnet50_cpu_small", "resnet50", 2, 224, 3, "cpu", 0, "layer4", 8,
+    "resnet50_cpu_small": Case("resnet50_cpu_small", "resnet50", 2, 224, 3, "cpu", 0, "layer4", 8, repeats=2,
                                note="single-pass methods only: one Score-CAM image is 2048 ResNet-50 forwards"),
 }
 
@@ -140,6 +140,12 @@ def _option(method: str, candidates: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _valid(method: str) -> dict[str, Any]:
+    from saliencekit.methods import list_methods, method_options
+
+    return method_options(method) if method in list_methods() else {}
+
+
 def _opts(method: str, *groups: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for g in groups:
@@ -167,26 +173,33 @@ def build_entries(registered: set[str], layer_channels: int, bf16: bool, multi: 
     want(Entry("cams5", list(FIVE_CAMS), floor="fbl", note="the five gradient CAMs requested together"))
     want(Entry("guided_gradcam", ["guided_gradcam"]))
     sc = "scorecam"
-    want(Entry(sc, [sc], {sc: _opts(sc, {"precision": "fp32"}, {"batch_size": "auto"})}, multi=True, floor="fwd",
-               passes=lambda e: layer_channels + 1, note=f"{layer_channels} masked forwards + 1 clean per image"))
-    if bf16:
-        want(Entry("scorecam_bf16", [sc], {sc: _opts(sc, {"precision": "bf16"}, {"batch_size": "auto"},
-                                                      {"channels_last": True})},
-                   multi=True, floor="fwd", passes=lambda e: layer_channels + 1, note="bf16 autocast"))
+
+    def score_passes(out: Any) -> float:
+        # saliencekit skips constant channels (weight 0 by definition): count the masked forwards it needs
+        cs = out[sc].extras.get("channel_scores") if out else None
+        used = float((~torch.isnan(cs)).sum(1).float().mean()) if cs is not None else layer_channels
+        return used + 1
+
+    sc_note = f"{layer_channels} channels; floor counts the non-constant ones + 1 clean forward per image"
+    want(Entry(sc, [sc], {sc: _opts(sc, {"precision": "fp32"})}, multi=True, floor="fwd", passes=score_passes,
+               note=sc_note))
+    if bf16 and "precision" in _valid(sc):
+        want(Entry("scorecam_bf16", [sc], {sc: _opts(sc, {"precision": "bf16"}, {"channels_last": True})},
+                   multi=True, floor="fwd", passes=score_passes, note=sc_note + "; bf16 autocast, channels-last"))
     ig = "integrated_gradients"
-    ig_opts = _opts(ig, {"n_steps": 50, "steps": 50}, {"baseline": "zero", "baselines": "zero"},
-                    {"batch_size": "auto"})
-    want(Entry(ig, [ig], {ig: ig_opts}, multi=True, passes=lambda e: 50, note="50 steps, zero baseline"))
-    if bf16:
-        want(Entry("integrated_gradients_bf16", [ig], {ig: {**ig_opts, **_opts(ig, {"precision": "bf16"})}},
-                   multi=True, passes=lambda e: 50, note="50 steps, bf16"))
-    sg_groups = ({"n_samples": 25, "samples": 25, "n": 25}, {"batch_size": "auto"}, {"seed": 0})
+    ig_opts = _opts(ig, {"steps": 50, "n_steps": 50})
+    want(Entry(ig, [ig], {ig: ig_opts}, multi=True, passes=lambda e: 50,
+               note="50 steps, default rule and baseline (Gauss-Legendre, black = image minimum)"))
+    if bf16 and "precision" in _valid(ig):
+        want(Entry("integrated_gradients_bf16", [ig], {ig: {**ig_opts, "precision": "bf16"}},
+                   multi=True, passes=lambda e: 50, note="50 steps, bf16 autocast"))
+    sg_groups = ({"samples": 25, "n_samples": 25}, {"seed": 0})
     want(Entry("smoothgrad", ["smoothgrad"], {"smoothgrad": _opts("smoothgrad", *sg_groups)}, multi=True,
-               passes=lambda e: 25, note="25 samples"))
-    if bf16:
+               passes=lambda e: 25, note="25 samples, noise 0.15"))
+    if bf16 and "base_options" in _valid("smoothgrad"):
         want(Entry("smoothgrad_bf16", ["smoothgrad"],
-                   {"smoothgrad": {**_opts("smoothgrad", *sg_groups), **_opts("smoothgrad", {"precision": "bf16"})}},
-                   multi=True, passes=lambda e: 25, note="25 samples, bf16"))
+                   {"smoothgrad": {**_opts("smoothgrad", *sg_groups), "base_options": {"precision": "bf16"}}},
+                   multi=True, passes=lambda e: 25, note="25 samples, gradient in bf16 autocast"))
     want(Entry("smoothgrad_family", list(SG_FAMILY),
                {m: _opts(m, *sg_groups) for m in SG_FAMILY if m in registered}, multi=True, passes=lambda e: 25,
                note="smoothgrad + smoothgrad_sq + vargrad together (one set of 25 noisy samples)"))
@@ -350,15 +363,15 @@ def main(argv: list[str] | None = None) -> int:
         peer_list = pr.build_peers(model, x, classes, layer_module, single_logit=single_logit,
                                    races={e.name for e in single})
         for pe in peer_list:
-            timer.add(f"peer:{pe.key}", pe.run)
+            if not pe.parts:
+                timer.add(f"peer:{pe.key}", pe.run)
     timings = timer.run(repeats)
     outputs = dict(timer.outputs)
 
     # ---- many-pass entries and their floors at the best batch size ----------------------------
     best: dict[str, fl.BestBatch] = {}
     if multi:
-        sizes = fl.batch_candidates(max(1, min(mbatch, 8)) * 4 if device.type == "cpu" else mbatch,
-                                    case.best_batch_max)
+        sizes = fl.batch_candidates(8 if device.type == "cpu" else mbatch, case.best_batch_max)
         log(f"best batch size for the floor units, sizes {sizes}")
         best["fwd"] = fl.best_batch("fwd", lambda b: fl.forward_unit(model, b), x, sizes, max(2, repeats - 1), device,
                                     log)
@@ -372,19 +385,30 @@ def main(argv: list[str] | None = None) -> int:
         ig_kw = sg_kw = None
         races = {e.name for e in multi}
         if "integrated_gradients" in races:
-            ig_kw = {"n_steps": 50, "method": "riemann_middle", "baselines": torch.zeros_like(xm)}
+            black = xm.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(xm).contiguous()
+            ig_kw = {"n_steps": 50, "method": "gausslegendre", "baselines": black}
         if races & {"smoothgrad", "smoothgrad_family"}:
-            sigma = 0.15 * float(xm.max() - xm.min())
+            sigma = 0.15 * float((xm.flatten(1).amax(1) - xm.flatten(1).amin(1)).mean())
             sg_kw = {"nt_samples": 25, "stdevs": sigma}
         if not args.no_peers:
             mpeers = pr.build_peers(model, x, classes, layer_module, single_logit=single_logit, races=races, ig=ig_kw,
-                                    sg=sg_kw, score_batch=max(16, min(256, 8 * xm.shape[0] * 4)), x_multi=xm,
+                                    sg=sg_kw, score_batch=128 if device.type == "cpu" else 256, x_multi=xm,
                                     classes_multi=classes_m)
             for pe in mpeers:
-                mtimer.add(f"peer:{pe.key}", pe.run)
+                if not pe.parts:
+                    mtimer.add(f"peer:{pe.key}", pe.run)
             peer_list += mpeers
         timings.update(mtimer.run(repeats))
         outputs.update(mtimer.outputs)
+    for pe in peer_list:  # composite peers: the per-round sum of their parts
+        if pe.parts:
+            parts = [timings[f"peer:{k}"] for k in pe.parts]
+            total = fl.Timing(f"peer:{pe.key}")
+            if all(t.times for t in parts):
+                total.times = [sum(ts) for ts in zip(*(t.times for t in parts))]
+            else:
+                total.error = "a part failed: " + ", ".join(t.name for t in parts if not t.times)
+            timings[total.name] = total
 
     # ---- the table -------------------------------------------------------------------------------
     fwd_s = timings["floor:fwd"].min
@@ -408,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         for pe in ps:
             pt = timings[f"peer:{pe.key}"]
             entry: dict[str, Any] = {"library": pe.library, "note": pe.note, **pt.to_dict()}
-            if pe.key.endswith(("x3", "x4", "x5")) or f"peer:{pe.key}" not in outputs or e.name not in outputs:
+            if pe.parts or f"peer:{pe.key}" not in outputs or e.name not in outputs:
                 entry["agreement"] = None
             else:
                 ours_out = outputs[e.name][e.methods[0]]
@@ -435,13 +459,13 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in [*FIVE_CAMS, "gradient", "integrated_gradients", "smoothgrad"] if n in registered]
         spec = {n: {} for n in names}
         if "integrated_gradients" in spec:
-            spec["integrated_gradients"] = _opts("integrated_gradients", {"n_steps": 50, "steps": 50})
+            spec["integrated_gradients"] = _opts("integrated_gradients", {"steps": 50, "n_steps": 50})
         if "smoothgrad" in spec:
-            spec["smoothgrad"] = _opts("smoothgrad", {"n_samples": 25, "samples": 25, "n": 25})
+            spec["smoothgrad"] = _opts("smoothgrad", {"samples": 25, "n_samples": 25})
         one = x[:1]
         etimer = fl.Interleaved(device, log)
         etimer.add("explain_one", lambda: skm.explain(model, one, spec, target=[classes[0]], layer=case.layer))
-        et = etimer.run(max(repeats, 3))["explain_one"]
+        et = etimer.run(repeats)["explain_one"]
         passes = 1 + ("integrated_gradients" in spec) * 50 + ("smoothgrad" in spec) * 25
         if best:
             floor_one = best["fb"].best_per_image_s * passes
