@@ -276,7 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-peers", action="store_true", help="time ours and the floor only")
     p.add_argument("--no-explain-one", action="store_true", help="skip the one-image explain() timing")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
+    p.add_argument("--markdown", type=Path, default=None, metavar="JSON",
+                   help="print the results in JSON as a Markdown table and exit (runs nothing)")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
 
     case = CASES[args.case]
     device = torch.device(args.device or case.device)
@@ -502,6 +507,47 @@ def main(argv: list[str] | None = None) -> int:
               f"{'met' if explain_one['met'] else 'NOT met'})")
     print(f"wrote {out_path} in {meta['wall_s']:.0f} s; load average {meta['load_average_end']}")
     return 0
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results of one run as a Markdown table (for bench/README.md)."""
+    m = result["meta"]
+    fu = result["floor_units"]
+    lines = [
+        f"**{m['case']}** — {m['device_name']}, torch {m['torch']}, {m['threads']} threads, commit "
+        f"`{m['git_commit'][:12]}`, {m['date']}; batch {m['batch']} ({m['multipass_batch']} images for the many-pass "
+        f"methods), {m['repeats']} timed rounds after a warm-up, minimum shown; load average at start/end "
+        f"{m['load_average_start'][0]:.1f} / {m['load_average_end'][0]:.1f} (shared machine).",
+        "",
+        f"Floor units: forward {fu['fwd']['min_s']:.3f} s, forward+backward to the input {fu['fb']['min_s']:.3f} s, "
+        f"forward+backward to the CAM layer {fu['fbl']['min_s']:.3f} s.",
+        "",
+        "| entry | ours (s) | floor (s) | x floor | x fwd+bwd | fastest peer | peer (s) | x fastest peer | agreement "
+        "(min Pearson r; = allclose) |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for r in result["rows"]:
+        agree = []
+        for k, v in r["peers"].items():
+            a = v.get("agreement")
+            if a and "pearson_min" in a:
+                agree.append(f"{k}: {a['pearson_min']:.3f}{' =' if a['allclose'] else ''}")
+            elif v.get("error"):
+                agree.append(f"{k}: failed")
+        lines.append(f"| {r['entry']} | {fmt(r['min_s'])} | {fmt(r['floor_s'])} | {fmt(r['x_floor'], '.2f')} | "
+                     f"{fmt(r['x_forward_backward'], '.2f')} | {r['fastest_peer'] or '-'} | {fmt(r['fastest_peer_s'])} "
+                     f"| {fmt(r['x_fastest_peer'], '.2f')} | {'; '.join(agree)} |")
+    e = result.get("explain_one_image")
+    if e:
+        lines += ["", f"`explain` of one image ({', '.join(e['methods'])}): {e['min_s']:.2f} s (median "
+                      f"{e['median_s']:.2f} s), floor {e['floor_s']:.2f} s ({e['floor']}); target < 2 s: "
+                      f"{'met' if e['met'] else 'not met'}."]
+    bb = result.get("best_batch") or {}
+    if bb:
+        parts = [f"{k}: " + ", ".join(f"{n}: {v * 1000:.1f}" for n, v in d["per_image_s"].items()) +
+                 f" (best {d['best_batch_size']})" for k, d in bb.items()]
+        lines += ["", "Per-image ms of the floor units by batch size: " + "; ".join(parts) + "."]
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
