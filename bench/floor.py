@@ -101,6 +101,8 @@ class Interleaved:
                 seconds, out = time_once(fn, self.device)
             except Exception as exc:  # a peer that cannot run this case is recorded, not fatal
                 self.timings[name].error = f"{type(exc).__name__}: {exc}"[:500]
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()  # e.g. after an out-of-memory batch size
                 self.log(f"  {name}: FAILED ({self.timings[name].error})")
                 continue
             self.outputs[name] = out

@@ -446,6 +446,13 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:
                     entry["agreement"] = {"error": f"{type(exc).__name__}: {exc}"}
             peer_rows[pe.key] = entry
+        vs_fp32 = None
+        base_name = e.name.removesuffix("_bf16")
+        if base_name != e.name and e.name in outputs and base_name in outputs:
+            mine = outputs[e.name][e.methods[0]].maps.detach().float().cpu()
+            ref = outputs[base_name][e.methods[0]].maps.detach().float().cpu()
+            r = pr._pearson_rows(mine, ref)
+            vs_fp32 = {"pearson_min": float(r.min()), "pearson_mean": float(r.mean()), "target": "> 0.99"}
         ok = {k: v for k, v in peer_rows.items() if v["times_s"]}
         fastest = min(ok, key=lambda k: ok[k]["min_s"]) if ok else None
         rows.append({
@@ -455,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             "x_forward_backward": t.min / fb_s if (t.times and not e.multi) else None,
             "fastest_peer": fastest, "fastest_peer_s": ok[fastest]["min_s"] if fastest else None,
             "x_fastest_peer": t.min / ok[fastest]["min_s"] if (fastest and t.times) else None,
-            "peers": peer_rows,
+            "peers": peer_rows, "maps_vs_fp32": vs_fp32,
         })
 
     # ---- explain() of one image -------------------------------------------------------------------
@@ -534,6 +541,8 @@ def markdown(result: dict[str, Any]) -> str:
                 agree.append(f"{k}: {a['pearson_min']:.3f}{' =' if a['allclose'] else ''}")
             elif v.get("error"):
                 agree.append(f"{k}: failed")
+        if r.get("maps_vs_fp32"):
+            agree.append(f"maps vs fp32: {r['maps_vs_fp32']['pearson_min']:.4f}")
         lines.append(f"| {r['entry']} | {fmt(r['min_s'])} | {fmt(r['floor_s'])} | {fmt(r['x_floor'], '.2f')} | "
                      f"{fmt(r['x_forward_backward'], '.2f')} | {r['fastest_peer'] or '-'} | {fmt(r['fastest_peer_s'])} "
                      f"| {fmt(r['x_fastest_peer'], '.2f')} | {'; '.join(agree)} |")
@@ -562,6 +571,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                 agree.append(f"{k.split('.')[0][:8]} r={a['pearson_min']:.3f}{' =' if a['allclose'] else ''}")
             elif v.get("error"):
                 agree.append(f"{k} failed")
+        if r.get("maps_vs_fp32"):
+            agree.append(f"vs fp32 r={r['maps_vs_fp32']['pearson_min']:.4f}")
         lines.append(f"{r['entry']:<28}{fmt(r['min_s']):>9}{fmt(r['floor_s']):>9}{fmt(r['x_floor'], '.2f'):>8}"
                      f"{fmt(r['x_forward_backward'], '.2f'):>7}  {(r['fastest_peer'] or '-'):<34}"
                      f"{fmt(r['fastest_peer_s']):>9}{fmt(r['x_fastest_peer'], '.2f'):>8}  {'; '.join(agree)}")
