@@ -13,9 +13,9 @@ integrated gradients: one forward+backward per step; SmoothGrad: one per sample)
 fastest per-image size among a few candidates, measured here too.
 
 Timing: :class:`Interleaved` runs every entry once as warm-up, then ``repeats`` rounds in which
-every entry is timed once (round-robin), so that a slow spell of a shared machine hits all entries
-alike; reports keep every time, the minimum and the median. On CUDA, each timed call is bracketed
-by ``torch.cuda.synchronize``.
+every entry is timed once (round-robin, the order rotated from round to round), so that a slow
+spell of a shared machine hits all entries alike; reports keep every time, the minimum and the
+median. On CUDA, each timed call is bracketed by ``torch.cuda.synchronize``.
 """
 
 from __future__ import annotations
@@ -109,7 +109,10 @@ class Interleaved:
             self.log(f"  warm-up {name}: {seconds:.3f} s")
             alive.append(name)
         for r in range(repeats):
-            for name in alive:
+            # Rotate the order each round so that no entry always runs right after the same neighbour
+            # or at the same point of a round (a shared machine's load drifts within rounds too).
+            shift = (r * max(1, len(alive) // max(1, repeats))) % max(1, len(alive))
+            for name in alive[shift:] + alive[:shift]:
                 seconds, _ = time_once(self.entries[name], self.device)
                 self.timings[name].times.append(seconds)
             self.log(f"  round {r + 1}/{repeats} done")
