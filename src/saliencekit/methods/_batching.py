@@ -55,13 +55,21 @@ def run_in_chunks(
     model: nn.Module,
     example: torch.Tensor,
     backward: bool,
+    multiple_of: int = 1,
 ) -> int:
     """Call ``fn(start, stop)`` over ``range(total)`` in chunks; returns the chunk size that worked.
 
     With ``batch_size="auto"``, a CUDA out-of-memory error halves the chunk and retries the same chunk.
     ``fn`` must be safe to re-run for a chunk (write results by index, do not accumulate).
+
+    ``multiple_of`` (e.g. the number of images ``n`` when the rows are block-major passes of ``n``
+    images) rounds an automatic chunk size down to a multiple of it (never below it), so that every
+    chunk holds whole blocks and can be reduced with ``view(-1, n, ...).sum(0)`` instead of a
+    scatter (``index_add_``), which costs 5-7% of SmoothGrad / IG on the CPU.
     """
     size = initial_batch_size(model, example, backward) if batch_size == "auto" else int(batch_size)
+    if batch_size == "auto" and multiple_of > 1:
+        size = max(multiple_of, size - size % multiple_of)
     start = 0
     while start < total:
         stop = min(total, start + size)
@@ -71,6 +79,8 @@ def run_in_chunks(
             if batch_size != "auto" or size == 1:
                 raise
             size = max(1, size // 2)
+            if multiple_of > 1 and size >= multiple_of:
+                size -= size % multiple_of
             if example.device.type == "cuda":
                 torch.cuda.empty_cache()
             continue

@@ -1,0 +1,318 @@
+"""Adapters that compute each peer library's map on the same model, batch, target and layer.
+
+Peers (installed with ``pip install -e .[bench]``; never runtime dependencies of saliencekit):
+
+- captum: Saliency, InputXGradient, IntegratedGradients, NoiseTunnel (smoothgrad / smoothgrad_sq /
+  vargrad), GuidedBackprop, Deconvolution, LayerGradCam;
+- pytorch-grad-cam (``grad-cam`` on PyPI, module ``pytorch_grad_cam``): GradCAM, GradCAMPlusPlus,
+  XGradCAM, HiResCAM, LayerCAM, ScoreCAM;
+- torch-cam (``torchcam``): GradCAM, GradCAMpp, XGradCAM, LayerCAM, ScoreCAM.
+
+Single-logit models (the lesson CNN): the peers index the output by class, so they get the model
+wrapped in :class:`TwoLogit`, which outputs ``[-z, z]``: class 1 is the logit ``z`` and class 0 is
+``-z``, exactly saliencekit's target definition. The wrapper adds one ``torch.cat`` per pass.
+
+Each adapter returns maps in the form the peer produces them; :func:`agreement` compares them with
+ours in the matching form (raw attributions, raw layer-resolution CAMs, or min-max normalised
+input-resolution CAMs for pytorch-grad-cam, which normalises every map and resizes it with OpenCV).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Output forms a peer may produce.
+ATTRIBUTIONS = "attributions"  # raw (N, C, H, W) in input space
+LAYER_RAW = "layer_raw"  # raw CAM at the layer's resolution (N, h, w)
+INPUT_MINMAX = "input_minmax"  # CAM min-max normalised per image at input resolution (N, H, W)
+
+
+class TwoLogit(nn.Module):
+    """``[-z, z]`` from a single-logit model, so that class 1 is ``z`` and class 0 is ``-z``.
+
+    >>> TwoLogit(nn.Identity())(torch.tensor([[2.0]])).tolist()
+    [[-2.0, 2.0]]
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        if z.ndim == 1:
+            z = z[:, None]
+        return torch.cat([-z, z], dim=1)
+
+
+@dataclass
+class Peer:
+    """One peer implementation racing one of our entries."""
+
+    key: str  # "captum.Saliency"
+    library: str
+    races: str  # the name of our entry it races
+    run: Callable[[], Any]
+    output: str  # ATTRIBUTIONS, LAYER_RAW or INPUT_MINMAX
+    note: str = ""
+    parts: tuple[str, ...] = ()  # a composite peer: the sum of these peers' times, round by round
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the peer libraries (None when missing)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for dist in ("captum", "grad-cam", "torchcam"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def build_peers(
+    model: nn.Module,
+    x: torch.Tensor,
+    classes: Sequence[int],
+    layer: nn.Module,
+    *,
+    single_logit: bool,
+    races: set[str],
+    ig: dict[str, Any] | None = None,
+    sg: dict[str, Any] | None = None,
+    score_batch: int = 64,
+    x_multi: torch.Tensor | None = None,
+    classes_multi: Sequence[int] | None = None,
+) -> list[Peer]:
+    """Peer adapters for the entries named in ``races``.
+
+    Args:
+        model: the (unwrapped) model; wrapped in :class:`TwoLogit` when ``single_logit``.
+        x: the batch for single-pass methods; ``x_multi`` (default ``x``) for multi-pass ones.
+        classes: the explained class of each image of ``x`` (``classes_multi`` for ``x_multi``).
+        layer: the CAM layer (a module of ``model``).
+        races: our entry names to build peers for (e.g. {"gradient", "gradcam", "cams5"}).
+        ig: captum IntegratedGradients keywords (n_steps, method, baselines).
+        sg: captum NoiseTunnel keywords (nt_samples, stdevs).
+        score_batch: masked images per forward for the Score-CAM peers.
+    """
+    net = TwoLogit(model) if single_logit else model
+    x_multi = x if x_multi is None else x_multi
+    classes = [int(c) for c in classes]
+    classes_multi = classes if classes_multi is None else [int(c) for c in classes_multi]
+    target = torch.tensor(classes, device=x.device)
+    target_multi = torch.tensor(classes_multi, device=x.device)
+    wrap_note = "model wrapped to output [-z, z]" if single_logit else ""
+    peers: list[Peer] = []
+
+    def add(key: str, library: str, race: str, run: Callable[[], Any] | None, output: str, note: str = "",
+            parts: tuple[str, ...] = (), also: Sequence[str] = ()) -> None:
+        if race in races or any(a in races for a in also):
+            note = "; ".join(n for n in (note, wrap_note) if n)
+            peers.append(Peer(key, library, race, run or (lambda: None), output, note, parts))
+
+    if _has("captum"):
+        import captum.attr as ca
+
+        def captum_input(cls: Any, **kw: Any) -> Callable[[], torch.Tensor]:
+            def run() -> torch.Tensor:
+                return cls(net).attribute(x, target=target, **kw).detach()
+
+            return run
+
+        add("captum.Saliency", "captum", "gradient", captum_input(ca.Saliency, abs=False), ATTRIBUTIONS)
+        add("captum.InputXGradient", "captum", "gradient_x_input", captum_input(ca.InputXGradient), ATTRIBUTIONS)
+        add("captum.GuidedBackprop", "captum", "guided_backprop", captum_input(ca.GuidedBackprop), ATTRIBUTIONS)
+        add("captum.Deconvolution", "captum", "deconvnet", captum_input(ca.Deconvolution), ATTRIBUTIONS)
+
+        def layer_gradcam() -> torch.Tensor:
+            out = ca.LayerGradCam(net, layer).attribute(x, target=target, relu_attributions=True)
+            return out.detach()[:, 0]
+
+        add("captum.LayerGradCam", "captum", "gradcam", layer_gradcam, LAYER_RAW)
+        if ig is not None:
+            def captum_ig() -> torch.Tensor:
+                return ca.IntegratedGradients(net).attribute(x_multi, target=target_multi, **ig).detach()
+
+            add("captum.IntegratedGradients", "captum", "integrated_gradients", captum_ig, ATTRIBUTIONS,
+                f"n_steps={ig.get('n_steps')}, method={ig.get('method')}, internal_batch_size=None (all at once)")
+        if sg is not None:
+            def captum_nt(nt_type: str) -> Callable[[], torch.Tensor]:
+                def run() -> torch.Tensor:
+                    nt = ca.NoiseTunnel(ca.Saliency(net))
+                    return nt.attribute(x_multi, target=target_multi, nt_type=nt_type, abs=False, **sg).detach()
+
+                return run
+
+            add("captum.NoiseTunnel(smoothgrad)", "captum", "smoothgrad", captum_nt("smoothgrad"), ATTRIBUTIONS,
+                f"nt_samples={sg.get('nt_samples')}, stdevs={sg.get('stdevs'):.4g} (one sigma for the batch); "
+                "noise differs, so agreement is statistical", also=["smoothgrad_family"])
+            for t in ("smoothgrad_sq", "vargrad"):
+                add(f"captum.NoiseTunnel({t})", "captum", f"_{t}", captum_nt(t), ATTRIBUTIONS,
+                    also=["smoothgrad_family"])
+            add("captum.NoiseTunnel x3", "captum", "smoothgrad_family", None, ATTRIBUTIONS,
+                "three NoiseTunnel calls (smoothgrad, smoothgrad_sq, vargrad), each drawing its own noise; "
+                "time = sum of the three, round by round",
+                parts=("captum.NoiseTunnel(smoothgrad)", "captum.NoiseTunnel(smoothgrad_sq)",
+                       "captum.NoiseTunnel(vargrad)"))
+
+    if _has("pytorch_grad_cam"):
+        import pytorch_grad_cam as pgc
+        import pytorch_grad_cam.score_cam as pgc_score
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        # Its ScoreCAM draws one tqdm bar per image on stderr; silence it (the bar costs ~nothing).
+        pgc_score.tqdm = SimpleNamespace(tqdm=lambda it, **_kw: it)
+
+        pgc_targets = [ClassifierOutputTarget(c) for c in classes]
+        pgc_targets_multi = [ClassifierOutputTarget(c) for c in classes_multi]
+
+        def pgc_run(cls: Any, multi: bool = False) -> Callable[[], torch.Tensor]:
+            def run() -> torch.Tensor:
+                with cls(model=net, target_layers=[layer]) as cam:
+                    if multi:
+                        cam.batch_size = score_batch
+                        out = cam(input_tensor=x_multi, targets=pgc_targets_multi)
+                    else:
+                        out = cam(input_tensor=x, targets=pgc_targets)
+                return torch.from_numpy(np.asarray(out))
+
+            return run
+
+        note = "returns maps min-max normalised per image and resized with OpenCV"
+        pgc_cams = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
+                    "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM}
+        for race, cls in pgc_cams.items():
+            add(f"pytorch-grad-cam.{cls.__name__}", "pytorch-grad-cam", race, pgc_run(cls), INPUT_MINMAX, note,
+                also=["cams5"])
+        add("pytorch-grad-cam x5", "pytorch-grad-cam", "cams5", None, INPUT_MINMAX,
+            "five separate calls (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM), one forward + full "
+            "backward each; time = sum of the five, round by round",
+            parts=tuple(f"pytorch-grad-cam.{c.__name__}" for c in pgc_cams.values()))
+        add("pytorch-grad-cam.ScoreCAM", "pytorch-grad-cam", "scorecam", pgc_run(pgc.ScoreCAM, multi=True),
+            INPUT_MINMAX, f"{note}; batch_size={score_batch}")
+
+    if _has("torchcam"):
+        import torchcam.methods as tm
+
+        def tc_run(cls: Any, score: bool = False) -> Callable[[], torch.Tensor]:
+            def run() -> torch.Tensor:
+                if score:
+                    with cls(net, target_layer=layer, batch_size=score_batch, input_shape=tuple(x.shape[1:])) as ext:
+                        with torch.no_grad():
+                            net(x_multi)
+                        cams = ext(class_idx=classes_multi, normalized=False)
+                else:
+                    with cls(net, target_layer=layer, input_shape=tuple(x.shape[1:])) as ext:
+                        scores = net(x)
+                        cams = ext(class_idx=classes, scores=scores, normalized=False)
+                return cams[0].detach()
+
+            return run
+
+        tc_cams = {"gradcam": tm.GradCAM, "gradcam++": tm.GradCAMpp, "xgradcam": tm.XGradCAM, "layercam": tm.LayerCAM}
+        for race, cls in tc_cams.items():
+            note = ""
+            if race == "gradcam++":
+                note = ("torch-cam's alpha denominator sums A*g^3 over the map, and its in-place division acts on a "
+                        "masked copy, so alpha = g^2: a different (buggy) formula")
+            add(f"torchcam.{cls.__name__}", "torchcam", race, tc_run(cls), LAYER_RAW, note, also=["cams5"])
+        add("torchcam x4", "torchcam", "cams5", None, LAYER_RAW,
+            "four separate calls (GradCAM, GradCAMpp, XGradCAM, LayerCAM; torch-cam has no HiResCAM); "
+            "time = sum of the four, round by round",
+            parts=tuple(f"torchcam.{c.__name__}" for c in tc_cams.values()))
+        add("torchcam.ScoreCAM", "torchcam", "scorecam", tc_run(tm.ScoreCAM, score=True), LAYER_RAW,
+            f"batch_size={score_batch}; masks from min-max normalised layer maps, scores minus the clean score "
+            "(softmax is shift-invariant, so the same weights)")
+    return peers
+
+
+# -------------------------------------------------------------------------------------- agreement
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = a.double().flatten(1)
+    b = b.double().flatten(1)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    den = a.norm(dim=1) * b.norm(dim=1)
+    r = (a * b).sum(1) / den
+    both_flat = (a.norm(dim=1) == 0) & (b.norm(dim=1) == 0)
+    return torch.where(both_flat, torch.ones_like(r), torch.nan_to_num(r, nan=0.0))
+
+
+def _minmax(m: torch.Tensor) -> torch.Tensor:
+    flat = m.flatten(1)
+    lo = flat.amin(1)[:, None, None]
+    hi = flat.amax(1)[:, None, None]
+    return (m - lo) / (hi - lo + 1e-7)
+
+
+def _as_tensor(v: Any) -> torch.Tensor:
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(v)
+    return v.detach().cpu().float()
+
+
+def agreement(ours: Any, theirs: Any, output: str, upsample_to: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Compare our explanation with a peer's output.
+
+    Args:
+        ours: our :class:`~saliencekit.methods.Explanation`.
+        theirs: the peer's output (tensor or array) in the form ``output``.
+        output: ATTRIBUTIONS (compare ``ours.attributions``), LAYER_RAW (``ours.layer_maps``) or
+            INPUT_MINMAX (our layer maps resized with OpenCV like pytorch-grad-cam, both min-max normalised).
+
+    Returns:
+        Pearson correlation per image (min and mean), the largest absolute difference relative to the
+        largest magnitude, and ``allclose`` (rtol 1e-3, atol 1e-4 x the largest magnitude).
+    """
+    theirs_t = _as_tensor(theirs)
+    if output == ATTRIBUTIONS:
+        mine = ours.attributions
+        if mine is None:
+            mine = ours.maps[:, None]
+            theirs_t = theirs_t.sum(1, keepdim=True)
+        mine = mine.detach().cpu().float()
+    elif output == LAYER_RAW:
+        mine = ours.layer_maps.detach().cpu().float()
+    elif output == INPUT_MINMAX:
+        lm = ours.layer_maps.detach().cpu().float().clamp_min(0)
+        try:
+            import cv2
+
+            size = (theirs_t.shape[-1], theirs_t.shape[-2])
+            mine = torch.stack([torch.from_numpy(cv2.resize(_minmax(m[None])[0].numpy(), size)) for m in lm])
+        except ImportError:
+            mine = F.interpolate(lm[:, None], size=theirs_t.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        mine = _minmax(mine)
+        theirs_t = _minmax(theirs_t)
+    else:
+        raise ValueError(output)
+    if mine.shape != theirs_t.shape:
+        return {"error": f"shape mismatch: ours {tuple(mine.shape)} vs theirs {tuple(theirs_t.shape)}"}
+    r = _pearson_rows(mine, theirs_t)
+    scale = float(max(mine.abs().max(), theirs_t.abs().max(), 1e-12))
+    diff = float((mine - theirs_t).abs().max()) / scale
+    return {
+        "compared": output,
+        "pearson_min": float(r.min()),
+        "pearson_mean": float(r.mean()),
+        "max_abs_diff_rel": diff,
+        "allclose": bool(torch.allclose(mine, theirs_t, rtol=1e-3, atol=1e-4 * scale)),
+    }
