@@ -124,3 +124,20 @@ def test_split_stratified_reproducible_and_saved(tmp_path: Path) -> None:
     assert sorted(rel[699 - i] for i in back.test) == sorted(rel[i] for i in s.test)
     with pytest.raises(DataError, match="not in the data folder"):
         load_split(tmp_path / "split.json", rel[:10])
+
+
+def test_atomic_writes_leave_usual_mode_and_no_temp_on_error(tmp_path: Path) -> None:
+    import os
+
+    from saliencekit import _atomic
+
+    target = _atomic.write_json(tmp_path / "a.json", {"x": 1.0, "bad": float("nan")})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == 0o666 & ~umask
+    assert target.read_text().strip().endswith("}") and '"bad": null' in target.read_text()
+    with pytest.raises(RuntimeError), _atomic.atomic_path(tmp_path / "a.json") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+    assert '"x": 1.0' in target.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]

@@ -25,7 +25,6 @@ import html
 import io
 import json
 import math
-import os
 import platform
 import string
 from collections.abc import Mapping, Sequence, Sized
@@ -1207,9 +1206,6 @@ def build_report(
     title = f"Trust report: {run.info.arch} on {run.data_root.name}"
     page = render_page(title, subtitle, _warning_html(ctx), sections, created)
     _atomic.write_text(out_html, page)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(out_html, 0o666 & ~umask)  # a page to open and share: the usual file mode, not the temp file's 0600
     return out_html
 
 
