@@ -1,8 +1,9 @@
-"""Benchmark: the default `saliencekit demo` pipeline (generation + training + evaluation), timed.
+"""Benchmark: the default `saliencekit demo` pipeline, timed step by step.
 
 Records wall time per step, the test metrics, the device, CPU count and the git commit in
-bench/results/demo_timing.json. The target (issue 2): under 5 minutes on 2 CPU cores and a
-test accuracy of at least 0.85.
+bench/results/demo_timing.json. The targets: generation + training + evaluation under 5 minutes
+on 2 CPU cores with a test accuracy of at least 0.85 (issue 2); the whole demo, explanations,
+trust checks and report included, under 10 minutes (issue 5).
 
     python bench/demo_timing.py                 # the full default demo in a temporary folder
     python bench/demo_timing.py --threads 2     # limit torch to 2 threads
@@ -64,7 +65,9 @@ def main() -> int:
         "quick": args.quick,
         "wall_s": round(wall, 2),
         "steps_s": ctx.timings,
-        "target_wall_s": 300,
+        "pipeline_s": round(sum(ctx.timings.get(k, 0.0) for k in ("generate", "train", "evaluate")), 2),
+        "target_pipeline_s": 300,
+        "target_wall_s": 600,
         "test_accuracy": m.get("accuracy"),
         "test_roc_auc": m.get("roc_auc"),
         "sensitivity": m.get("sensitivity"),
