@@ -7,9 +7,10 @@
   ReLU) can neither change the recorded activation nor break the gradient taken with respect to it;
 - optionally a backward rule on every ``nn.ReLU`` module: ``"guided"`` (guided backprop: pass the
   gradient only where the forward input was positive and the incoming gradient is positive) or
-  ``"deconv"`` (DeconvNet: pass ``relu(incoming gradient)``, ignoring the forward mask). The rule is
-  attached by a forward hook that replaces the ReLU's output by the output of a custom autograd
-  function with the same value, never by swapping modules or patching ``torch`` functions.
+  ``"deconv"`` (DeconvNet: pass ``relu(incoming gradient)``, ignoring the forward mask). Guided
+  backprop clips the gradient with a hook on each ReLU output tensor (the ReLU's own backward then
+  applies the forward mask); DeconvNet replaces the ReLU's output by a custom autograd function of
+  the same value. Never by swapping modules or patching ``torch`` functions.
   Functional ReLUs (``F.relu`` / ``torch.relu`` called inside ``forward``) cannot be reached without
   patching torch, so they keep their ordinary gradient; :func:`count_relu_modules` lets callers warn.
 
@@ -39,23 +40,6 @@ class _RuleSwitch:
         self.active = True
 
 
-class _GuidedReLU(torch.autograd.Function):
-    """``relu(x)`` forward; backward passes ``grad`` where ``x > 0`` and ``grad > 0``."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, switch: _RuleSwitch) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.switch = switch
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (x,) = ctx.saved_tensors
-        if not ctx.switch.active:
-            return grad * (x > 0).to(grad.dtype), None
-        return grad.clamp_min(0) * (x > 0).to(grad.dtype), None
-
-
 class _DeconvReLU(torch.autograd.Function):
     """``relu(x)`` forward; backward passes ``relu(grad)`` whatever the forward input was."""
 
@@ -73,7 +57,6 @@ class _DeconvReLU(torch.autograd.Function):
         return grad.clamp_min(0), None
 
 
-_RULE_FUNCTIONS = {"guided": _GuidedReLU, "deconv": _DeconvReLU}
 
 
 class Capture:
@@ -169,26 +152,36 @@ def capture(
         cap.activations[id(module)] = output
         return output.clone()
 
-    def make_rule(fn: type[torch.autograd.Function]) -> Any:
-        def pre(module: nn.Module, inputs: tuple[Any, ...]) -> None:
-            # An in-place ReLU overwrites its input; keep the pre-activation for the rule.
-            module_inputs[id(module)] = inputs[0].clone() if getattr(module, "inplace", False) else inputs[0]
+    def guided_post(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        # Guided backprop = the ReLU's own backward (forward mask x > 0) applied to relu(incoming
+        # gradient): a hook on the output tensor clips the gradient before it enters the ReLU's
+        # backward. No copy of the activation, no custom function; the hook lives on this forward
+        # pass's tensor, not on the model.
+        if output.requires_grad:
+            switch = cap._switch
+            output.register_hook(lambda grad: grad.clamp_min(0) if switch.active else grad)
 
-        def post(module: nn.Module, _inputs: Any, _output: Any) -> torch.Tensor:
-            return fn.apply(module_inputs.pop(id(module)), cap._switch)
+    def deconv_pre(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        # DeconvNet ignores the forward mask, so the ReLU's own backward must be bypassed: keep the
+        # pre-activation (an in-place ReLU overwrites it) and hand the network a rule output.
+        module_inputs[id(module)] = inputs[0].clone() if getattr(module, "inplace", False) else inputs[0]
 
-        return pre, post
+    def deconv_post(module: nn.Module, _inputs: Any, _output: Any) -> torch.Tensor:
+        return _DeconvReLU.apply(module_inputs.pop(id(module)), cap._switch)
 
     module_inputs: dict[int, torch.Tensor] = {}
     with eval_mode(model, eval):
         try:
             # Rule hooks first: a captured layer that is itself an nn.ReLU then records the rule's output.
             if relu_rule is not None:
-                pre, post = make_rule(_RULE_FUNCTIONS[relu_rule])
                 for m in model.modules():
-                    if isinstance(m, nn.ReLU):
-                        handles.append(m.register_forward_pre_hook(pre))
-                        handles.append(m.register_forward_hook(post))
+                    if not isinstance(m, nn.ReLU):
+                        continue
+                    if relu_rule == "guided":
+                        handles.append(m.register_forward_hook(guided_post))
+                    else:
+                        handles.append(m.register_forward_pre_hook(deconv_pre))
+                        handles.append(m.register_forward_hook(deconv_post))
             for layer in layers:
                 handles.append(layer.register_forward_hook(record))
             yield cap
