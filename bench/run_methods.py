@@ -21,7 +21,6 @@ import platform
 import subprocess
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,39 +43,10 @@ SG_FAMILY = ["smoothgrad", "smoothgrad_sq", "vargrad"]
 # ------------------------------------------------------------------------------------------ models
 
 
-class LessonCNN(nn.Module):
-    """The lesson's effusion CNN (same layers and module names as ``saliencekit.models.create("effusion_cnn")``),
-    used when that registry entry is not in this checkout yet."""
-
-    def __init__(self, in_channels: int = 1):
-        super().__init__()
-        spec = [(8, 3), (8, 3), (12, 3), (12, 3), (20, 5), (20, 5), (50, 5)]
-        layers: list[tuple[str, nn.Module]] = []
-        c = in_channels
-        for i, (out, k) in enumerate(spec, start=1):
-            layers.append((f"conv{i}", nn.Conv2d(c, out, k, padding="same")))
-            layers.append((f"relu{i}", nn.ReLU()))
-            if i < len(spec):
-                layers.append((f"pool{i}", nn.MaxPool2d(2)))
-            c = out
-        self.features = nn.Sequential(OrderedDict(layers))
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Sequential(OrderedDict(
-            fc1=nn.Linear(c, 128), relu1=nn.ReLU(), dropout=nn.Dropout(0.6),
-            fc2=nn.Linear(128, 32), relu2=nn.ReLU(), out=nn.Linear(32, 1),
-        ))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)))
-
-
 def lesson_model() -> tuple[nn.Module, str]:
-    try:
-        from saliencekit.models import create
+    from saliencekit.models import create
 
-        return create("effusion_cnn"), 'saliencekit.models.create("effusion_cnn")'
-    except Exception:
-        return LessonCNN(), "bench-local copy of the effusion CNN (models registry not in this checkout)"
+    return create("effusion_cnn"), 'saliencekit.models.create("effusion_cnn")'
 
 
 @dataclass

@@ -8,15 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from saliencekit.cli._types import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checks", default=None, metavar="C1,C2,...",
                    help=f"comma-separated checks from {', '.join(CHECKS)}; default: every check that applies "
                    "(localization only when the data has masks)")
-    p.add_argument("--images", type=_positive_int, default=32, metavar="N",
+    p.add_argument("--images", type=positive_int, default=32, metavar="N",
                    help="number of test images, balanced over classes (default: 32)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the image choice, randomisation, null levels, bootstrap and noise (default: 0)")
@@ -57,9 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="layer of the CAM methods (default: the last convolutional stage)")
     p.add_argument("--shift", type=float, default=1.0,
                    help="constant added to the model input by the input-shift check (default: 1.0)")
-    p.add_argument("--random-label-epochs", type=_positive_int, default=40, metavar="E",
+    p.add_argument("--random-label-epochs", type=positive_int, default=40, metavar="E",
                    help="most epochs to fit the random-label model of data_randomization (default: 40)")
-    p.add_argument("--random-label-images", type=_positive_int, default=128, metavar="N",
+    p.add_argument("--random-label-images", type=positive_int, default=128, metavar="N",
                    help="training images the random-label model is fit on (default: 128)")
     p.add_argument("--data", default=None, metavar="DATA",
                    help="the data folder, when it moved since training (default: the one in config.json)")

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from saliencekit.cli._types import fraction
+
 SHORTCUT_FRACTION = 0.8
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="folder for everything the demo writes (default: saliencekit_demo)")
     p.add_argument("--quick", action="store_true",
                    help="tiny smoke-test settings: 40 images per class at 128 px, 64 px model input, 2 epochs")
-    p.add_argument("--shortcut", type=_fraction, nargs="?", const=SHORTCUT_FRACTION, default=0.0, metavar="FRACTION",
+    p.add_argument("--shortcut", type=fraction, nargs="?", const=SHORTCUT_FRACTION, default=0.0, metavar="FRACTION",
                    help="plant a shortcut marker (a burned-in letter) in this fraction of the effusion images and "
                    f"never in the normals, so the report shows a model caught learning it (FRACTION defaults to "
                    f"{SHORTCUT_FRACTION} when the flag is given alone; without the flag: no marker)")

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from saliencekit.cli._types import positive_float, positive_int
 from saliencekit.errors import InputError
 
 
@@ -35,24 +36,8 @@ def standard_augmentation() -> Callable[[Any], Any]:
     return Augmentation.standard()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,18 +53,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run directory to write (created if missing)")
     p.add_argument("--model", default="effusion_cnn", metavar="NAME",
                    help="architecture from `saliencekit models` (default: effusion_cnn, the lesson's CNN)")
-    p.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training images (default: 10)")
-    p.add_argument("--image-size", type=_positive_int, default=256, metavar="PIXELS",
+    p.add_argument("--epochs", type=positive_int, default=10, help="passes over the training images (default: 10)")
+    p.add_argument("--image-size", type=positive_int, default=256, metavar="PIXELS",
                    help="images are resized to PIXELS x PIXELS (default: 256)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per optimiser step (default: 32)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: 0.001)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per optimiser step (default: 32)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 0.001)")
     p.add_argument("--seed", type=int, default=42,
                    help="seed of the split, weight initialisation, batch order and dropout (default: 42)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--augment", action="store_true",
                    help="augment training images (random rotation, shift, zoom, horizontal flip); off by default")
-    p.add_argument("--patience", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--patience", type=positive_int, default=None, metavar="N",
                    help="stop early after N epochs without a lower validation loss (default: train all epochs)")
     p.add_argument("--color", action="store_true", help="keep RGB colour (3 input channels) instead of greyscale")
     p.add_argument("--classes", default=None, metavar="A,B",
@@ -89,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction of each class for testing (default: 0.15)")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="fraction of the rest of each class for validation (default: 0.15)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: all)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines; print only the result")
     p.set_defaults(func=cmd_train)
