@@ -123,36 +123,3 @@ def test_every_flag_is_explained() -> None:
         assert p.description
         for action in p._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
-
-
-def _fake_generator(monkeypatch) -> None:
-    """Use a blob generator when the synthetic chest X-ray generator is not installed in this checkout."""
-    try:
-        importlib.import_module("saliencekit.data.synthetic")
-        return
-    except ImportError:
-        pass
-    mod = types.ModuleType("saliencekit.data.synthetic")
-
-    def generate(out, per_class=350, size=512, seed=0, shortcut=0.0, shortcut_class="effusion", progress=True):
-        make_blobs(Path(out), n=per_class, size=size, seed=seed)
-
-    mod.generate = generate
-    monkeypatch.setitem(sys.modules, "saliencekit.data.synthetic", mod)
-
-
-def test_demo_quick(capsys, tmp_path, monkeypatch) -> None:
-    _fake_generator(monkeypatch)
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
-    text = capsys.readouterr().out
-    assert "accuracy" in text and str(out / "run") in text
-    summary = json.loads((out / "demo.json").read_text())
-    assert set(summary["timings_s"]) == {"generate", "train", "evaluate"}
-    assert summary["settings"]["epochs"] == 2 and summary["metrics"]["n"] > 0
-    assert len(list((out / "data" / "normal").iterdir())) == 40
-    for name in ("checkpoint.pt", "metrics.json", "curves.png", "roc.png", "confusion.png"):
-        assert (out / "run" / name).is_file()
-    # a second run reuses the data
-    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
-    assert "synthetic data (reused)" in capsys.readouterr().out
