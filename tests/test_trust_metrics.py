@@ -280,6 +280,15 @@ def test_max_sensitivity(device):
     np.testing.assert_allclose(got.cpu().numpy(), worst, rtol=1e-10)
     assert torch.equal(max_sensitivity(explain, x, radius=0.0, samples=2).cpu(), torch.zeros(3, dtype=torch.float64))
     assert (max_sensitivity(explain, x, radius=0.2, samples=4, generator=7) > got).all()
+    # given base maps: one explain call fewer, the same values
+    calls = []
+
+    def counted(b: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return explain(b)
+
+    assert torch.equal(max_sensitivity(counted, x, radius=0.05, samples=4, generator=7, base_maps=explain(x)), got)
+    assert len(calls) == 4
 
 
 # --------------------------------------------------------------------------------------------- statistics
