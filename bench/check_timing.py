@@ -10,6 +10,7 @@ Prints the seconds of the shared maps and of every check (the ``seconds`` of eac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -24,15 +25,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="the --quick demo's methods and settings")
     ap.add_argument("--checks", default=None, help="comma-separated subset of checks")
-    ap.add_argument("--plain", action="store_true", help="CheckSettings(random_label_epochs=...) as before tuning")
+    ap.add_argument("--plain", action="store_true", help="the demo's settings before the cost cuts (for before/after)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from saliencekit.pipeline import DemoSettings
     from saliencekit.trust import CheckSettings, run_checks
 
     s = DemoSettings.quick() if args.quick else DemoSettings()
-    settings = CheckSettings(random_label_epochs=s.random_label_epochs)
-    if not args.plain and hasattr(s, "check_settings"):
+    if args.plain:  # the demo's methods and checks before the cost cuts (the same with older code)
+        before = {"random_label_epochs": 30, "smoothgrad_samples": 16, "ig_steps": 16, "scorecam_top_n": None}
+        s = dataclasses.replace(s, **{k: v for k, v in before.items() if hasattr(s, k)})
+        settings = CheckSettings(random_label_epochs=s.random_label_epochs)
+    else:
         settings = s.check_settings()
     n = args.images or s.check_images
     t0 = time.perf_counter()
