@@ -25,11 +25,12 @@ class DemoSettings:
     The trust checks are cut to fit the demo's budget (the whole demo in under 10 minutes on 2 CPU cores, the
     check step about 3 minutes of it). Every check still runs and is shown; what is cut, and why:
 
-    - ``costly_images``: the checks that recompute every method's maps many times (model randomisation: once
-      per layer; data randomisation; input invariance: three times in float64; max-sensitivity: once per noise
-      draw) use only the first ``costly_images`` of the ``check_images`` (balanced over the classes); agreement,
-      faithfulness and localisation use all of them. Four images give a coarse but honest verdict: the
-      randomisation curves of a method that fails stay near 1 on every image.
+    - ``check_images`` 8 (instead of 32): agreement (36 method pairs, every similarity measure) and localisation
+      use all of them. ``costly_images`` 4: the checks that recompute every method's maps many times (model
+      randomisation: once per layer; data randomisation; input invariance: three times in float64;
+      max-sensitivity: once per noise draw) and faithfulness (ROAD solves an imputation per image and
+      fraction, the slowest part on a CPU) use only the first 4 (balanced over the classes). Four images give
+      a coarse but honest verdict: the randomisation curves of a method that fails stay near 1 on every image.
     - ``independent_randomization`` off: only the cascading model randomisation runs (the verdict is taken
       from it); the independent one would recompute all maps once more per layer.
     - ``smoothgrad_samples`` / ``ig_steps`` 8 (instead of the usual 16-50): each costs a forward and backward
@@ -37,7 +38,7 @@ class DemoSettings:
       activation variance (Faster Score-CAM) instead of all 50 of the last convolution.
     - ``sensitivity_samples`` 3 noise draws for max-sensitivity; ``random_label_images`` / ``random_label_epochs``:
       the random-label model is fitted on 64 training images for at most 20 epochs (it stops earlier once it
-      has memorised 95% of its permuted labels); ``deletion_steps`` 10 and 5 ROAD fractions for faithfulness.
+      has memorised 95% of its permuted labels); ``deletion_steps`` 10 and 3 ROAD fractions for faithfulness.
     """
 
     per_class: int = 350
@@ -46,7 +47,7 @@ class DemoSettings:
     image_size: int = 256
     epochs: int = 10
     batch_size: int = 32
-    check_images: int = 16
+    check_images: int = 8
     explain_images: int = 4
     report_images: int = 8
     random_label_epochs: int = 20
@@ -58,7 +59,7 @@ class DemoSettings:
     independent_randomization: bool = False
     sensitivity_samples: int = 3
     deletion_steps: int = 10
-    road_fractions: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    road_fractions: tuple[float, ...] = (0.2, 0.5, 0.8)
 
     @classmethod
     def quick(cls) -> DemoSettings:
@@ -76,7 +77,9 @@ class DemoSettings:
         return CheckSettings(random_label_epochs=self.random_label_epochs,
                              random_label_images=self.random_label_images, randomization_modes=modes,
                              costly_images=self.costly_images, sensitivity_samples=self.sensitivity_samples,
-                             deletion_steps=self.deletion_steps, road_fractions=tuple(self.road_fractions))
+                             deletion_steps=self.deletion_steps, road_fractions=tuple(self.road_fractions),
+                             costly_checks=("model_randomization", "data_randomization", "input_invariance",
+                                            "complexity", "faithfulness"))
 
     def methods(self) -> dict[str, dict[str, Any]]:
         """The saliency methods the demo explains with and checks (labels -> options).
