@@ -159,3 +159,33 @@ def test_agreement_matrix_cells_are_the_pairwise_metric_means() -> None:
     assert set(d["pairs"]) == {"a|b", "a|c", "b|c"}
     with pytest.raises(InputError, match="at least 2"):
         agreement({"a": a})
+
+
+def test_cost_knobs_cap_the_costly_checks_and_skip_independent(tmp_path) -> None:
+    net, _ = trained_cnn()
+    x, y, masks = blob_data(8, seed=3)
+    methods = {"gradient": {"method": "gradient"}}
+    full = run_checks(model=net, images=x, labels=y, masks={"lesion": masks}, methods=methods, n_images=4,
+                      checks=["model_randomization", "faithfulness"], settings=CHEAP, progress=False)
+    cheap = CheckSettings(**{**CHEAP.__dict__, "randomization_modes": ("cascading",), "costly_images": 2})
+    capped = run_checks(model=net, images=x, labels=y, masks={"lesion": masks}, methods=methods, n_images=4,
+                        train_data=(x, y), settings=cheap, progress=False, out_dir=tmp_path)
+    validate_checks_json(json.loads((tmp_path / "checks.json").read_text()), tmp_path)
+    c = capped["checks"]
+    assert "independent" in full["checks"]["model_randomization"]
+    assert "independent" not in c["model_randomization"]
+    for name in ("model_randomization", "data_randomization", "input_invariance", "complexity"):
+        assert c[name]["images"] == 2, name
+    for name in ("faithfulness", "localization"):
+        assert c[name]["images"] == 4, name
+    assert capped["settings"]["costly_images"] == 2 and capped["settings"]["randomization_modes"] == ["cascading"]
+    # the capped check is the full one on the first two images (the layers are re-initialised with the same seeds)
+    got = c["model_randomization"]["cascading"]["methods"]["gradient"]["values"]["spearman_abs"]
+    want = full["checks"]["model_randomization"]["cascading"]["methods"]["gradient"]["values"]["spearman_abs"]
+    assert [row for row in got] == [row[:2] for row in want]
+    with pytest.raises(InputError, match="cascading"):
+        CheckSettings(randomization_modes=("independent",))
+    with pytest.raises(UnknownNameError):
+        CheckSettings(randomization_modes=("cascading", "sideways"))
+    with pytest.raises(InputError, match="costly_images"):
+        CheckSettings(costly_images=1)

@@ -25,6 +25,7 @@ from saliencekit.trust.localization import (
 )
 from saliencekit.trust.similarity import (
     hog_correlation,
+    hog_features,
     minmax_normalize,
     null_level,
     null_level_from_maps,
@@ -98,6 +99,25 @@ def test_ssim_matches_skimage(device):
         ssim(a[:, :8, :8], b[:, :8, :8])
 
 
+@pytest.mark.parametrize("smooth", [0.0, 3.0])
+@pytest.mark.parametrize("shape,ppc,orientations,cpb", [((64, 64), None, 9, 2), ((37, 53), 4, 7, 3),
+                                                         ((96, 96), 8, 9, 2)])
+def test_hog_features_match_skimage(device, smooth, shape, ppc, orientations, cpb):
+    from skimage.feature import hog
+
+    maps = _maps(3, *shape, 11, device, smooth=smooth)
+    got = hog_features(maps, orientations=orientations, pixels_per_cell=ppc, cells_per_block=cpb)
+    assert got.device == maps.device and got.dtype == torch.float64
+    got = got.cpu().numpy()
+    cell = ppc or max(2, min(shape) // 16)
+    for i, m in enumerate(maps.cpu().numpy()):
+        want = hog(ref.minmax(m), orientations=orientations, pixels_per_cell=(cell, cell),
+                   cells_per_block=(cpb, cpb), block_norm="L2-Hys", feature_vector=True)
+        assert got[i].shape == want.shape
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-6)
+        assert np.corrcoef(got[i], want)[0, 1] > 0.999999
+
+
 def test_hog_and_topk_match_reference(device):
     a = _maps(2, 32, 32, 8, device, smooth=2.0)
     b = a + 0.3 * _maps(2, 32, 32, 9, device, smooth=2.0)
@@ -105,7 +125,8 @@ def test_hog_and_topk_match_reference(device):
     iou = topk_iou(a, b, k=0.2).cpu().numpy()
     an, bn = a.cpu().numpy(), b.cpu().numpy()
     for i in range(2):
-        assert got[i] == pytest.approx(ref.hog_correlation(an[i], bn[i], pixels_per_cell=2), abs=1e-10)
+        # skimage sums cells in single precision: agreement to ~1e-7, not 1e-10
+        assert got[i] == pytest.approx(ref.hog_correlation(an[i], bn[i], pixels_per_cell=2), abs=1e-6)
         assert iou[i] == pytest.approx(ref.topk_iou(an[i], bn[i], 0.2))
     assert 0 < iou.min() and iou.max() < 1
     disjoint_a = torch.zeros(1, 4, 4, device=device)
@@ -259,6 +280,15 @@ def test_max_sensitivity(device):
     np.testing.assert_allclose(got.cpu().numpy(), worst, rtol=1e-10)
     assert torch.equal(max_sensitivity(explain, x, radius=0.0, samples=2).cpu(), torch.zeros(3, dtype=torch.float64))
     assert (max_sensitivity(explain, x, radius=0.2, samples=4, generator=7) > got).all()
+    # given base maps: one explain call fewer, the same values
+    calls = []
+
+    def counted(b: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return explain(b)
+
+    assert torch.equal(max_sensitivity(counted, x, radius=0.05, samples=4, generator=7, base_maps=explain(x)), got)
+    assert len(calls) == 4
 
 
 # --------------------------------------------------------------------------------------------- statistics

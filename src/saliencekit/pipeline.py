@@ -20,7 +20,26 @@ from saliencekit.errors import DataError, SaliencekitError
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of the demo (the default is the full lesson; :meth:`quick` is a seconds-long smoke run)."""
+    """Sizes of the demo (the default is the full lesson; :meth:`quick` is a seconds-long smoke run).
+
+    The trust checks are cut to fit the demo's budget (the whole demo in under 10 minutes on 2 CPU cores, the
+    check step about 3 minutes of it). Every check still runs and is shown; what is cut, and why:
+
+    - ``check_images`` 8 (instead of 32): agreement (36 method pairs, every similarity measure) and localisation
+      use all of them. ``costly_images`` 4: the checks that recompute every method's maps many times (model
+      randomisation: once per layer; data randomisation; input invariance: three times in float64;
+      max-sensitivity: once per noise draw) and faithfulness (ROAD solves an imputation per image and
+      fraction, the slowest part on a CPU) use only the first 4 (balanced over the classes). Four images give
+      a coarse but honest verdict: the randomisation curves of a method that fails stay near 1 on every image.
+    - ``independent_randomization`` off: only the cascading model randomisation runs (the verdict is taken
+      from it); the independent one would recompute all maps once more per layer.
+    - ``smoothgrad_samples`` / ``ig_steps`` 8 (instead of the usual 16-50): each costs a forward and backward
+      pass per sample / step, in every recomputation above; ``scorecam_top_n`` keeps the 16 channels of largest
+      activation variance (Faster Score-CAM) instead of all 50 of the last convolution.
+    - ``sensitivity_samples`` 3 noise draws for max-sensitivity; ``random_label_images`` / ``random_label_epochs``:
+      the random-label model is fitted on 64 training images for at most 20 epochs (it stops earlier once it
+      has memorised 95% of its permuted labels); ``deletion_steps`` 10 and 3 ROAD fractions for faithfulness.
+    """
 
     per_class: int = 350
     size: int = 512
@@ -32,18 +51,39 @@ class DemoSettings:
     # (seed 2: 0.97; seed 42: 0.93 already at 10). See bench/README.md.
     epochs: int = 15
     batch_size: int = 32
-    check_images: int = 16
+    check_images: int = 8
     explain_images: int = 4
     report_images: int = 8
-    random_label_epochs: int = 30
-    smoothgrad_samples: int = 16
-    ig_steps: int = 16
+    random_label_epochs: int = 20
+    random_label_images: int = 64
+    smoothgrad_samples: int = 8
+    ig_steps: int = 8
+    scorecam_top_n: int | None = 16
+    costly_images: int = 4
+    independent_randomization: bool = False
+    sensitivity_samples: int = 3
+    deletion_steps: int = 10
+    road_fractions: tuple[float, ...] = (0.2, 0.5, 0.8)
 
     @classmethod
     def quick(cls) -> DemoSettings:
         """Tiny settings: 40 images per class at 128 px, 64 px model input, 2 epochs, 4 checked images."""
         return cls(per_class=40, size=128, image_size=64, epochs=2, batch_size=16, check_images=4,
-                   explain_images=2, report_images=4, random_label_epochs=5, smoothgrad_samples=4, ig_steps=4)
+                   explain_images=2, report_images=4, random_label_epochs=5, random_label_images=32,
+                   smoothgrad_samples=4, ig_steps=4, scorecam_top_n=8, costly_images=4, sensitivity_samples=2,
+                   deletion_steps=5, road_fractions=(0.2, 0.5, 0.8))
+
+    def check_settings(self) -> Any:
+        """The :class:`~saliencekit.trust.CheckSettings` of the demo's check step (see the class docstring)."""
+        from saliencekit.trust import CheckSettings
+
+        modes = ("cascading", "independent") if self.independent_randomization else ("cascading",)
+        return CheckSettings(random_label_epochs=self.random_label_epochs,
+                             random_label_images=self.random_label_images, randomization_modes=modes,
+                             costly_images=self.costly_images, sensitivity_samples=self.sensitivity_samples,
+                             deletion_steps=self.deletion_steps, road_fractions=tuple(self.road_fractions),
+                             costly_checks=("model_randomization", "data_randomization", "input_invariance",
+                                            "complexity", "faithfulness"))
 
     def methods(self) -> dict[str, dict[str, Any]]:
         """The saliency methods the demo explains with and checks (labels -> options).
@@ -60,7 +100,8 @@ class DemoSettings:
             "guided_backprop": {"method": "guided_backprop"},
             "gradcam": {"method": "gradcam"},
             "gradcam++": {"method": "gradcam++"},
-            "scorecam": {"method": "scorecam"},
+            "scorecam": {"method": "scorecam"} if self.scorecam_top_n is None
+            else {"method": "scorecam", "top_n": self.scorecam_top_n},
         }
 
 
@@ -187,13 +228,13 @@ def explain_step(ctx: DemoContext) -> None:
 def check_step(ctx: DemoContext) -> None:
     """The trust checks on test images (``OUT/run/checks/checks.json`` and figures)."""
     from saliencekit.run import load_run
-    from saliencekit.trust import CheckSettings, run_checks
+    from saliencekit.trust import run_checks
 
     s = ctx.settings
     run = ctx.run if ctx.run is not None else load_run(ctx.run_dir)
     out = ctx.run_dir / "checks"
     run_checks(run, methods=s.methods(), out_dir=out, n_images=s.check_images, seed=s.seed, device=ctx.device,
-               settings=CheckSettings(random_label_epochs=s.random_label_epochs), progress=ctx.progress,
+               settings=s.check_settings(), progress=ctx.progress,
                command="saliencekit demo")
     ctx.outputs["trust checks"] = out / "checks.json"
 

@@ -65,7 +65,7 @@ def complexity(maps: Tensor) -> Tensor:
 
 
 def max_sensitivity(explain_fn: Callable[[Tensor], Tensor], inputs: Tensor, radius: float = 0.02, samples: int = 10,
-                    generator: torch.Generator | int | None = None) -> Tensor:
+                    generator: torch.Generator | int | None = None, base_maps: Tensor | None = None) -> Tensor:
     """Max-sensitivity (Yeh et al. 2019): largest relative change of the map under small uniform input noise.
 
     For each of ``samples`` draws ``d ~ U[-r, r]`` per input element, with ``r = radius * (max(x) - min(x))`` per
@@ -74,12 +74,13 @@ def max_sensitivity(explain_fn: Callable[[Tensor], Tensor], inputs: Tensor, radi
 
     Args:
         explain_fn: maps a batch of inputs (N, C, H, W) to maps (N, H, W) (or (N, 1, H, W)). It is called
-            ``samples + 1`` times with batches of N.
+            ``samples + 1`` times with batches of N (``samples`` times when ``base_maps`` is given).
         inputs: (N, C, H, W).
         radius: noise bound relative to each input's value range.
         samples: number of noise draws.
         generator: torch.Generator or seed (None: seed 0); the noise is drawn on the generator's device, so a CPU
             generator gives the same noise for CPU and CUDA inputs.
+        base_maps: ``explain_fn(inputs)`` when already computed (saves one call).
 
     Returns:
         (N,) float64 on the inputs' device; NaN where ``map(x)`` is all zero.
@@ -94,7 +95,8 @@ def max_sensitivity(explain_fn: Callable[[Tensor], Tensor], inputs: Tensor, radi
     flat = inputs.reshape(n, -1)
     span = (flat.max(dim=1).values - flat.min(dim=1).values).view(n, 1, 1, 1)
     dtype = inputs.dtype if inputs.is_floating_point() else torch.float32
-    base = as_maps(explain_fn(inputs), "explain_fn output").reshape(n, -1).to(torch.float64)
+    base = as_maps(explain_fn(inputs) if base_maps is None else base_maps,
+                   "explain_fn output").reshape(n, -1).to(torch.float64).to(inputs.device)
     base_norm = base.norm(dim=1)
     worst = torch.zeros(n, dtype=torch.float64, device=base.device)
     for _ in range(samples):

@@ -26,6 +26,7 @@ counts as 0 (nothing of the original map is left), while the reported curves ski
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,11 +134,20 @@ def _verdict_values(values: np.ndarray, constant: np.ndarray) -> np.ndarray:
 
 def null_levels(shape: tuple[int, int], n: int, seed: int = 0,
                 metrics: Sequence[str] = METRICS) -> dict[str, np.ndarray]:
-    """Similarity between ``n`` pairs of unrelated random maps (the level a destroyed map should fall to)."""
+    """Similarity between ``n`` pairs of unrelated random maps (the level a destroyed map should fall to).
+
+    Deterministic in its arguments, so it is computed once per (shape, n, seed, metrics) and reused (the
+    cascading, independent and data randomisation checks share it); the caller gets its own copies.
+    """
+    cached = _null_levels_cached((int(shape[0]), int(shape[1])), max(n, 8), seed, tuple(metrics))
+    return {k: v.copy() for k, v in cached.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _null_levels_cached(shape: tuple[int, int], n: int, seed: int, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
     from saliencekit.trust.similarity import null_level
 
-    return {k: v.cpu().numpy() for k, v in null_level(tuple(shape), n=max(n, 8), generator=seed,
-                                                       metrics=metrics).items()}
+    return {k: v.cpu().numpy() for k, v in null_level(shape, n=n, generator=seed, metrics=metrics).items()}
 
 
 def image_null_levels(maps: Mapping[str, torch.Tensor],

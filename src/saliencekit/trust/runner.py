@@ -12,6 +12,7 @@ pure metric functions of :mod:`saliencekit.trust`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 import re
@@ -109,6 +110,12 @@ class CheckSettings:
         topk: share of pixels of the top-k overlap.
         batch_size: images per engine call.
         similarity_metrics: measures of the randomisation checks (HOG is the slowest).
+        randomization_modes: which model-randomisation modes to run: ``"cascading"`` (always; the verdict is
+            taken from it) and optionally ``"independent"``; each step recomputes every method's maps.
+        costly_images: use only the first ``costly_images`` of the checked images (they are interleaved by
+            class, so the subset stays balanced) in the checks of ``costly_checks`` (None: all images).
+        costly_checks: the checks the ``costly_images`` cap applies to (by default those that recompute
+            maps: on randomised models, shifted inputs, or noisy inputs for max-sensitivity).
     """
 
     shift: float = 1.0
@@ -123,12 +130,29 @@ class CheckSettings:
     topk: float = 0.1
     batch_size: int = 16
     similarity_metrics: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
+    randomization_modes: tuple[str, ...] = ("cascading", "independent")
+    costly_images: int | None = None
+    costly_checks: tuple[str, ...] = ("model_randomization", "data_randomization", "input_invariance", "complexity")
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for mode in self.randomization_modes:
+            if mode not in ("cascading", "independent"):
+                raise UnknownNameError("randomisation mode", mode, ["cascading", "independent"])
+        if "cascading" not in self.randomization_modes:
+            raise InputError(f"randomization_modes must include 'cascading' (the verdict is taken from it), "
+                             f"got {tuple(self.randomization_modes)}")
+        if self.costly_images is not None and self.costly_images < 2:
+            raise InputError(f"costly_images must be at least 2 (the null level compares different images) or None,"
+                             f" got {self.costly_images}")
+        for c in self.costly_checks:
+            if c not in CHECKS:
+                raise UnknownNameError("check", c, CHECKS)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
-        d["road_fractions"] = list(self.road_fractions)
-        d["similarity_metrics"] = list(self.similarity_metrics)
+        for k in ("road_fractions", "similarity_metrics", "randomization_modes", "costly_checks"):
+            d[k] = list(d[k])
         return {**d, **self.extra}
 
 
@@ -177,6 +201,8 @@ def _check_model_randomization(ctx: _Context) -> dict[str, Any]:
     out: dict[str, Any] = {"metrics": metrics}
     figs: list[str] = []
     for mode in ("cascading", "independent"):
+        if mode not in ctx.settings.randomization_modes:
+            continue
         res = model_randomization(ctx.model, ctx.images, ctx.specs, mode=mode, target=ctx.preds, layer=ctx.layer,
                                   seed=ctx.seed, original_maps=ctx.maps, batch_size=ctx.settings.batch_size,
                                   metrics=metrics, progress=ctx.progress)
@@ -193,7 +219,10 @@ def _check_model_randomization(ctx: _Context) -> dict[str, Any]:
             _save(ctx, F.plot_randomization_strip(res), "model_randomization/strip.png", figs)
         out[mode] = d
     out["figures"] = figs
-    out["ranking"] = _rank({lb: out["cascading"]["methods"][lb].get("value") for lb in ctx.specs}, False)
+    if "cascading" in out:
+        out["ranking"] = _rank({lb: out["cascading"]["methods"][lb].get("value") for lb in ctx.specs}, False)
+    else:
+        out["ranking"] = []
     return out
 
 
@@ -419,7 +448,8 @@ def _check_complexity(ctx: _Context) -> dict[str, Any]:
             "sparseness": summarize(sparseness(maps), ctx.seed),
             "complexity": summarize(complexity(maps), ctx.seed),
             "max_sensitivity": summarize(max_sensitivity(fn, ctx.images, radius=s.sensitivity_radius,
-                                                         samples=s.sensitivity_samples, generator=ctx.seed),
+                                                         samples=s.sensitivity_samples, generator=ctx.seed,
+                                                         base_maps=maps),
                                          ctx.seed),
             "figures": [],
         }
@@ -458,7 +488,7 @@ def _summary(checks: Mapping[str, Any], specs: Mapping[str, Any], masks: Mapping
     methods: dict[str, dict[str, Any]] = {}
     for label in specs:
         m: dict[str, Any] = {}
-        if "model_randomization" in checks:
+        if "model_randomization" in checks and "cascading" in checks["model_randomization"]:
             m["model_randomization"] = checks["model_randomization"]["cascading"]["methods"][label].get("passed")
         if "data_randomization" in checks:
             m["data_randomization"] = checks["data_randomization"]["methods"][label].get("passed")
@@ -551,6 +581,14 @@ def _shortcut_summary(checks: Mapping[str, Any], methods: Mapping[str, Any], rec
 
 
 # ----------------------------------------------------------------------------------------------- driver
+
+
+def _subset(ctx: _Context, n: int) -> _Context:
+    """The context restricted to its first ``n`` images (the checked images are interleaved by class)."""
+    return dataclasses.replace(
+        ctx, images=ctx.images[:n], labels=None if ctx.labels is None else ctx.labels[:n], preds=ctx.preds[:n],
+        probs=ctx.probs[:n], maps={k: v[:n] for k, v in ctx.maps.items()},
+        masks={k: v[:n] for k, v in ctx.masks.items()})
 
 
 def _pick(labels: torch.Tensor | None, n_total: int, n: int, seed: int) -> torch.Tensor:
@@ -719,8 +757,13 @@ def run_checks(
         for name in bar:
             bar.set_postfix(check=name, refresh=True)
             t0 = time.perf_counter()
+            cap = settings.costly_images
+            sub = ctx
+            if cap is not None and name in settings.costly_checks and cap < images.shape[0]:
+                sub = _subset(ctx, cap)
             try:
-                results[name] = _RUNNERS[name](ctx)
+                results[name] = _RUNNERS[name](sub)
+                results[name]["images"] = int(sub.images.shape[0])
             except InputError as exc:  # a check that cannot apply to this model (e.g. no Conv2d/Linear first layer)
                 skipped[name] = f"could not run: {exc}"
                 continue

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -167,7 +166,21 @@ def ssim(a: Tensor, b: Tensor, data_range: float | None = None, normalize: bool 
 
 def hog_features(maps: Tensor, orientations: int = 9, pixels_per_cell: int | None = None,
                  cells_per_block: int = 2) -> Tensor:
-    """HOG descriptors (``skimage.feature.hog``) of the min-max normalised maps, one row per map.
+    """HOG descriptors of the min-max normalised maps, one row per map, as ``skimage.feature.hog``.
+
+    A vectorised torch version of ``skimage.feature.hog(m, orientations, (ppc, ppc), (cpb, cpb),
+    block_norm="L2-Hys", feature_vector=True)`` on the maps' device, batched over N, with skimage's conventions:
+    gradients by central differences (``m[i+1] - m[i-1]``, zero on the outermost rows / columns), unsigned
+    orientation ``degrees(atan2(g_row, g_col)) % 180`` put into ``orientations`` equal bins *without*
+    interpolation between bins or cells (skimage's histogram is hard-binned: a pixel adds its gradient magnitude
+    to the one bin of its own cell), cell histograms = summed magnitude / pixels per cell over the whole cells
+    only (a remainder strip at the bottom / right is ignored), and L2-Hys normalisation (``eps = 1e-5``, clip at
+    0.2, renormalise) of every ``cells_per_block`` x ``cells_per_block`` block of cells at stride one cell,
+    flattened in skimage's order (block row, block column, cell row, cell column, orientation).
+    Differences, both from skimage's single-precision arithmetic: skimage sums a cell's magnitudes in a C
+    ``float``, this code in double precision, so the features agree to about 1e-7 (not bit for bit); and skimage
+    compares the orientation with single-precision bin edges, so a pixel within ~1e-5 degrees of a bin edge
+    can land in the neighbouring bin (the tests compare with skimage on random and smooth maps).
 
     Args:
         maps: (N, H, W).
@@ -178,28 +191,51 @@ def hog_features(maps: Tensor, orientations: int = 9, pixels_per_cell: int | Non
     Returns:
         (N, F) float64 on the maps' device.
     """
-    from skimage.feature import hog  # imported here: scikit-image is slow to import
-
     maps = minmax_normalize(maps)
-    h, w = maps.shape[-2:]
+    n, h, w = maps.shape
     ppc = pixels_per_cell or max(2, min(h, w) // 16)
-    if min(h, w) < ppc * cells_per_block:
-        raise InputError(f"hog needs maps of at least {ppc * cells_per_block} pixels a side with pixels_per_cell={ppc}"
-                         f" and cells_per_block={cells_per_block}, got {(h, w)}")
-    arr = maps.detach().cpu().numpy()
-    feats = [hog(m, orientations=orientations, pixels_per_cell=(ppc, ppc), cells_per_block=(cells_per_block,) * 2,
-                 block_norm="L2-Hys", feature_vector=True) for m in arr]
-    if not feats:
+    b = cells_per_block
+    if min(h, w) < ppc * b:
+        raise InputError(f"hog needs maps of at least {ppc * b} pixels a side with pixels_per_cell={ppc}"
+                         f" and cells_per_block={b}, got {(h, w)}")
+    if n == 0:
         return torch.zeros(0, 0, dtype=torch.float64, device=maps.device)
-    return torch.as_tensor(np.stack(feats), dtype=torch.float64).to(maps.device)
+    g_row = torch.zeros_like(maps)
+    g_col = torch.zeros_like(maps)
+    g_row[:, 1:-1, :] = maps[:, 2:, :] - maps[:, :-2, :]
+    g_col[:, :, 1:-1] = maps[:, :, 2:] - maps[:, :, :-2]
+    hc, wc = h // ppc, w // ppc
+    g_row, g_col = g_row[:, :hc * ppc, :wc * ppc], g_col[:, :hc * ppc, :wc * ppc]
+    magnitude = torch.hypot(g_col, g_row)
+    orientation = torch.remainder(torch.rad2deg(torch.atan2(g_row, g_col)), 180.0)
+    # bin i holds orientations in [i * 180 / O, (i + 1) * 180 / O); a value that rounds to 180 falls in no bin
+    # (as in skimage), hence the one-hot over O + 1 classes with the last one dropped
+    bins = torch.floor(orientation / (180.0 / orientations)).long().clamp_(0, orientations)
+    # flat index of (map, bin, cell row, cell column) per pixel, summed by one scatter_add
+    rows = torch.arange(hc * ppc, device=maps.device) // ppc
+    cols = torch.arange(wc * ppc, device=maps.device) // ppc
+    cell = (rows[:, None] * wc + cols[None, :]).expand_as(bins)
+    base = (torch.arange(n, device=maps.device) * ((orientations + 1) * hc * wc)).view(n, 1, 1)
+    index = base + bins * (hc * wc) + cell
+    hist = torch.zeros(n * (orientations + 1) * hc * wc, dtype=maps.dtype, device=maps.device)
+    hist.scatter_add_(0, index.reshape(-1), magnitude.reshape(-1))
+    hist = hist.view(n, orientations + 1, hc, wc)[:, :orientations] / (ppc * ppc)  # (N, O, hc, wc)
+    # blocks of b x b cells at stride 1: (N, O, hb, wb, b, b) -> (N, hb, wb, b_row, b_col, O)
+    blocks = hist.unfold(2, b, 1).unfold(3, b, 1).permute(0, 2, 3, 4, 5, 1)
+    eps = 1e-5
+    flat = blocks.reshape(*blocks.shape[:3], -1)
+    flat = flat / torch.sqrt((flat * flat).sum(dim=-1, keepdim=True) + eps ** 2)
+    flat = flat.clamp(max=0.2)
+    flat = flat / torch.sqrt((flat * flat).sum(dim=-1, keepdim=True) + eps ** 2)
+    return flat.reshape(n, -1)
 
 
 def hog_correlation(a: Tensor, b: Tensor, orientations: int = 9, pixels_per_cell: int | None = None,
                     cells_per_block: int = 2) -> Tensor:
     """Pearson correlation of the HOG descriptors of the min-max normalised maps (Adebayo et al. 2018).
 
-    Runs on the CPU through scikit-image (the result is moved back to ``a``'s device). See :func:`hog_features`
-    for the arguments.
+    Computed in torch on ``a``'s device (see :func:`hog_features` for the arguments and the conventions, those
+    of ``skimage.feature.hog``).
 
     Returns:
         (N,) float64; NaN where a descriptor is constant (e.g. a constant map).
