@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --model-file: keep values in [0, 1] (default: per-image standardisation)")
     p.add_argument("--classes", default=None,
                    help="with --model-file: comma-separated class names in label order (default class_0, ...)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_explain)
 
 

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", default=None, help="the data folder, if it moved since training")
     p.add_argument("--device", default="cpu", help="device for the model: cpu, cuda, cuda:1 ... (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed for the noise of sampling methods (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
