@@ -14,6 +14,7 @@ from reference.ref_backprop import ref_rule_gradient, residual_cnn, small_cnn
 from reference.ref_cam import ref_activation_gradient, ref_gradcam, ref_upsample
 from saliencekit.errors import InputError
 from saliencekit.methods import method_class
+from toy_models import Counter
 
 D = torch.float64
 
@@ -96,28 +97,6 @@ def test_hand_derived_rules() -> None:
     out = sk.explain(model, x, methods=["guided_backprop", "deconvnet"], target=0)
     assert out["guided_backprop"].attributions.flatten().tolist() == [0.0, 1.0]
     assert out["deconvnet"].attributions.flatten().tolist() == [0.0, 1.0]
-
-
-class _CountBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, counter):  # type: ignore[no-untyped-def]
-        ctx.counter = counter
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[no-untyped-def]
-        ctx.counter["backward"] += 1
-        return grad, None
-
-
-class Counter(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts = {"forward": 0, "backward": 0}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.counts["forward"] += 1
-        return _CountBackward.apply(x, self.counts)
 
 
 def test_guided_backprop_and_guided_gradcam_share_one_forward() -> None:

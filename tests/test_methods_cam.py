@@ -21,6 +21,7 @@ from reference.ref_cam import (
     ref_xgradcam,
 )
 from saliencekit.errors import InputError, UnknownNameError
+from toy_models import Counter
 
 D = torch.float64
 CAMS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
@@ -163,32 +164,6 @@ def test_shared_pass_equals_separate_calls() -> None:
         assert torch.equal(shared[name].maps, alone.maps), name
         assert torch.equal(shared[name].layer_maps, alone.layer_maps), name
         assert torch.equal(shared[name].scores, alone.scores)
-
-
-class _CountBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, counter):  # type: ignore[no-untyped-def]
-        ctx.counter = counter
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[no-untyped-def]
-        ctx.counter["backward"] += 1
-        return grad, None
-
-
-class Counter(nn.Module):
-    """Identity that counts forward calls (and the batch sizes) and backward passes through it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts = {"forward": 0, "backward": 0}
-        self.batches: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.counts["forward"] += 1
-        self.batches.append(int(x.shape[0]))
-        return _CountBackward.apply(x, self.counts)
 
 
 def _counted_model() -> tuple[nn.Module, Counter, Counter]:

@@ -162,3 +162,29 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+class _CountBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, counter):  # type: ignore[no-untyped-def]
+        ctx.counter = counter
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        ctx.counter["backward"] += 1
+        return grad, None
+
+
+class Counter(nn.Module):
+    """Identity that counts forward calls (and the batch sizes) and backward passes through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts = {"forward": 0, "backward": 0}
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.counts["forward"] += 1
+        self.batches.append(int(x.shape[0]))
+        return _CountBackward.apply(x, self.counts)
