@@ -26,7 +26,7 @@ from saliencekit.errors import InputError
 from saliencekit.methods._capture import ReluRule, capture, count_relu_modules
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model, reduce_channels
 from saliencekit.methods.cam import LayerSpec, check_layer_option, checked_activation, layer_for, upsample
-from saliencekit.methods.gradient import PixelGradientMethod, input_gradient
+from saliencekit.methods.gradient import PixelGradientMethod
 from saliencekit.methods.registry import register_method
 from saliencekit.methods.targets import as_target, predicted_classes
 
@@ -136,10 +136,6 @@ class GuidedBackprop(_RuleShared, PixelGradientMethod):
         super().__init__(model, reduce=reduce)
         _warn_without_relu_modules(model, "guided_backprop")
 
-    def _attributions(self, inputs, target):  # type: ignore[no-untyped-def]
-        grad, scores = input_gradient(self.model, inputs, target)  # called inside capture(relu_rule="guided")
-        return grad, scores, {}
-
     def _explanation(self, gx: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor,
                      predictions: torch.Tensor) -> Explanation:
         return Explanation(method=self.name, maps=reduce_channels(gx, self.reduce), attributions=gx, scores=scores,
@@ -175,10 +171,6 @@ class DeconvNet(PixelGradientMethod):
     def __init__(self, model: nn.Module, *, reduce: str = "sum"):
         super().__init__(model, reduce=reduce)
         _warn_without_relu_modules(model, "deconvnet")
-
-    def _attributions(self, inputs, target):  # type: ignore[no-untyped-def]
-        grad, scores = input_gradient(self.model, inputs, target)  # called inside capture(relu_rule="deconv")
-        return grad, scores, {}
 
     def attribute(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
         check_inputs(self.model, inputs)

@@ -103,8 +103,13 @@ class PixelGradientMethod(Method):
     def _attributions(
         self, inputs: torch.Tensor, target: ResolvedTarget
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Return the attributions (N, C, H, W), the scores ``S`` (N,) and extras."""
-        raise NotImplementedError
+        """Return the attributions (N, C, H, W), the scores ``S`` (N,) and extras.
+
+        The default is the input gradient, taken under the capture's ReLU rule (plain for the
+        gradient, guided for guided backprop, DeconvNet's rule for DeconvNet).
+        """
+        grad, scores = input_gradient(self.model, inputs, target)
+        return grad, scores, {}
 
     def _fits_one_pass(self, inputs: torch.Tensor) -> bool:
         if self.batches_itself:
@@ -148,10 +153,6 @@ class Gradient(PixelGradientMethod):
     """
 
     description = "Vanilla gradient dS/dx of the explained score (Simonyan 2013)."
-
-    def _attributions(self, inputs, target):  # type: ignore[no-untyped-def]
-        grad, scores = input_gradient(self.model, inputs, target)
-        return grad, scores, {}
 
 
 @register_method("gradient_x_input")
