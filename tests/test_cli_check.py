@@ -10,9 +10,8 @@ import pytest
 from torch import nn
 
 from saliencekit.cli import main
-from trust_toys import one_thread, validate_checks_json, write_blob_folder
+from trust_toys import validate_checks_json, write_blob_folder
 
-_ = one_thread  # autouse fixture
 ARCH = "trust_cli_test_cnn"
 
 

@@ -20,9 +20,8 @@ from saliencekit.methods import registry
 from saliencekit.methods.base import Explanation, Method
 from saliencekit.viz.explain_files import find_images
 from saliencekit.viz.overlay import comparison_figure, overlay, save_maps_npz
-from toy_models import make, one_thread
+from toy_models import make
 
-_ = one_thread  # autouse fixture
 SIZE = 20
 
 

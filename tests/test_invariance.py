@@ -11,9 +11,8 @@ from torch import nn
 from saliencekit.methods import list_methods
 from saliencekit.methods.targets import class_probabilities
 from saliencekit.trust.invariance import compensated_copy, expected_invariance, input_invariance
-from trust_toys import assert_unchanged, blob_data, one_thread, snapshot, trained_cnn
+from trust_toys import assert_unchanged, blob_data, snapshot, trained_cnn
 
-_ = one_thread  # autouse fixture
 D = torch.float64
 
 

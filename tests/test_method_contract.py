@@ -18,9 +18,8 @@ from torch import nn
 import saliencekit as sk
 from saliencekit.errors import SaliencekitError
 from saliencekit.methods.registry import method_class, method_options
-from toy_models import Boom, ResidualCNN, make, one_thread
+from toy_models import Boom, ResidualCNN, make
 
-_ = one_thread  # autouse fixture
 METHODS = sk.list_methods()
 SIZE = 16
 

@@ -37,14 +37,6 @@ def _models() -> dict[str, tuple[nn.Module, torch.Tensor, list[int], str]]:
 MODELS = _models()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_rules_match_layer_by_layer_chain_rule(name: str) -> None:
     model, x, classes, _ = MODELS[name]

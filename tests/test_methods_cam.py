@@ -45,15 +45,6 @@ def _models() -> dict[str, tuple[nn.Module, torch.Tensor, object, str]]:
 MODELS = _models()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def _classes(model: nn.Module, x: torch.Tensor, target: object) -> list[int]:
     if target is not None:
         return list(target)  # type: ignore[call-overload]

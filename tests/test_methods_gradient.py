@@ -19,22 +19,16 @@ from reference.ref_gradient import (
 )
 from saliencekit.errors import InputError, UnknownNameError
 from saliencekit.methods.integrated import make_baseline, quadrature
-from toy_models import Boom, LinearModel, make, one_thread
+from toy_models import Boom, LinearModel, make
+from toy_models import predicted_classes as _classes
 
 D = torch.float64
-_ = one_thread  # autouse fixture
 ATOL = 1e-10
 
 
 def _x(n: int = 3, c: int = 1, size: int = 8, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, c, size, size, generator=g, dtype=D)
-
-
-def _classes(model: torch.nn.Module, x: torch.Tensor) -> list[int]:
-    with torch.no_grad():
-        out = model(x)
-    return ((out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)).tolist()
 
 
 # ------------------------------------------------------------------------------- gradient, gradient x input

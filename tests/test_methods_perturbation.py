@@ -9,21 +9,15 @@ import saliencekit as sk
 from reference.ref_perturbation import ref_occlusion, ref_rise, ref_rise_masks
 from saliencekit.errors import InputError
 from saliencekit.methods.perturbation import patch_positions, rise_masks
-from toy_models import LinearModel, make, one_thread
+from toy_models import LinearModel, make
+from toy_models import predicted_classes as _classes
 
 D = torch.float64
-_ = one_thread  # autouse fixture
 
 
 def _x(n: int = 3, c: int = 1, size: int = 10, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, c, size, size, generator=g, dtype=D)
-
-
-def _classes(model: torch.nn.Module, x: torch.Tensor) -> list[int]:
-    with torch.no_grad():
-        out = model(x)
-    return ((out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)).tolist()
 
 
 @pytest.mark.parametrize("patch,stride,fill", [(4, 3, "zero"), (3, 3, "mean"), (5, 2, "black"), (12, 4, 0.7),

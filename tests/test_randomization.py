@@ -18,9 +18,7 @@ from saliencekit.trust.randomization import (
     train_on_permuted_labels,
 )
 from saliencekit.trust.similarity import spearman
-from trust_toys import assert_unchanged, blob_data, one_thread, snapshot, trained_cnn
-
-_ = one_thread  # autouse fixture
+from trust_toys import assert_unchanged, blob_data, snapshot, trained_cnn
 
 METRICS = ["spearman_abs", "ssim"]
 
