@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- many-pass entries and their floors at the best batch size ----------------------------
     best: dict[str, fl.BestBatch] = {}
     if multi:
-        sizes = fl.batch_candidates(8 if device.type == "cpu" else mbatch, case.best_batch_max)
+        sizes = fl.batch_candidates(1 if device.type == "cpu" else mbatch, case.best_batch_max)
         log(f"best batch size for the floor units, sizes {sizes}")
         best["fwd"] = fl.best_batch("fwd", lambda b: fl.forward_unit(model, b), x, sizes, max(2, repeats - 1), device,
                                     log)

@@ -251,15 +251,15 @@ def test_smoothgrad_variants_together_share_one_set_of_passes() -> None:
     x = _x()
     opts = {"samples": 5, "noise": 0.1, "seed": 3}
     names = ("smoothgrad", "smoothgrad_sq", "vargrad")
-    boom.calls = 0
+    boom.rows = 0
     together = sk.explain(model, x, methods={n: opts for n in names})
-    calls_together = boom.calls
+    rows_together = boom.rows
     separate = {}
     for n in names:
-        boom.calls = 0
+        boom.rows = 0
         separate[n] = sk.create_method(n, model, **opts).attribute(x)
-        calls_alone = boom.calls
-    assert calls_together == calls_alone  # one set of noisy passes for all three
+        assert boom.rows == x.shape[0] * (1 + opts["samples"])  # one clean pass, then the noisy ones
+    assert rows_together == boom.rows  # one set of noisy passes for all three
     for n in names:
         torch.testing.assert_close(together[n].maps, separate[n].maps, atol=0, rtol=0)
         torch.testing.assert_close(together[n].attributions, separate[n].attributions, atol=0, rtol=0)

@@ -98,15 +98,20 @@ def nested_cnn(in_channels: int = 1, classes: int = 3, width: int = 4) -> nn.Mod
 
 
 class Boom(nn.Module):
-    """Identity that raises ``RuntimeError`` on its ``fail_on``-th call (counting from 1; 0 = never)."""
+    """Identity that raises ``RuntimeError`` on its ``fail_on``-th call (counting from 1; 0 = never).
+
+    ``calls`` counts forward calls and ``rows`` the images they carried (the passes, whatever the chunking).
+    """
 
     def __init__(self, fail_on: int = 0):
         super().__init__()
         self.fail_on = fail_on
         self.calls = 0
+        self.rows = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        self.rows += x.shape[0]
         if self.fail_on and self.calls >= self.fail_on:
             raise RuntimeError("boom: this layer raises on purpose")
         return x

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saliencekit.methods._batching import BatchSize, check_batch_size, initial_batch_size, run_in_chunks
+from saliencekit.methods._batching import BatchSize, check_batch_size, max_batch_size, run_in_chunks
 from saliencekit.methods._capture import ReluRule, capture
 from saliencekit.methods._precision import Precision, autocast, check_precision
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model, reduce_channels
@@ -116,7 +116,7 @@ class PixelGradientMethod(Method):
             return False
         size = self.batch_size
         if size == "auto":
-            size = initial_batch_size(self.model, inputs, backward=True)
+            size = max_batch_size(self.model, inputs, backward=True)
         return inputs.shape[0] <= size
 
     def attribute(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
