@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from saliencekit.errors import InputError
+from saliencekit.methods import _layout
 from saliencekit.methods._capture import ReluRule, capture, count_relu_modules
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model, reduce_channels
 from saliencekit.methods.cam import LayerSpec, check_layer_option, checked_activation, layer_for, upsample
@@ -56,7 +57,7 @@ def rule_pass(
     with preserve_model(model), capture(model, [m for m, _ in layers], relu_rule=rule) as cap, \
             torch.inference_mode(False), torch.enable_grad():
         x = inputs.detach().clone().requires_grad_(True)
-        output = model(x)
+        output = _layout.forward(model, x)
         resolved = as_target(target).resolve(output.detach())
         predictions = predicted_classes(output.detach())
         scores = resolved.score(output)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from saliencekit.errors import InputError
+from saliencekit.methods import _layout
 from saliencekit.methods.targets import ResolvedTarget, as_target, predicted_classes
 
 
@@ -52,6 +53,14 @@ class Explanation:
     predictions: torch.Tensor | None = None
     params: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Methods may compute in channels-last layout (see _layout); results are always plain row-major.
+        self.maps = self.maps.contiguous()
+        if self.attributions is not None:
+            self.attributions = self.attributions.contiguous()
+        if self.layer_maps is not None:
+            self.layer_maps = self.layer_maps.contiguous()
 
     def __len__(self) -> int:
         return int(self.maps.shape[0])
@@ -211,7 +220,7 @@ class Method(abc.ABC):
         """
         check_inputs(self.model, inputs)
         with torch.inference_mode():
-            output = self.model(inputs)
+            output = _layout.forward(self.model, inputs)
         resolved = as_target(target).resolve(output)
         return output, resolved, predicted_classes(output)
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from saliencekit.errors import InputError
+from saliencekit.methods import _layout
 from saliencekit.methods._capture import capture, module_name, resolve_layer
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model
 from saliencekit.methods.registry import register_method
@@ -103,7 +104,7 @@ def layer_gradients(
     with preserve_model(model), capture(model, [layer], leaf=True) as cap, \
             torch.inference_mode(False), torch.enable_grad():
         x = inputs.clone() if inputs.is_inference() else inputs
-        output = model(x)
+        output = _layout.forward(model, x)
         a = checked_activation(cap, layer, name)
         resolved = as_target(target).resolve(output.detach())
         predictions = predicted_classes(output.detach())

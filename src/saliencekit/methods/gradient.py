@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from saliencekit.methods import _layout
 from saliencekit.methods._batching import BatchSize, check_batch_size, max_batch_size, run_in_chunks
 from saliencekit.methods._capture import ReluRule, capture
 from saliencekit.methods._precision import Precision, autocast, check_precision
@@ -23,9 +24,10 @@ def input_gradient(model: nn.Module, inputs: torch.Tensor, target: ResolvedTarge
     """
     with torch.inference_mode(False), torch.enable_grad():
         x = inputs.detach().clone().requires_grad_(True)
-        scores = target.score(model(x))
+        scores = target.score(_layout.forward(model, x))
         (grad,) = torch.autograd.grad(scores.sum(), x)
-    return grad.to(inputs.dtype), scores.detach().to(inputs.dtype)
+    # contiguous: through a channels-last forward (_layout) the gradient comes back channels-last.
+    return grad.to(inputs.dtype).contiguous(), scores.detach().to(inputs.dtype)
 
 
 def rows_target(target: ResolvedTarget, start: int, stop: int) -> ResolvedTarget:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from saliencekit.errors import InputError
+from saliencekit.methods import _layout
 from saliencekit.methods._batching import BatchSize, run_in_chunks
 from saliencekit.methods._precision import Precision
 from saliencekit.methods.gradient import PixelGradientMethod, input_gradient, rows_target
@@ -200,7 +201,7 @@ class IntegratedGradients(PixelGradientMethod):
         run_in_chunks(chunk, self.steps * n, self.batch_size, self.model, inputs, backward=True)
         attributions = delta * total
         with torch.inference_mode():
-            both = self.model(torch.cat([inputs, base]))
+            both = _layout.forward(self.model, torch.cat([inputs, base]))
             scores_all = target.score(both).to(inputs.dtype)
         scores, base_scores = scores_all[:n].clone(), scores_all[n:].clone()
         gap = attributions.flatten(1).sum(1) - (scores - base_scores)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from saliencekit.errors import InputError
+from saliencekit.methods import _layout
 from saliencekit.methods._batching import BatchSize, check_batch_size, run_in_chunks
 from saliencekit.methods._capture import eval_mode
 from saliencekit.methods._precision import Precision, autocast, check_precision
@@ -84,7 +85,8 @@ class _PerturbationMethod(Method):
 
         def chunk(start: int, stop: int) -> None:
             with torch.inference_mode(), autocast(example.device, self.precision):
-                out[start:stop] = self._score(rows_target(target, start, stop), self.model(make_rows(start, stop)))
+                output = _layout.forward(self.model, make_rows(start, stop))
+                out[start:stop] = self._score(rows_target(target, start, stop), output)
 
         run_in_chunks(chunk, total, self.batch_size, self.model, example, backward=False)
         return out
@@ -291,7 +293,8 @@ class RISE(_PerturbationMethod):
             mk = m[j - first][:, None]
             f = fill[img] if fill.shape[0] == n else fill
             with torch.inference_mode(), autocast(dev, self.precision):
-                s = self._score(rows_target(target, start, stop), self.model(inputs[img] * mk + f * (1 - mk)))
+                output = _layout.forward(self.model, inputs[img] * mk + f * (1 - mk))
+                s = self._score(rows_target(target, start, stop), output)
             scores[start:stop] = s  # written by index: a chunk can be re-run after an out-of-memory error
 
         run_in_chunks(chunk, self.masks * n, self.batch_size, self.model, inputs, backward=False)

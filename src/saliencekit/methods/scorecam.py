@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from saliencekit.errors import InputError
+from saliencekit.methods import _layout
 from saliencekit.methods._batching import BatchSize, check_batch_size, run_in_chunks
 from saliencekit.methods._capture import capture, eval_mode
 from saliencekit.methods._precision import Precision, autocast, check_precision
@@ -92,7 +93,7 @@ class ScoreCAM(Method):
         layer, name = layer_for(model, self.layer, inputs)
         with preserve_model(model), eval_mode(model), torch.inference_mode():
             with capture(model, [layer]) as cap:
-                output = model(inputs)
+                output = _layout.forward(model, inputs)
                 a = checked_activation(cap, layer, name)
             resolved = as_target(target).resolve(output)
             predictions = predicted_classes(output)
@@ -102,7 +103,7 @@ class ScoreCAM(Method):
             baseline = None
             if self.baseline_subtract:
                 with autocast(inputs.device, self.precision):
-                    zero_out = model(torch.zeros_like(inputs[:1]))
+                    zero_out = _layout.forward(model, torch.zeros_like(inputs[:1]))
                 baseline = resolved.score(zero_out.expand(inputs.shape[0], *zero_out.shape[1:])).to(inputs.dtype)
                 channel_scores = channel_scores - baseline[:, None]
             logits = torch.where(selected, channel_scores, float("-inf"))
@@ -152,7 +153,7 @@ class ScoreCAM(Method):
             src = inputs.expand(count, *inputs.shape[1:]) if n == 1 else inputs[img]
             batch = torch.mul(src, masks[:, None], out=buffer[0][:count])  # x * H^k
             with autocast(inputs.device, self.precision):
-                out = self.model(batch)
+                out = _layout.forward(self.model, batch)
             channel_scores[img, ch] = resolved.subset(img).score(out).to(inputs.dtype)
             if bar is not None:
                 bar.update(count)
