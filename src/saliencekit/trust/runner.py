@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from saliencekit import _atomic
+from saliencekit._threads import torch_threads
 from saliencekit.errors import InputError, UnknownNameError
 from saliencekit.trust._explaining import (
     MethodSpecs,
@@ -624,6 +625,7 @@ def run_checks(
     figures: bool = True,
     progress: bool = True,
     command: str | None = None,
+    num_threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the trust checks and return (and, with ``out_dir``, write) the ``checks.json`` dict.
 
@@ -652,12 +654,45 @@ def run_checks(
         figures: draw the figures (needs ``out_dir``).
         progress: show progress bars.
         command: the command line recorded in the JSON.
+        num_threads: CPU threads for torch during the checks (None: torch's default); the previous count is
+            restored afterwards.
 
     Raises:
         UnknownNameError: an unknown check or method name.
-        InputError: neither a run nor a model and images, or a check that cannot run (e.g. localization
-            asked for without masks).
+        InputError: neither a run nor a model and images, a check that cannot run (e.g. localization
+            asked for without masks), or ``num_threads`` not a positive integer.
     """
+    with torch_threads(num_threads):
+        return _run_checks(run, model=model, images=images, labels=labels, masks=masks, files=files,
+                           class_names=class_names, train_data=train_data, random_model=random_model, methods=methods,
+                           checks=checks, out_dir=out_dir, n_images=n_images, seed=seed, device=device, layer=layer,
+                           settings=settings, figures=figures, progress=progress, command=command)
+
+
+def _run_checks(
+    run: Any,
+    *,
+    model: nn.Module | None,
+    images: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    masks: Mapping[str, torch.Tensor] | None,
+    files: Sequence[str] | None,
+    class_names: Sequence[str] | None,
+    train_data: tuple[torch.Tensor, torch.Tensor] | None,
+    random_model: nn.Module | None,
+    methods: MethodSpecs | None,
+    checks: Sequence[str] | None,
+    out_dir: str | Path | None,
+    n_images: int,
+    seed: int,
+    device: str | torch.device,
+    layer: str | None,
+    settings: CheckSettings | None,
+    figures: bool,
+    progress: bool,
+    command: str | None,
+) -> dict[str, Any]:
+    """:func:`run_checks` under its thread count."""
     from saliencekit import __version__
     from saliencekit.methods.targets import class_probabilities
 
@@ -786,6 +821,7 @@ def run_checks(
         "command": command or "",
         "run_dir": run_dir,
         "settings": {"images": int(images.shape[0]), "seed": seed, "device": str(images.device),
+                     "num_threads": torch.get_num_threads(),
                      "checks": [c for c in todo if c in results],
                      "skipped": skipped, "layer": layer, **settings.to_dict()},
         "methods": {lb: {"method": s["method"], "options": dict(s["options"])} for lb, s in specs.items()},
