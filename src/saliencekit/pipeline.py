@@ -256,7 +256,7 @@ DEMO_STEPS: list[Step] = [
     Step("generate", "synthetic chest X-rays (effusion vs normal) with masks", generate_step),
     Step("train", "the lesson's effusion CNN, best epoch by validation loss", train_step),
     Step("evaluate", "accuracy, ROC AUC, sensitivity, specificity, confusion matrix", evaluate_step),
-    Step("explain", "saliency maps of a few test images, every method side by side", explain_step),
+    Step("explain", "saliency maps of a few test images, every method in one figure", explain_step),
     Step("check", "trust checks: randomisation, invariance, agreement, faithfulness, localisation", check_step),
     Step("report", "one self-contained HTML page", report_step),
 ]

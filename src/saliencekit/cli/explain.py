@@ -33,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Explain image files with saliency methods. Writes, per image, OUT/<image>/<method>.png (the image in "
-            "grey with a jet heat map and a colour bar), OUT/<image>/comparison.png (all methods side by side, one "
-            "row per explained class, the prediction in the title), OUT/<image>/maps.npz (the raw float maps), and "
-            "OUT/summary.json.\n\n"
+            "grey with a jet heat map and a colour bar), OUT/<image>/comparison.png (the image and all methods in a "
+            "grid at most 5 panels wide, one block of rows per explained class, the prediction in the title), "
+            "OUT/<image>/maps.npz (the raw float maps), and OUT/summary.json.\n\n"
             "  saliencekit explain runs/cxr data/effusion/img1.png --methods gradcam++,scorecam --out maps\n"
             "  saliencekit explain --model-file model.pt --image-size 256 --classes normal,effusion "
             "images/ --methods gradient,integrated_gradients --out maps\n\n" + _TORCHSCRIPT_NOTE

@@ -3,8 +3,9 @@
 Per image (``OUT/<image name>/``):
 
 - ``<label>.png``: the overlay of each method (``<label>_<class>.png`` per explained class with ``top_k > 1``);
-- ``comparison.png``: the image and every method side by side, one row per explained class, the predicted
-  class (and the true class when the file sits in a folder named after a class) in the title;
+- ``comparison.png``: the image and every method in a grid at most 5 panels wide, one block of rows per
+  explained class, the predicted class (and the true class when the file sits in a folder named after a class)
+  in the title;
 - ``maps.npz``: the raw maps (float32, H x W) under ``<label>`` (``<label>/<class>`` with ``top_k > 1``);
 - plus ``OUT/summary.json``: per image, the prediction, the probabilities and the written files.
 """
