@@ -286,57 +286,46 @@ def _check_agreement(ctx: _Context) -> dict[str, Any]:
     return d
 
 
-def _score_fn(model: nn.Module, cls: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    from saliencekit.methods._capture import eval_mode
-    from saliencekit.methods.targets import class_probabilities
-
-    def score(batch: torch.Tensor) -> torch.Tensor:
-        with eval_mode(model), torch.inference_mode():
-            out = model(batch)
-        out = out[:, None] if out.ndim == 1 else out
-        return class_probabilities(out, torch.full((batch.shape[0],), cls, dtype=torch.long, device=out.device))
-
-    return score
-
-
-def faithfulness_curves(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: torch.Tensor,
+def faithfulness_curves(model: nn.Module, images: torch.Tensor, maps: torch.Tensor,
+                        target: torch.Tensor | Sequence[int] | int | None,
                         steps: int = 20, road_fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
                         seed: int = 0, batch_size: int = 64) -> dict[str, Any]:
     """Deletion, insertion and ROAD (MoRF, LeRF) curves of one method's maps, the explained class per image.
 
-    The metric functions score a whole batch with one callable, so the images are grouped by their explained
-    class and each group is scored with that class's probability; the per-image rows are put back in order.
+    Every perturbed copy is scored with the probability of its own image's class (``targets=`` of the metric
+    functions), in eval mode.
+
+    Args:
+        model: the classifier.
+        images: (N, C, H, W).
+        maps: (N, H, W).
+        target: the explained class per image (N,), one class for all, or None (the predicted class).
+        steps: deletion / insertion steps.
+        road_fractions: shares of pixels removed by ROAD.
+        seed: seed of the ROAD noise.
+        batch_size: perturbed images per forward pass.
 
     Returns:
         kind -> :class:`~saliencekit.trust.faithfulness.CurveResult` over all images.
     """
+    from saliencekit.methods._capture import eval_mode
     from saliencekit.trust.faithfulness import CurveResult, deletion_curve, insertion_curve, road
 
-    n = images.shape[0]
-    parts: dict[str, list[tuple[torch.Tensor, CurveResult]]] = {}
+    def logits(batch: torch.Tensor) -> torch.Tensor:
+        with eval_mode(model), torch.inference_mode():
+            return model(batch)
+
     maps = maps.to(images.device)
-    for cls in torch.unique(target).tolist():
-        idx = torch.nonzero(target.cpu() == cls).flatten()
-        x, m = images[idx.to(images.device)], maps[idx.to(images.device)]
-        fn = _score_fn(model, int(cls))
-        runs = {
-            "deletion": deletion_curve(fn, x, m, steps=steps, batch_size=batch_size),
-            "insertion": insertion_curve(fn, x, m, steps=steps, batch_size=batch_size),
-            "road_morf": road(fn, x, m, road_fractions, order="morf", generator=seed, batch_size=batch_size),
-            "road_lerf": road(fn, x, m, road_fractions, order="lerf", generator=seed, batch_size=batch_size),
-        }
-        for kind, r in runs.items():
-            parts.setdefault(kind, []).append((idx, r))
-    out = {}
-    for kind, items in parts.items():
-        fr = items[0][1].fractions.cpu()
-        scores = torch.full((n, fr.numel()), math.nan, dtype=torch.float64)
-        auc = torch.full((n,), math.nan, dtype=torch.float64)
-        for idx, r in items:
-            scores[idx] = r.scores.cpu()
-            auc[idx] = r.auc.cpu()
-        out[kind] = CurveResult(kind, fr, scores, auc)
-    return out
+    if isinstance(target, torch.Tensor):
+        target = target.to(images.device)
+    common = {"batch_size": batch_size, "targets": target}
+    curves = {
+        "deletion": deletion_curve(logits, images, maps, steps=steps, **common),
+        "insertion": insertion_curve(logits, images, maps, steps=steps, **common),
+        "road_morf": road(logits, images, maps, road_fractions, order="morf", generator=seed, **common),
+        "road_lerf": road(logits, images, maps, road_fractions, order="lerf", generator=seed, **common),
+    }
+    return {kind: CurveResult(kind, c.fractions.cpu(), c.scores.cpu(), c.auc.cpu()) for kind, c in curves.items()}
 
 
 def _check_faithfulness(ctx: _Context) -> dict[str, Any]:
