@@ -275,7 +275,7 @@ def test_comparison_figure_rows_and_title() -> None:
 
 
 @pytest.mark.parametrize(("methods", "blocks", "shape"), [(9, 1, (2, 5)), (9, 2, (4, 5)), (3, 1, (1, 4)),
-                                                          (6, 1, (2, 4)), (13, 1, (3, 5))])
+                                                          (6, 1, (2, 4))])
 def test_comparison_figure_is_a_grid_without_empty_axes(methods: int, blocks: int, shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
     img = rng.random((12, 12))
