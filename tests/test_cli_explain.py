@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -258,14 +258,65 @@ def test_overlay_draws_grey_image_jet_map_and_colorbar() -> None:
         overlay(torch.zeros(2, 12, 10), m)
 
 
+def _panels(fig: Any) -> list[Any]:
+    """The picture panels of a figure (axes showing an image; colour bars excluded), in drawing order."""
+    return [a for a in fig.axes if a.get_label() != "<colorbar>"]
+
+
 def test_comparison_figure_rows_and_title() -> None:
     img = np.random.rand(8, 8)
     fig = comparison_figure(img, [{"a": np.random.rand(8, 8), "b": np.random.rand(8, 8)}, {"a": np.random.rand(8, 8)}],
                             title="predicted: effusion", row_titles=["class 1", "class 0"])
     assert fig._suptitle.get_text() == "predicted: effusion"
-    assert [a.get_title() for a in fig.axes[:3]] == ["image", "a", "b"]
+    assert [a.get_title() for a in _panels(fig)] == ["image", "a", "b", "image", "a"]
+    assert [a.get_ylabel() for a in _panels(fig) if a.get_title() == "image"] == ["class 1", "class 0"]
     with pytest.raises(InputError):
         comparison_figure(img, {})
+
+
+@pytest.mark.parametrize(("methods", "blocks", "shape"), [(9, 1, (2, 5)), (9, 2, (4, 5)), (3, 1, (1, 4)),
+                                                          (6, 1, (2, 4))])
+def test_comparison_figure_is_a_grid_without_empty_axes(methods: int, blocks: int, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    img = rng.random((12, 12))
+    labels = [f"method_{k}" for k in range(methods)]
+    rows = [{lb: rng.random((12, 12)) for lb in labels} for _ in range(blocks)]
+    fig = comparison_figure(img, rows, title="t", row_titles=[f"class {b}" for b in range(blocks)])
+    panels = _panels(fig)
+    cells = 1 + methods
+    assert len(panels) == blocks * cells
+    # every panel shows a picture and is visible; the only hidden axes are the image's blank colour-bar room
+    assert all(a.get_visible() and a.images for a in panels)
+    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert sum(a.get_visible() for a in bars) == blocks * methods and len(bars) == blocks * cells
+    # the grid: at most 5 columns, the image first in each block, the methods after it row by row
+    spec = [a.get_subplotspec().get_topmost_subplotspec() for a in panels]  # a colour bar nests the panel's spec
+    gs = spec[0].get_gridspec()
+    assert (gs.nrows, gs.ncols) == shape
+    per_block = shape[0] // blocks
+    for b in range(blocks):
+        block = panels[b * cells:(b + 1) * cells]
+        assert [a.get_title() for a in block] == ["image", *labels]
+        assert block[0].get_ylabel() == f"class {b}"
+        spots = [(sp.rowspan.start, sp.colspan.start) for sp in spec[b * cells:(b + 1) * cells]]
+        assert spots == [(b * per_block + k // shape[1], k % shape[1]) for k in range(cells)]
+    # the same size for every panel (the image keeps room for a colour bar like the overlays)
+    widths = [a.get_position().width for a in panels]
+    heights = [a.get_position().height for a in panels]
+    assert max(widths) - min(widths) < 1e-3 and max(heights) - min(heights) < 1e-3
+
+
+def test_grid_shape_spreads_panels_evenly() -> None:
+    from saliencekit.viz.overlay import grid_shape
+
+    for cells in range(1, 30):
+        for most in range(1, 7):
+            rows, cols = grid_shape(cells, most)
+            assert cols <= most and rows * cols >= cells  # fits, never wider than allowed
+            assert rows == -(-cells // most)  # as few rows as the width allows
+            assert rows * cols - cells < rows  # at most one empty cell per row
+    with pytest.raises(InputError):
+        grid_shape(0)
 
 
 def test_save_maps_npz_roundtrip(tmp_path: Path) -> None:

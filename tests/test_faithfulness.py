@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +90,86 @@ def test_curve_input_errors(device):
         deletion_curve(lambda b: b.sum(dim=1), x, m, steps=2)
     with pytest.raises(UnknownNameError):
         road(spot_model, x, m, order="random")
+
+
+# ------------------------------------------------------------------------------------------ per-image targets
+
+
+def _class_prob(model: torch.nn.Module, c: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The probability of class ``c``, written out by hand: softmax column, or sigmoid(+-z) for one logit."""
+
+    def score(b: torch.Tensor) -> torch.Tensor:
+        out = model(b)
+        if out.shape[1] == 1:
+            return torch.sigmoid(out[:, 0] if c == 1 else -out[:, 0])
+        return torch.exp(out[:, c]) / torch.exp(out).sum(1)
+
+    return score
+
+
+def _runs(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, m: torch.Tensor, **kw: Any) -> dict[str, Any]:
+    """Every metric function with the same arguments."""
+    return {"deletion": deletion_curve(fn, x, m, steps=5, batch_size=7, **kw),
+            "insertion": insertion_curve(fn, x, m, steps=5, batch_size=7, **kw),
+            "road_morf": road(fn, x, m, (0.2, 0.6), order="morf", generator=3, batch_size=7, **kw),
+            "road_lerf": road(fn, x, m, (0.2, 0.6), order="lerf", generator=3, batch_size=7, **kw)}
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_per_image_targets_equal_separate_calls_per_class(device, classes):
+    from toy_models import make
+
+    model = make("plain", classes=classes, seed=classes).to(device)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.rand(7, 1, 10, 10, generator=gen, dtype=torch.float64).to(device)
+    m = torch.rand(7, 10, 10, generator=gen, dtype=torch.float64).to(device)
+    k = max(classes, 2)
+    targets = [i % k for i in range(7)]
+    got = _runs(model, x, m, targets=targets)
+    for c in range(k):
+        rows = torch.tensor([i for i, t in enumerate(targets) if t == c], device=device)
+        # one class for every image (an int target) on the same batch: the ROAD noise streams match, values equal
+        same_batch = _runs(model, x, m, targets=c)
+        # the old way: each class's images alone, scored by a hand-written probability of that class
+        alone = _runs(_class_prob(model, c), x[rows], m[rows])
+        for kind, r in got.items():
+            assert torch.equal(r.scores[rows], same_batch[kind].scores[rows]), kind
+            assert torch.equal(r.auc[rows], same_batch[kind].auc[rows]), kind
+            if kind in ("deletion", "insertion"):  # no noise: identical to the grouped calls
+                torch.testing.assert_close(r.scores[rows], alone[kind].scores, rtol=0, atol=1e-12)
+                torch.testing.assert_close(r.auc[rows], alone[kind].auc, rtol=0, atol=1e-12)
+    # ROAD without noise is identical to the grouped calls too (with noise each image's draw follows its position)
+    for c in range(k):
+        rows = torch.tensor([i for i, t in enumerate(targets) if t == c], device=device)
+        a = road(model, x, m, (0.2, 0.6), noise=0.0, targets=torch.tensor(targets)).scores[rows]
+        b = road(_class_prob(model, c), x[rows], m[rows], (0.2, 0.6), noise=0.0).scores
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    # the values depend on the class: a per-image target is really used
+    other = _runs(model, x, m, targets=[(t + 1) % k for t in targets])
+    assert not torch.allclose(other["deletion"].scores, got["deletion"].scores)
+
+
+def test_targets_none_is_the_predicted_class_and_bad_targets_are_reported(device):
+    from toy_models import make, predicted_classes
+
+    model = make("plain", classes=3, seed=4).to(device)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.rand(5, 1, 10, 10, generator=gen, dtype=torch.float64).to(device)
+    m = torch.rand(5, 10, 10, generator=gen, dtype=torch.float64).to(device)
+    pred = predicted_classes(model, x)
+    a = deletion_curve(model, x, m, steps=4, targets=None)
+    b = deletion_curve(model, x, m, steps=4, targets=pred)
+    assert torch.equal(a.scores, b.scores)
+    # the first point is the clean image: the probability of the predicted class, the largest one
+    torch.testing.assert_close(a.scores[:, 0], torch.softmax(model(x), 1).max(1).values.detach(), rtol=0, atol=1e-12)
+    with pytest.raises(InputError, match="out of range"):
+        deletion_curve(model, x, m, steps=2, targets=3)
+    with pytest.raises(InputError, match="one per image"):
+        deletion_curve(model, x, m, steps=2, targets=[0, 1])
+    with pytest.raises(InputError, match="targets must be 'explained'"):
+        road(model, x, m, targets="predicted")
+    with pytest.raises(InputError, match="must be the classifier"):
+        insertion_curve(lambda b: b[:, 0], x, m, steps=2, targets=0)
 
 
 # --------------------------------------------------------------------------------------------- imputation

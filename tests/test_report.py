@@ -136,7 +136,8 @@ def make_checks(out: Path, methods: tuple[str, ...] = ("gradient", "gradient_x_i
         checks["localization"] = {"mask": "lesion", "methods": {
             m: {"pointing_game": _summary(rng), "energy_pointing_game": _summary(rng), "relevance_mass": _summary(rng),
                 "relevance_rank": _summary(rng), "shortcut_share": _summary(rng) if present else None, "figures": []}
-            for m in methods}, "ranking": list(methods), "figures": []}
+            for m in methods}, "ranking": list(methods), "figures": [],
+            "mask_area_share": _summary(rng), "shortcut_area_share": {"mean": float(rng.uniform(0.001, 0.009))}}
     else:
         skipped.append({"check": "localization", "reason": "the data has no lesion masks"})
     marker, lesion = float(rng.uniform(0.5, 0.9)), float(rng.uniform(0.01, 0.2))
@@ -152,7 +153,9 @@ def make_checks(out: Path, methods: tuple[str, ...] = ("gradient", "gradient_x_i
             "methods": summary_methods, "recommended": [methods[0]],
             "reasons": {methods[0]: f"{methods[0]} passes the randomisation checks and is the most faithful."},
             "shortcut": {"present_in_data": present, "detected": detected, "marker_share": marker,
-                         "lesion_share": lesion, "evidence": "maps sit on the marker"},
+                         "lesion_share": lesion, "evidence": "maps sit on the marker", "method": methods[0],
+                         "marker_area_share": checks["localization"]["shortcut_area_share"]["mean"] if localization
+                         else None, "marker_share_by_method": {m: marker / (k + 1) for k, m in enumerate(methods)}},
         },
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -329,8 +332,23 @@ def test_shortcut_warning_iff_detected(run_dir: Path, tmp_path: Path, detected: 
     if detected:
         text = out.read_text()
         sc = json.loads(checks.read_text())["summary"]["shortcut"]
-        # the evidence: marker vs lesion share, in percent, and the warning comes before every section
-        assert f"{100 * sc['marker_share']:.0f}%" in text and f"{100 * sc['lesion_share']:.0f}%" in text
+        loc = json.loads(checks.read_text())["checks"]["localization"]
+        warning = text[text.index('id="shortcut-warning"'):text.index("</aside>")]
+        words = " ".join(re.sub(r"<[^>]+>", " ", warning).split())
+        # what was measured: the method, the marker's share of the map mass against its share of the image area,
+        # and the lesion's for comparison
+        marker, area = sc["marker_share"], sc["marker_area_share"]
+        lesion, lesion_area = sc["lesion_share"], loc["mask_area_share"]["mean"]
+        assert (f"The {sc['method']} maps put {100 * marker:.0f}% of their mass on the marker, which covers "
+                f"{100 * area:.1f}% of the image ({marker / area:.0f}\u00d7 its area share)") in words
+        assert (f"and {100 * lesion:.0f}% of their mass on the lesion, which covers {100 * lesion_area:.0f}% of the "
+                f"image ({lesion / lesion_area:.1f}\u00d7 its area share)") in words
+        other = sc["marker_share_by_method"]["gradient_x_input"]
+        assert f"gradient_x_input {100 * other:.0f}% ({other / area:.0f}\u00d7)" in words
+        # what it means, without claiming more than the maps show, and how to test it
+        assert "instead of" not in words and "may depend on the marker" in words
+        assert "cover or remove the marker" in words
+        # the warning comes before every section
         assert text.index('id="shortcut-warning"') < text.index('id="verdict"')
         assert "shortcut-note" not in page.ids
 

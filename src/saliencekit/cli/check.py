@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, metavar="DATA",
                    help="the data folder, when it moved since training (default: the one in config.json)")
     p.add_argument("--no-figures", action="store_true", help="write checks.json only")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=main)
 
@@ -81,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
                              random_label_images=args.random_label_images)
     result = run_checks(run, methods=methods, checks=checks, out_dir=args.out, n_images=args.images, seed=args.seed,
                         layer=args.layer, settings=settings, figures=not args.no_figures, progress=not args.quiet,
-                        command=shlex.join(["saliencekit", *sys.argv[1:]]))
+                        command=shlex.join(["saliencekit", *sys.argv[1:]]), num_threads=args.threads)
     out = Path(args.out)
     print(f"wrote {out / 'checks.json'}")
     summary = result["summary"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from saliencekit.cli._types import fraction
+from saliencekit.cli._types import fraction, positive_int
 
 SHORTCUT_FRACTION = 0.8
 
@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    f"never in the normals, so the report shows a model caught learning it (FRACTION defaults to "
                    f"{SHORTCUT_FRACTION} when the flag is given alone; without the flag: no marker)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda (default: auto)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -40,7 +41,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     with print_warnings():
         ctx = run_demo(args.out, quick=args.quick, shortcut=args.shortcut, progress=not args.quiet,
-                       device=args.device)
+                       device=args.device, num_threads=args.threads)
     if ctx.metrics:
         print(format_metrics(ctx.metrics))
     print(f"\ndemo finished in {sum(ctx.timings.values()):.0f} s; outputs:")

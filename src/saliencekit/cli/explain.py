@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saliencekit.cli._types import positive_int
+
 _TORCHSCRIPT_NOTE = (
     "TorchScript models (--model-file with a torch.jit.save file) support the methods that need no hooks: "
     "gradient, gradient_x_input, integrated_gradients, smoothgrad, smoothgrad_sq, vargrad, occlusion, rise. "
@@ -31,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Explain image files with saliency methods. Writes, per image, OUT/<image>/<method>.png (the image in "
-            "grey with a jet heat map and a colour bar), OUT/<image>/comparison.png (all methods side by side, one "
-            "row per explained class, the prediction in the title), OUT/<image>/maps.npz (the raw float maps), and "
-            "OUT/summary.json.\n\n"
+            "grey with a jet heat map and a colour bar), OUT/<image>/comparison.png (the image and all methods in a "
+            "grid at most 5 panels wide, one block of rows per explained class, the prediction in the title), "
+            "OUT/<image>/maps.npz (the raw float maps), and OUT/summary.json.\n\n"
             "  saliencekit explain runs/cxr data/effusion/img1.png --methods gradcam++,scorecam --out maps\n"
             "  saliencekit explain --model-file model.pt --image-size 256 --classes normal,effusion "
             "images/ --methods gradient,integrated_gradients --out maps\n\n" + _TORCHSCRIPT_NOTE
@@ -75,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --model-file: keep values in [0, 1] (default: per-image standardisation)")
     p.add_argument("--classes", default=None,
                    help="with --model-file: comma-separated class names in label order (default class_0, ...)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: all)")
     p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_explain)
 
@@ -135,7 +138,8 @@ def _explain(args: argparse.Namespace) -> int:
     target = int(args.target) if args.target is not None and args.target.isdigit() else args.target
     results = explain_files(model, preprocessing, images, methods, args.out, class_names=class_names, target=target,
                             layer=args.layer, top_k=args.top_k, batch_size=batch_size, precision=args.precision,
-                            device=device, progress=not args.no_progress, normalization=args.normalization)
+                            device=device, progress=not args.no_progress, normalization=args.normalization,
+                            num_threads=args.threads)
     print(f"explained {len(results)} image(s) with {len(methods)} method(s); wrote {Path(args.out)}/")
     for r in results:
         print(f"  {r.path} -> {r.folder}/ (predicted {r.predicted})")

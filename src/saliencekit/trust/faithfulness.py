@@ -1,8 +1,12 @@
 """Faithfulness of saliency maps: deletion / insertion curves (Petsiuk et al. 2018) and ROAD (Rong et al. 2022).
 
-All functions take ``model_score``, a callable mapping a batch of inputs (B, C, H, W) to the probability (B,)
-of the explained class of each image, the inputs (N, C, H, W) and their maps (N, H, W). Perturbed copies are
-evaluated in batches of ``batch_size`` under ``torch.inference_mode()`` on the inputs' device.
+All functions take ``model_score``, the inputs (N, C, H, W) and their maps (N, H, W). By default
+(``targets="explained"``) ``model_score`` maps a batch of inputs (B, C, H, W) to the probability (B,) of the
+explained class of each image. With ``targets=`` a class per image, one class for all, a target object or None
+(the predicted class), ``model_score`` is the classifier itself (batch -> logits (B, K), or one logit (B,) /
+(B, 1) for a binary sigmoid model) and each perturbed copy is scored with the probability of its own image's
+class, resolved as :mod:`saliencekit.methods.targets` resolves the targets of the saliency methods. Perturbed
+copies are evaluated in batches of ``batch_size`` under ``torch.inference_mode()`` on the inputs' device.
 
 >>> import torch
 >>> x = torch.rand(2, 1, 8, 8)
@@ -10,6 +14,9 @@ evaluated in batches of ``batch_size`` under ``torch.inference_mode()`` on the i
 >>> maps = torch.zeros(2, 8, 8); maps[:, 3, 3] = 1
 >>> deletion_curve(score, x, maps, steps=4).auc.shape
 torch.Size([2])
+>>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+>>> deletion_curve(net, x, maps, steps=4, targets=[0, 2]).scores.shape  # image 0: class 0, image 1: class 2
+torch.Size([2, 5])
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from saliencekit.trust._imputation import noisy_linear_impute
 from saliencekit.trust._ops import as_inputs, as_maps, gaussian_blur, make_generator
 
 ModelScore = Callable[[Tensor], Tensor]
+EXPLAINED = "explained"  # targets= default: model_score already returns the explained class's probability
 BASELINES = ("zero", "mean", "blur")
 DEFAULT_BLUR_SIGMA = 5.0  # Petsiuk et al.'s insertion blur: kernel 11, sigma 5
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -116,7 +124,48 @@ def _scores(model_score: ModelScore, batch: Tensor) -> Tensor:
     return out.to(torch.float64)
 
 
-def _curve(kind: str, model_score: ModelScore, start: Tensor, end: Tensor, maps: Tensor, steps: int,
+RowScorer = Callable[[Tensor, Tensor], Tensor]
+
+
+def _row_scorer(model_score: ModelScore, inputs: Tensor, targets: object, batch_size: int) -> RowScorer:
+    """``(batch, image index of each row) -> probability (B,) of each row's explained class``.
+
+    ``targets="explained"``: ``model_score`` returns that probability itself. Anything else is resolved once
+    on the clean inputs by :func:`saliencekit.methods.targets.as_target` (None: the predicted class), and
+    ``model_score`` is the classifier whose logits are turned into the probability of each row's class.
+    """
+    if isinstance(targets, str):
+        if targets != EXPLAINED:
+            raise InputError(f"targets must be {EXPLAINED!r} (model_score returns the explained class's "
+                             "probability), None (the predicted class), a class index, one index per image, or a "
+                             f"target object; got {targets!r}")
+        return lambda batch, img: _scores(model_score, batch)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    from saliencekit.methods.targets import as_target
+
+    with torch.inference_mode():
+        clean = torch.cat([_logits(model_score, inputs[lo:lo + batch_size])
+                           for lo in range(0, inputs.shape[0], batch_size)])
+    resolved = as_target(targets).resolve(clean)
+
+    def score(batch: Tensor, img: Tensor) -> Tensor:
+        out = _logits(model_score, batch)
+        return resolved.subset(img.to(clean.device)).probability(out).to(torch.float64)
+
+    return score
+
+
+def _logits(model: ModelScore, batch: Tensor) -> Tensor:
+    out = model(batch)
+    if not isinstance(out, Tensor) or out.ndim not in (1, 2) or out.shape[0] != batch.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InputError(f"with targets=, model_score must be the classifier, returning logits of shape "
+                         f"({batch.shape[0]}, classes) or ({batch.shape[0]},); got {shape}")
+    return out
+
+
+def _curve(kind: str, score: RowScorer, start: Tensor, end: Tensor, maps: Tensor, steps: int,
            batch_size: int, progress: bool) -> CurveResult:
     """Move pixels from ``start`` to ``end`` from most to least salient in ``steps`` equal steps."""
     if steps < 1:
@@ -142,7 +191,7 @@ def _curve(kind: str, model_score: ModelScore, start: Tensor, end: Tensor, maps:
             step = torch.tensor([j[1] for j in chunk], device=start.device)
             moved = (ranks[img] < counts[step].unsqueeze(1)).view(-1, 1, h, w)
             batch = torch.where(moved, end[img], start[img])
-            scores[img, step] = _scores(model_score, batch)
+            scores[img, step] = score(batch, img)
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:
@@ -153,7 +202,8 @@ def _curve(kind: str, model_score: ModelScore, start: Tensor, end: Tensor, maps:
 
 def deletion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps: int = 50,
                    baseline: str | Tensor | float = "zero", batch_size: int = 64,
-                   blur_sigma: float = DEFAULT_BLUR_SIGMA, progress: bool = False) -> CurveResult:
+                   blur_sigma: float = DEFAULT_BLUR_SIGMA, progress: bool = False,
+                   targets: object = EXPLAINED) -> CurveResult:
     """Deletion curve (Petsiuk et al. 2018): replace pixels by the baseline from most to least salient.
 
     At step ``s`` of ``steps`` the ``round(s / steps * H * W)`` most salient pixels (highest map value; ties by
@@ -161,7 +211,8 @@ def deletion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps:
     Lower area = more faithful map.
 
     Args:
-        model_score: batch (B, C, H, W) -> probability of the explained class (B,).
+        model_score: batch (B, C, H, W) -> probability of the explained class (B,); with ``targets``, the
+            classifier (batch -> logits).
         inputs: (N, C, H, W).
         maps: (N, H, W) at the input's resolution.
         steps: number of equal steps (the curve has ``steps + 1`` points).
@@ -169,34 +220,42 @@ def deletion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps:
         batch_size: perturbed images per call of ``model_score``.
         blur_sigma: blur std for the ``"blur"`` baseline.
         progress: show a progress bar.
+        targets: ``"explained"`` (default: ``model_score`` returns the explained class's probability); or, with
+            ``model_score`` the classifier, None (each image's predicted class), a class index for every image,
+            one class index per image (a sequence or an integer tensor), a
+            :class:`~saliencekit.methods.targets.Target` or a callable ``logits -> (N,)`` scores (probability:
+            their sigmoid), resolved as for the saliency methods.
 
     Returns:
         :class:`CurveResult` with kind ``"deletion"``.
     """
     inputs, maps = _check(inputs, maps)
-    return _curve("deletion", model_score, inputs, make_baseline(inputs, baseline, blur_sigma), maps, steps,
+    score = _row_scorer(model_score, inputs, targets, batch_size)
+    return _curve("deletion", score, inputs, make_baseline(inputs, baseline, blur_sigma), maps, steps,
                   batch_size, progress)
 
 
 def insertion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps: int = 50,
                     baseline: str | Tensor | float = "blur", batch_size: int = 64,
-                    blur_sigma: float = DEFAULT_BLUR_SIGMA, progress: bool = False) -> CurveResult:
+                    blur_sigma: float = DEFAULT_BLUR_SIGMA, progress: bool = False,
+                    targets: object = EXPLAINED) -> CurveResult:
     """Insertion curve (Petsiuk et al. 2018): start from the blurred image, insert original pixels, most salient first.
 
-    Arguments as :func:`deletion_curve`; the default start is the ``"blur"`` baseline. Higher area = more
-    faithful map.
+    Arguments (``targets`` included) as :func:`deletion_curve`; the default start is the ``"blur"`` baseline.
+    Higher area = more faithful map.
 
     Returns:
         :class:`CurveResult` with kind ``"insertion"``.
     """
     inputs, maps = _check(inputs, maps)
-    return _curve("insertion", model_score, make_baseline(inputs, baseline, blur_sigma), inputs, maps, steps,
+    score = _row_scorer(model_score, inputs, targets, batch_size)
+    return _curve("insertion", score, make_baseline(inputs, baseline, blur_sigma), inputs, maps, steps,
                   batch_size, progress)
 
 
 def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Sequence[float] = ROAD_FRACTIONS,
          order: str = "morf", noise: float = 0.01, generator: torch.Generator | int | None = None,
-         batch_size: int = 64, progress: bool = False) -> CurveResult:
+         batch_size: int = 64, progress: bool = False, targets: object = EXPLAINED) -> CurveResult:
     """ROAD (Rong et al. 2022): remove a share of pixels and impute them by noisy linear imputation.
 
     For each fraction ``f`` the ``round(f * H * W)`` most (``order="morf"``) or least (``"lerf"``) salient
@@ -205,7 +264,8 @@ def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Seque
     probability fall fast with MoRF (low area) and slowly with LeRF (high area).
 
     Args:
-        model_score: batch (B, C, H, W) -> probability of the explained class (B,).
+        model_score: batch (B, C, H, W) -> probability of the explained class (B,); with ``targets``, the
+            classifier (batch -> logits).
         inputs: (N, C, H, W).
         maps: (N, H, W) at the input's resolution.
         fractions: shares of pixels removed, each in [0, 1].
@@ -215,6 +275,11 @@ def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Seque
             stream derived from it, so the scores do not depend on ``batch_size`` or the device.
         batch_size: images imputed and scored together.
         progress: show a progress bar.
+        targets: ``"explained"`` (default: ``model_score`` returns the explained class's probability); or, with
+            ``model_score`` the classifier, None (each image's predicted class), a class index for every image,
+            one class index per image (a sequence or an integer tensor), a
+            :class:`~saliencekit.methods.targets.Target` or a callable ``logits -> (N,)`` scores (probability:
+            their sigmoid), resolved as for the saliency methods.
 
     Returns:
         :class:`CurveResult` with kind ``"road_morf"`` / ``"road_lerf"``; ``auc`` is the trapezoid area over the
@@ -226,6 +291,7 @@ def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Seque
     fr = torch.as_tensor(list(fractions), dtype=torch.float64)
     if fr.numel() == 0 or bool(((fr < 0) | (fr > 1)).any()):
         raise InputError(f"road fractions must be a non-empty list of shares in [0, 1], got {list(fractions)}")
+    score = _row_scorer(model_score, inputs, targets, batch_size)
     gen = make_generator(generator)
     base = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item())
     n, _, h, w = inputs.shape
@@ -252,7 +318,7 @@ def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Seque
                                                dtype=torch.float64) for j in range(lo, lo + len(chunk))])
                 eps = eps.to(inputs.device, batch.dtype)
                 batch = torch.where(removed.unsqueeze(1), batch + noise * eps, batch)
-            scores[img, step] = _scores(model_score, batch)
+            scores[img, step] = score(batch, img)
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:

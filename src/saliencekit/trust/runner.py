@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from saliencekit import _atomic
+from saliencekit._threads import torch_threads
 from saliencekit.errors import InputError, UnknownNameError
 from saliencekit.trust._explaining import (
     MethodSpecs,
@@ -285,57 +286,46 @@ def _check_agreement(ctx: _Context) -> dict[str, Any]:
     return d
 
 
-def _score_fn(model: nn.Module, cls: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    from saliencekit.methods._capture import eval_mode
-    from saliencekit.methods.targets import class_probabilities
-
-    def score(batch: torch.Tensor) -> torch.Tensor:
-        with eval_mode(model), torch.inference_mode():
-            out = model(batch)
-        out = out[:, None] if out.ndim == 1 else out
-        return class_probabilities(out, torch.full((batch.shape[0],), cls, dtype=torch.long, device=out.device))
-
-    return score
-
-
-def faithfulness_curves(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: torch.Tensor,
+def faithfulness_curves(model: nn.Module, images: torch.Tensor, maps: torch.Tensor,
+                        target: torch.Tensor | Sequence[int] | int | None,
                         steps: int = 20, road_fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
                         seed: int = 0, batch_size: int = 64) -> dict[str, Any]:
     """Deletion, insertion and ROAD (MoRF, LeRF) curves of one method's maps, the explained class per image.
 
-    The metric functions score a whole batch with one callable, so the images are grouped by their explained
-    class and each group is scored with that class's probability; the per-image rows are put back in order.
+    Every perturbed copy is scored with the probability of its own image's class (``targets=`` of the metric
+    functions), in eval mode.
+
+    Args:
+        model: the classifier.
+        images: (N, C, H, W).
+        maps: (N, H, W).
+        target: the explained class per image (N,), one class for all, or None (the predicted class).
+        steps: deletion / insertion steps.
+        road_fractions: shares of pixels removed by ROAD.
+        seed: seed of the ROAD noise.
+        batch_size: perturbed images per forward pass.
 
     Returns:
         kind -> :class:`~saliencekit.trust.faithfulness.CurveResult` over all images.
     """
+    from saliencekit.methods._capture import eval_mode
     from saliencekit.trust.faithfulness import CurveResult, deletion_curve, insertion_curve, road
 
-    n = images.shape[0]
-    parts: dict[str, list[tuple[torch.Tensor, CurveResult]]] = {}
+    def logits(batch: torch.Tensor) -> torch.Tensor:
+        with eval_mode(model), torch.inference_mode():
+            return model(batch)
+
     maps = maps.to(images.device)
-    for cls in torch.unique(target).tolist():
-        idx = torch.nonzero(target.cpu() == cls).flatten()
-        x, m = images[idx.to(images.device)], maps[idx.to(images.device)]
-        fn = _score_fn(model, int(cls))
-        runs = {
-            "deletion": deletion_curve(fn, x, m, steps=steps, batch_size=batch_size),
-            "insertion": insertion_curve(fn, x, m, steps=steps, batch_size=batch_size),
-            "road_morf": road(fn, x, m, road_fractions, order="morf", generator=seed, batch_size=batch_size),
-            "road_lerf": road(fn, x, m, road_fractions, order="lerf", generator=seed, batch_size=batch_size),
-        }
-        for kind, r in runs.items():
-            parts.setdefault(kind, []).append((idx, r))
-    out = {}
-    for kind, items in parts.items():
-        fr = items[0][1].fractions.cpu()
-        scores = torch.full((n, fr.numel()), math.nan, dtype=torch.float64)
-        auc = torch.full((n,), math.nan, dtype=torch.float64)
-        for idx, r in items:
-            scores[idx] = r.scores.cpu()
-            auc[idx] = r.auc.cpu()
-        out[kind] = CurveResult(kind, fr, scores, auc)
-    return out
+    if isinstance(target, torch.Tensor):
+        target = target.to(images.device)
+    common = {"batch_size": batch_size, "targets": target}
+    curves = {
+        "deletion": deletion_curve(logits, images, maps, steps=steps, **common),
+        "insertion": insertion_curve(logits, images, maps, steps=steps, **common),
+        "road_morf": road(logits, images, maps, road_fractions, order="morf", generator=seed, **common),
+        "road_lerf": road(logits, images, maps, road_fractions, order="lerf", generator=seed, **common),
+    }
+    return {kind: CurveResult(kind, c.fractions.cpu(), c.scores.cpu(), c.auc.cpu()) for kind, c in curves.items()}
 
 
 def _check_faithfulness(ctx: _Context) -> dict[str, Any]:
@@ -624,6 +614,7 @@ def run_checks(
     figures: bool = True,
     progress: bool = True,
     command: str | None = None,
+    num_threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the trust checks and return (and, with ``out_dir``, write) the ``checks.json`` dict.
 
@@ -652,12 +643,45 @@ def run_checks(
         figures: draw the figures (needs ``out_dir``).
         progress: show progress bars.
         command: the command line recorded in the JSON.
+        num_threads: CPU threads for torch during the checks (None: torch's default); the previous count is
+            restored afterwards.
 
     Raises:
         UnknownNameError: an unknown check or method name.
-        InputError: neither a run nor a model and images, or a check that cannot run (e.g. localization
-            asked for without masks).
+        InputError: neither a run nor a model and images, a check that cannot run (e.g. localization
+            asked for without masks), or ``num_threads`` not a positive integer.
     """
+    with torch_threads(num_threads):
+        return _run_checks(run, model=model, images=images, labels=labels, masks=masks, files=files,
+                           class_names=class_names, train_data=train_data, random_model=random_model, methods=methods,
+                           checks=checks, out_dir=out_dir, n_images=n_images, seed=seed, device=device, layer=layer,
+                           settings=settings, figures=figures, progress=progress, command=command)
+
+
+def _run_checks(
+    run: Any,
+    *,
+    model: nn.Module | None,
+    images: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    masks: Mapping[str, torch.Tensor] | None,
+    files: Sequence[str] | None,
+    class_names: Sequence[str] | None,
+    train_data: tuple[torch.Tensor, torch.Tensor] | None,
+    random_model: nn.Module | None,
+    methods: MethodSpecs | None,
+    checks: Sequence[str] | None,
+    out_dir: str | Path | None,
+    n_images: int,
+    seed: int,
+    device: str | torch.device,
+    layer: str | None,
+    settings: CheckSettings | None,
+    figures: bool,
+    progress: bool,
+    command: str | None,
+) -> dict[str, Any]:
+    """:func:`run_checks` under its thread count."""
     from saliencekit import __version__
     from saliencekit.methods.targets import class_probabilities
 
@@ -786,6 +810,7 @@ def run_checks(
         "command": command or "",
         "run_dir": run_dir,
         "settings": {"images": int(images.shape[0]), "seed": seed, "device": str(images.device),
+                     "num_threads": torch.get_num_threads(),
                      "checks": [c for c in todo if c in results],
                      "skipped": skipped, "layer": layer, **settings.to_dict()},
         "methods": {lb: {"method": s["method"], "options": dict(s["options"])} for lb, s in specs.items()},

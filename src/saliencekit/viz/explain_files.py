@@ -3,8 +3,9 @@
 Per image (``OUT/<image name>/``):
 
 - ``<label>.png``: the overlay of each method (``<label>_<class>.png`` per explained class with ``top_k > 1``);
-- ``comparison.png``: the image and every method side by side, one row per explained class, the predicted
-  class (and the true class when the file sits in a folder named after a class) in the title;
+- ``comparison.png``: the image and every method in a grid at most 5 panels wide, one block of rows per
+  explained class, the predicted class (and the true class when the file sits in a folder named after a class)
+  in the title;
 - ``maps.npz``: the raw maps (float32, H x W) under ``<label>`` (``<label>/<class>`` with ``top_k > 1``);
 - plus ``OUT/summary.json``: per image, the prediction, the probabilities and the written files.
 """
@@ -25,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from saliencekit._atomic import save_figure, write_json
+from saliencekit._threads import check_threads, torch_threads
 from saliencekit.data.folder import IMAGE_EXTENSIONS
 from saliencekit.data.preprocess import Preprocessing
 from saliencekit.errors import DataError, InputError, RunDirError
@@ -133,6 +135,7 @@ def explain_files(
     images_per_batch: int = 8,
     progress: bool = True,
     normalization: str = "auto",
+    num_threads: int | None = None,
 ) -> list[ExplainedImage]:
     """Explain image files with several methods and write overlays, comparison figures and raw maps.
 
@@ -155,6 +158,8 @@ def explain_files(
             "percentile" for the gradient and backprop families, i.e. |a| clipped at its 99th percentile as
             Smilkov et al. show them, "minmax" for CAMs and perturbation methods), "minmax", "abs",
             "percentile" or "signed".
+        num_threads: CPU threads for torch while explaining (None: torch's default); the previous count is
+            restored afterwards.
 
     Returns:
         One :class:`ExplainedImage` per file.
@@ -163,6 +168,7 @@ def explain_files(
     from saliencekit.methods.targets import class_probabilities, num_classes_of
     from saliencekit.viz.overlay import comparison_figure, overlay, save_maps_npz
 
+    check_threads(num_threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -185,65 +191,67 @@ def explain_files(
     norms = {label: display_normalization(m, normalization) for label, m in built.items()}
     folders = _image_folders(files)
     results: list[ExplainedImage] = []
-    bar = tqdm(total=len(files), desc="explaining", disable=not progress)
-    for start in range(0, len(files), images_per_batch):
-        chunk = files[start:start + images_per_batch]
-        x = torch.stack([preprocessing.load(f) for f in chunk]).to(device)
-        with torch.inference_mode():
-            output = model(x)
-        output = output if output.ndim == 2 else output[:, None]
-        k = num_classes_of(output)
-        names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(k)]
-        if len(names) != k:
-            raise InputError(f"{len(names)} class names ({', '.join(names)}) for a model with {k} classes")
-        all_classes = torch.arange(k, device=device)
-        probs = torch.stack([class_probabilities(output, all_classes[c].expand(len(chunk))) for c in range(k)], 1)
-        if target is not None:
-            fixed = _class_index(target, names)
-            ranked = [[fixed] * len(chunk)]
-        else:
-            order = probs.argsort(dim=1, descending=True).cpu()
-            ranked = [order[:, r].tolist() for r in range(min(top_k, k))]
-        rows: list[dict[str, Any]] = []
-        for cls in ranked:
-            opts = {label: {"method": type(m).name, **_options_of(methods, label)} for label, m in built.items()}
-            rows.append(explain(model, x, opts, target=cls, layer=layer, **common))
-        for i, f in enumerate(chunk):
-            folder = out / folders[f]
-            pred = int(probs[i].argmax())
-            res = ExplainedImage(f, folder, names[pred], {n: float(probs[i, c]) for c, n in enumerate(names)},
-                                 [names[r[i]] for r in ranked])
-            true = f.parent.name if f.parent.name in names else None
-            maps: dict[str, torch.Tensor] = {}
-            fig_rows, row_titles = [], []
-            for r, cls in enumerate(ranked):
-                cname = names[cls[i]]
-                suffix = f"_{_safe(cname)}" if len(ranked) > 1 else ""
-                row = {}
-                for label in labels:
-                    m = rows[r][label].maps[i]
-                    row[label] = m
-                    maps[f"{label}/{cname}" if len(ranked) > 1 else label] = m
-                    caption = f"{label}: explaining {cname}\npredicted {names[pred]} (p={float(probs[i, pred]):.2f})"
-                    fig = overlay(x[i], m, normalization=norms[label], title=caption).figure
-                    res.files.append(save_figure(fig, folder / f"{_safe(label)}{suffix}.png"))
-                fig_rows.append(row)
-                row_titles.append(f"explaining {cname} (p={float(probs[i, cls[i]]):.2f})")
-            title = f"{f.name} | predicted: {names[pred]} (p={float(probs[i, pred]):.2f})"
-            if true is not None:
-                title += f" | true: {true}"
-            fig = comparison_figure(x[i], fig_rows, title=title, row_titles=row_titles, normalization=norms)
-            res.files.append(save_figure(fig, folder / "comparison.png"))
-            res.files.append(save_maps_npz(folder / "maps.npz", maps))
-            results.append(res)
-            bar.update(1)
-    bar.close()
-    write_json(out / "summary.json", {
-        "methods": {label: {"method": type(m).name, "params": m.params} for label, m in built.items()},
-        "images": [{"file": str(r.path), "folder": str(r.folder), "predicted": r.predicted,
-                    "probabilities": r.probabilities, "explained_classes": r.classes,
-                    "files": [str(p) for p in r.files]} for r in results],
-    })
+    with torch_threads(num_threads):
+        bar = tqdm(total=len(files), desc="explaining", disable=not progress)
+        for start in range(0, len(files), images_per_batch):
+            chunk = files[start:start + images_per_batch]
+            x = torch.stack([preprocessing.load(f) for f in chunk]).to(device)
+            with torch.inference_mode():
+                output = model(x)
+            output = output if output.ndim == 2 else output[:, None]
+            k = num_classes_of(output)
+            names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(k)]
+            if len(names) != k:
+                raise InputError(f"{len(names)} class names ({', '.join(names)}) for a model with {k} classes")
+            all_classes = torch.arange(k, device=device)
+            probs = torch.stack([class_probabilities(output, all_classes[c].expand(len(chunk))) for c in range(k)], 1)
+            if target is not None:
+                fixed = _class_index(target, names)
+                ranked = [[fixed] * len(chunk)]
+            else:
+                order = probs.argsort(dim=1, descending=True).cpu()
+                ranked = [order[:, r].tolist() for r in range(min(top_k, k))]
+            rows: list[dict[str, Any]] = []
+            for cls in ranked:
+                opts = {label: {"method": type(m).name, **_options_of(methods, label)} for label, m in built.items()}
+                rows.append(explain(model, x, opts, target=cls, layer=layer, **common))
+            for i, f in enumerate(chunk):
+                folder = out / folders[f]
+                pred = int(probs[i].argmax())
+                res = ExplainedImage(f, folder, names[pred], {n: float(probs[i, c]) for c, n in enumerate(names)},
+                                     [names[r[i]] for r in ranked])
+                true = f.parent.name if f.parent.name in names else None
+                maps: dict[str, torch.Tensor] = {}
+                fig_rows, row_titles = [], []
+                for r, cls in enumerate(ranked):
+                    cname = names[cls[i]]
+                    suffix = f"_{_safe(cname)}" if len(ranked) > 1 else ""
+                    row = {}
+                    for label in labels:
+                        m = rows[r][label].maps[i]
+                        row[label] = m
+                        maps[f"{label}/{cname}" if len(ranked) > 1 else label] = m
+                        caption = (f"{label}: explaining {cname}\n"
+                                   f"predicted {names[pred]} (p={float(probs[i, pred]):.2f})")
+                        fig = overlay(x[i], m, normalization=norms[label], title=caption).figure
+                        res.files.append(save_figure(fig, folder / f"{_safe(label)}{suffix}.png"))
+                    fig_rows.append(row)
+                    row_titles.append(f"explaining {cname} (p={float(probs[i, cls[i]]):.2f})")
+                title = f"{f.name} | predicted: {names[pred]} (p={float(probs[i, pred]):.2f})"
+                if true is not None:
+                    title += f" | true: {true}"
+                fig = comparison_figure(x[i], fig_rows, title=title, row_titles=row_titles, normalization=norms)
+                res.files.append(save_figure(fig, folder / "comparison.png"))
+                res.files.append(save_maps_npz(folder / "maps.npz", maps))
+                results.append(res)
+                bar.update(1)
+        bar.close()
+        write_json(out / "summary.json", {
+            "methods": {label: {"method": type(m).name, "params": m.params} for label, m in built.items()},
+            "images": [{"file": str(r.path), "folder": str(r.folder), "predicted": r.predicted,
+                        "probabilities": r.probabilities, "explained_classes": r.classes,
+                        "files": [str(p) for p in r.files]} for r in results],
+        })
     return results
 
 

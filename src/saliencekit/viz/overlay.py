@@ -10,6 +10,7 @@ True
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -121,6 +122,19 @@ def overlay(
     return ax
 
 
+def grid_shape(cells: int, max_columns: int = 5) -> tuple[int, int]:
+    """Rows and columns of a grid for ``cells`` panels: as few rows as ``max_columns`` allows, the panels spread
+    evenly over them (so the last row is as full as it can be).
+
+    >>> grid_shape(10), grid_shape(4), grid_shape(7)
+    ((2, 5), (1, 4), (2, 4))
+    """
+    if cells < 1 or max_columns < 1:
+        raise InputError(f"a grid needs at least one cell and one column, got {cells} cells, {max_columns} columns")
+    rows = math.ceil(cells / max_columns)
+    return rows, math.ceil(cells / rows)
+
+
 def comparison_figure(
     image: ArrayLike,
     explanations: Mapping[str, ArrayLike] | Sequence[Mapping[str, ArrayLike]],
@@ -129,43 +143,51 @@ def comparison_figure(
     alpha: float = 0.5,
     cmap: str = "jet",
     normalization: str | Mapping[str, str] = "minmax",
+    max_columns: int = 5,
 ) -> Figure:
-    """Side by side: the image, then one overlay per method; several rows (e.g. one per explained class).
+    """The image, then one overlay per method, in a grid at most ``max_columns`` panels wide; several blocks of
+    rows (e.g. one per explained class), each starting with the image.
 
     Args:
         image: the image (C, H, W) or (H, W).
-        explanations: ``label -> map (H, W)`` for one row, or a list of such dicts, one per row.
+        explanations: ``label -> map (H, W)`` for one block, or a list of such dicts, one per block.
         title: figure title (put the class and the prediction here).
-        row_titles: a label per row, shown left of the row's image.
+        row_titles: a label per block, shown left of the block's image.
         alpha, cmap: as in :func:`overlay`.
         normalization: as in :func:`overlay`, or a dict label -> normalisation (default "minmax" for missing labels).
+        max_columns: most panels per grid row (the image counts as one); see :func:`grid_shape`.
 
     Returns:
-        A matplotlib Figure (not attached to pyplot; save it with ``saliencekit._atomic.save_figure``).
+        A matplotlib Figure (not attached to pyplot; save it with ``saliencekit._atomic.save_figure``). Only the
+        panels that are drawn have axes (besides their colour bars): no empty axes fill the last row.
     """
     rows = [explanations] if isinstance(explanations, Mapping) else list(explanations)
     if not rows or not all(isinstance(r, Mapping) and r for r in rows):
         raise InputError("explanations must be a non-empty dict label -> map, or a list of such dicts")
     if row_titles is not None and len(row_titles) != len(rows):
         raise InputError(f"{len(row_titles)} row titles for {len(rows)} rows")
-    cols = 1 + max(len(r) for r in rows)
-    fig = Figure(figsize=(3.3 * cols, 3.1 * len(rows) + (0.5 if title else 0)))
-    axes = np.atleast_2d(np.asarray(fig.subplots(len(rows), cols, squeeze=False)))
+    _, cols = grid_shape(1 + max(len(r) for r in rows), max_columns)
+    block_rows = [math.ceil((1 + len(r)) / cols) for r in rows]
+    fig = Figure(figsize=(3.3 * cols, 3.1 * sum(block_rows) + (0.5 if title else 0)))
+    grid = fig.add_gridspec(sum(block_rows), cols)
     img, img_cmap = image_for_display(image)
+    top = 0
     for r, row in enumerate(rows):
-        ax0 = axes[r, 0]
-        ax0.imshow(img, cmap=img_cmap, vmin=0, vmax=1)
+        ax0 = fig.add_subplot(grid[top, 0])
+        shown = ax0.imshow(img, cmap=img_cmap, vmin=0, vmax=1)
+        # the same room for a colour bar as the overlays take, left blank, so that every panel has the same size
+        fig.colorbar(shown, ax=ax0, fraction=0.046, pad=0.04).ax.set_visible(False)
         ax0.set_xticks([])
         ax0.set_yticks([])
         ax0.set_title("image", fontsize=9)
         if row_titles is not None:
             ax0.set_ylabel(row_titles[r], fontsize=9)
-        for c, (label, saliency) in enumerate(row.items(), start=1):
-            overlay(image, saliency, ax=axes[r, c], alpha=alpha, cmap=cmap, colorbar=True,
+        for k, (label, saliency) in enumerate(row.items(), start=1):
+            ax = fig.add_subplot(grid[top + k // cols, k % cols])
+            overlay(image, saliency, ax=ax, alpha=alpha, cmap=cmap, colorbar=True,
                     normalization=normalization if isinstance(normalization, str)
                     else normalization.get(label, "minmax"), title=label)
-        for c in range(len(row) + 1, cols):
-            axes[r, c].axis("off")
+        top += block_rows[r]
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()

@@ -8,8 +8,8 @@ JavaScript and no external URL: the file opens offline, from anywhere. Inputs th
 leave a note ("not computed: run ...") in their section instead of an error.
 
 Sections (each a ``<section>`` with a stable ``id``): ``verdict`` (per-method verdict table and the
-recommended methods; preceded by the ``shortcut-warning`` box when the checks caught the model
-using a planted shortcut), ``data``, ``training``, ``performance``, ``explanations``, ``trust``
+recommended methods; preceded by the ``shortcut-warning`` box when the checks found a method's maps
+concentrated on a planted shortcut), ``data``, ``training``, ``performance``, ``explanations``, ``trust``
 and ``reproducibility``.
 
 >>> from saliencekit.viz.report import build_report
@@ -535,27 +535,81 @@ def _shortcut(ctx: _Context) -> dict[str, Any]:
     return s if isinstance(s, Mapping) else {}
 
 
+def _ratio(share: Any, area: Any) -> float | None:
+    """``share / area`` when both are finite and the area is positive, else None."""
+    share, area = _value(share), _value(area)
+    if _is_missing(share) or _is_missing(area) or float(area) <= 0:
+        return None
+    return float(share) / float(area)
+
+
+def _times(ratio: float) -> str:
+    """``51\u00d7`` (one decimal below 10: ``1.9\u00d7``)."""
+    return f"{ratio:.1f}\u00d7" if ratio < 10 else f"{ratio:.0f}\u00d7"
+
+
+def _share_phrase(share: Any, area: Any, cls: str, region: str) -> str:
+    """``<strong>5%</strong> of their mass on the marker, which covers 0.1% of the image (51x its area share)``."""
+    text = f'<strong class="{cls}">{_pct(share)}</strong> of their mass on the {region}'
+    if not _is_missing(_value(area)):
+        text += f", which covers {_pct(area)} of the image"
+        ratio = _ratio(share, area)
+        if ratio is not None:
+            text += f" ({_times(ratio)} its area share)"
+    return text
+
+
 def _warning_html(ctx: _Context) -> str:
-    """The top warning box, only when the checks detected that the model uses a planted shortcut."""
+    """The top warning box, only when the checks detected that a method's maps sit on a planted shortcut.
+
+    It says what was measured (which method, the marker's share of the map mass against its share of the image
+    area, the lesion's for comparison), what that means and how to test it, without claiming more than the
+    maps show.
+    """
+    from saliencekit.trust.runner import SHORTCUT_FACTOR
+
     sc = _shortcut(ctx)
     if sc.get("detected") is not True:
         return ""
+    checks = ctx.checks or {}
+    loc = (checks.get("checks") or {}).get("localization") or {}
     marker, lesion = sc.get("marker_share"), sc.get("lesion_share")
-    pct = _pct
-
+    marker_area = sc.get("marker_area_share", loc.get("shortcut_area_share"))
+    lesion_area = loc.get("mask_area_share")
     method = sc.get("method")
-    by = f" of {_e(method)}" if method else ""
-    evidence = f" Evidence: {_e(str(sc['evidence']).rstrip('.'))}." if sc.get("evidence") else ""
+    recommended = [str(m) for m in (checks.get("summary") or {}).get("recommended") or []]
+
+    maps = f"The {_e(method)} maps" if method else "The saliency maps"
+    measured = f"{maps} put {_share_phrase(marker, marker_area, 'marker-share', 'marker')}"
+    if not _is_missing(_value(lesion)):
+        measured += f", and {_share_phrase(lesion, lesion_area, 'lesion-share', 'lesion')}"
+    measured += ". (Means over the checked images that carry each region.)"
+    others = {str(k): v for k, v in (sc.get("marker_share_by_method") or {}).items()
+              if str(k) != str(method) and not _is_missing(_value(v))}
+    if others:
+        parts = []
+        for k, v in others.items():
+            ratio = _ratio(v, marker_area)
+            parts.append(f"{_e(k)} {_pct(v)}" + (f" ({_times(ratio)})" if ratio is not None else ""))
+        measured += f" Marker share of the other methods: {', '.join(parts)}."
+    if method and method not in recommended:
+        measured += (f" {_e(method)} is not among the methods that passed the sanity checks, so its maps are "
+                     "doubtful too.")
+    rule = (f" The report flags a shortcut when a method puts at least {SHORTCUT_FACTOR:g}\u00d7 the marker's area "
+            "share of its map mass on the marker.")
     return (
         '<aside id="shortcut-warning" class="warning" role="alert">'
-        "<h2>Warning: this model learned a shortcut</h2>"
-        "<p>The training images carry a planted marker (a burned-in letter or tag) whose presence goes with the "
-        "label, and "
-        "the model relies on it instead of on the disease. "
-        f'The saliency maps{by} put <strong class="marker-share">{pct(marker)}</strong> of their mass on the marker '
-        f'but only <strong class="lesion-share">{pct(lesion)}</strong> on the lesion.{evidence}</p>'
-        "<p>Its accuracy will not carry over to images without the marker: do not use this model, whatever its "
-        "test score; retrain on data without the marker.</p></aside>"
+        "<h2>Warning: this model's saliency maps point at a planted shortcut</h2>"
+        "<p>The data carry a planted marker (a burned-in letter or tag) whose presence goes with the label. "
+        f"{measured}{rule}</p>"
+        "<p>What this means: according to these maps, the model's evidence includes the marker, far more than its size "
+        "would explain. "
+        "Its predictions may depend on the marker, and then its test score (on images that carry the marker too) "
+        "would not carry over to images without it. The maps alone do not show how much the predictions depend on "
+        "it.</p>"
+        "<p>How to test it: cover or remove the marker in the test images (or compare images with and without it) and "
+        "see whether the predictions and the accuracy change; if they do, retrain on data without the marker "
+        "before using this model.</p></aside>"
     )
 
 
