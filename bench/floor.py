@@ -122,8 +122,21 @@ class Interleaved:
 # ------------------------------------------------------------------------------------------ units
 
 
+def fastest_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the memory layout the floor is measured in: channels-last on the CPU, as saliencekit runs it.
+
+    The floor is the time of the passes a method cannot avoid, so it is measured in the fastest layout
+    (for the lesson CNN channels-last is 2-3x faster per image on the CPU); the conversion is done once,
+    outside the timed call.
+    """
+    if x.device.type == "cpu" and x.dim() == 4:
+        return x.to(memory_format=torch.channels_last)
+    return x
+
+
 def forward_unit(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
     """One forward pass of ``x`` under inference mode."""
+    x = fastest_layout(x)
 
     def run() -> torch.Tensor:
         with torch.inference_mode():
@@ -136,6 +149,7 @@ def forward_backward_unit(model: nn.Module, x: torch.Tensor, score: Callable[[to
                           ) -> Callable[[], torch.Tensor]:
     """One forward pass and one backward pass of ``score(output).sum()`` to the input (no parameter grads)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    x = fastest_layout(x)
 
     def run() -> torch.Tensor:
         for p in params:
@@ -155,6 +169,7 @@ def forward_backward_layer_unit(model: nn.Module, x: torch.Tensor, layer: nn.Mod
                                 score: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], torch.Tensor]:
     """One forward pass and a backward pass of ``score(output).sum()`` down to ``layer``'s output only."""
     params = [p for p in model.parameters() if p.requires_grad]
+    x = fastest_layout(x)
 
     def run() -> torch.Tensor:
         store: list[torch.Tensor] = []

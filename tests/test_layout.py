@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import saliencekit as sk
-from saliencekit.methods import _layout, method_options
+from saliencekit import _layout
+from saliencekit.methods import method_options
 from toy_models import Boom
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from saliencekit import _layout
 from saliencekit.errors import InputError
-from saliencekit.methods import _layout
 from saliencekit.methods._capture import ReluRule, capture, count_relu_modules
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model, reduce_channels
 from saliencekit.methods.cam import LayerSpec, check_layer_option, checked_activation, layer_for, upsample

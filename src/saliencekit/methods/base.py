@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from saliencekit import _layout
 from saliencekit.errors import InputError
-from saliencekit.methods import _layout
 from saliencekit.methods.targets import ResolvedTarget, as_target, predicted_classes
 
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saliencekit import _layout
 from saliencekit.errors import InputError
-from saliencekit.methods import _layout
 from saliencekit.methods._capture import capture, module_name, resolve_layer
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model
 from saliencekit.methods.registry import register_method

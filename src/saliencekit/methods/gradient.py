@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saliencekit.methods import _layout
+from saliencekit import _layout
 from saliencekit.methods._batching import BatchSize, check_batch_size, max_batch_size, run_in_chunks
 from saliencekit.methods._capture import ReluRule, capture
 from saliencekit.methods._precision import Precision, autocast, check_precision

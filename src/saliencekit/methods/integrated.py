@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saliencekit import _layout
 from saliencekit.errors import InputError
-from saliencekit.methods import _layout
 from saliencekit.methods._batching import BatchSize, run_in_chunks
 from saliencekit.methods._precision import Precision
 from saliencekit.methods.gradient import PixelGradientMethod, input_gradient, rows_target

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saliencekit import _layout
 from saliencekit.errors import InputError
-from saliencekit.methods import _layout
 from saliencekit.methods._batching import BatchSize, check_batch_size, run_in_chunks
 from saliencekit.methods._capture import eval_mode
 from saliencekit.methods._precision import Precision, autocast, check_precision

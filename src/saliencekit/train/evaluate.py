@@ -17,7 +17,7 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from saliencekit import _atomic
+from saliencekit import _atomic, _layout
 
 if TYPE_CHECKING:
     from saliencekit.run import Run
@@ -38,7 +38,7 @@ def predict_proba(
     try:
         out = []
         for start in range(0, len(images), batch_size):
-            logits = model(images[start : start + batch_size].to(device)).float().cpu()
+            logits = _layout.forward(model, images[start : start + batch_size].to(device)).float().cpu()
             out.append(logits_to_proba(logits))
     finally:
         model.train(was_training)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from saliencekit import _layout
 from saliencekit.errors import InputError
 
 MethodSpecs = Sequence[str] | Mapping[str, Mapping[str, Any]] | str
@@ -64,7 +65,7 @@ def predicted(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> t
     outs = []
     with eval_mode(model), torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
-            out = model(images[start : start + batch_size])
+            out = _layout.forward(model, images[start : start + batch_size])
             outs.append(out[:, None] if out.ndim == 1 else out)
     logits = torch.cat(outs).detach().clone()
     return logits, predicted_classes(logits)

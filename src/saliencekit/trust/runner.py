@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from saliencekit import _atomic
+from saliencekit import _atomic, _layout
 from saliencekit._threads import torch_threads
 from saliencekit.errors import InputError, UnknownNameError
 from saliencekit.trust._explaining import (
@@ -313,7 +313,7 @@ def faithfulness_curves(model: nn.Module, images: torch.Tensor, maps: torch.Tens
 
     def logits(batch: torch.Tensor) -> torch.Tensor:
         with eval_mode(model), torch.inference_mode():
-            return model(batch)
+            return _layout.forward(model, batch)
 
     maps = maps.to(images.device)
     if isinstance(target, torch.Tensor):

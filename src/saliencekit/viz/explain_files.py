@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from saliencekit import _layout
 from saliencekit._atomic import save_figure, write_json
 from saliencekit._threads import check_threads, torch_threads
 from saliencekit.data.folder import IMAGE_EXTENSIONS
@@ -197,7 +198,7 @@ def explain_files(
             chunk = files[start:start + images_per_batch]
             x = torch.stack([preprocessing.load(f) for f in chunk]).to(device)
             with torch.inference_mode():
-                output = model(x)
+                output = _layout.forward(model, x)
             output = output if output.ndim == 2 else output[:, None]
             k = num_classes_of(output)
             names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(k)]

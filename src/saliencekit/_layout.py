@@ -1,5 +1,7 @@
 """Running the user's model on the memory layout that is fastest for it, without changing the model.
 
+Used wherever saliencekit calls a model it did not build: the methods, evaluation, the trust checks.
+
 On the CPU, oneDNN convolutions and max-pooling are much faster on channels-last (NHWC) activations
 than on the default NCHW ones: 2-3x per image for the lesson CNN (whose thin 1- and 8-channel layers
 at 256x256 dominate), 5-10% for a ResNet. A convolution given a channels-last input produces a
