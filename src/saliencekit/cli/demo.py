@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="tiny smoke-test settings: 40 images per class at 128 px, 64 px model input, 2 epochs")
     p.add_argument("--shortcut", type=fraction, nargs="?", const=SHORTCUT_FRACTION, default=0.0, metavar="FRACTION",
                    help="plant a shortcut marker (a burned-in letter) in this fraction of the effusion images and "
-                   f"never in the normals, so the report shows whether the model's maps concentrate on it (FRACTION defaults to "
-                   f"{SHORTCUT_FRACTION} when the flag is given alone; without the flag: no marker)")
+                   "never in the normals, so the report shows whether the model's maps concentrate on it "
+                   f"(FRACTION defaults to {SHORTCUT_FRACTION} when the flag is given alone; "
+                   "without the flag: no marker)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda (default: auto)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -66,6 +66,60 @@ def _show_map(ax: Any, m: np.ndarray) -> Any:
     return im
 
 
+def _cell_pixels(cell: tuple[str, np.ndarray], side: int) -> np.ndarray:
+    """One mosaic cell as RGB floats (side, side, 3): an input image in grey or a map in the map colours."""
+    import matplotlib
+
+    kind, arr = cell
+    a = np.asarray(arr, dtype=np.float64)
+    if kind == "image":
+        if a.ndim == 3:
+            a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / max(hi - lo, 1e-12)
+        rgb = a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2)
+    else:
+        rgb = matplotlib.colormaps["inferno"](_display(a))[..., :3]
+    h, w = rgb.shape[:2]
+    f = max(1, math.ceil(max(h, w) / side))  # area-average big cells down (a 256 px map becomes 128 px)
+    if f > 1:
+        rgb = rgb[: h - h % f, : w - w % f].reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3))
+    out = np.ones((side, side, 3))
+    out[: rgb.shape[0], : rgb.shape[1]] = rgb[:side, :side]
+    return out
+
+
+def _mosaic(ax: Any, cells: Sequence[Sequence[tuple[str, np.ndarray] | None]], row_names: Sequence[str],
+            col_titles: Sequence[str], title_rotation: float = 0, max_side: int = 128) -> None:
+    """A grid of images and maps drawn as ONE picture on one axes, with row names and column titles.
+
+    Cells keep their resolution up to ``max_side`` pixels (larger ones are area-averaged down).
+
+    Drawing a 9 x 12 grid as 108 separate axes costs about a second per figure in matplotlib (layout, ticks,
+    two draws for a tight bounding box); one image of the same grid costs a few milliseconds.
+    """
+    rows, cols = len(cells), max((len(r) for r in cells), default=0)
+    largest = max((max(np.shape(c[1])[-2:]) for r in cells for c in r if c is not None), default=max_side)
+    side = int(min(largest, max_side))
+    gap = max(2, side // 20)
+    pitch = side + gap
+    canvas = np.ones((rows * pitch - gap, cols * pitch - gap, 3))
+    for r, row in enumerate(cells):
+        for c, cell in enumerate(row):
+            if cell is not None:
+                canvas[r * pitch: r * pitch + side, c * pitch: c * pitch + side] = _cell_pixels(cell, side)
+    ax.imshow(canvas, interpolation="antialiased")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    for r, name in enumerate(row_names):
+        ax.text(-gap, r * pitch + side / 2, name, ha="right", va="center", fontsize=8)
+    for c, title in enumerate(col_titles):
+        ax.text(c * pitch + side / 2, -gap, title, ha="left" if title_rotation else "center", va="bottom",
+                fontsize=7, rotation=title_rotation, rotation_mode="anchor")
+
+
 def _colors(n: int) -> list[Any]:
     import matplotlib
 
@@ -182,18 +236,13 @@ def plot_randomization_strip(result: RandomizationResult, label: str | None = No
         images = list(result.strip_images) if result.strip_images is not None else []
         row_names = [f"image {i}" for i in range(len(rows))]
     ncols = len(steps) + 1
-    cell = 1.35
-    fig = _figure(cell * ncols + 0.6, cell * len(rows) + 0.9)
-    axes = fig.subplots(len(rows), ncols, squeeze=False)
-    for r, ((_lb, maps), name) in enumerate(zip(rows, row_names)):
-        if r < len(images):
-            _show_image(axes[r, 0], images[r])
-        axes[r, 0].set_ylabel(name, fontsize=8)
-        for c, m in enumerate(maps):
-            _show_map(axes[r, c + 1], m)
-    axes[0, 0].set_title("input", fontsize=8)
-    for c, step in enumerate(steps):
-        axes[0, c + 1].set_title(step if c == 0 else f"+{step}", fontsize=7, rotation=30)
+    cell = 1.1
+    fig = _figure(cell * ncols + 1.2, cell * len(rows) + 1.2)
+    ax = fig.add_subplot()
+    grid = [[("image", images[r]) if r < len(images) else None, *[("map", m) for m in maps]]
+            for r, (_lb, maps) in enumerate(rows)]
+    _mosaic(ax, grid, row_names, ["input", *[step if c == 0 else f"+{step}" for c, step in enumerate(steps)]],
+            title_rotation=30)
     who = label if label is not None else "all methods"
     fig.suptitle(f"Cascading randomisation ({who}): |map| as layers are re-initialised, output first", fontsize=10)
     return fig
