@@ -15,9 +15,13 @@ spine and trachea, lung markings, soft noise and blur, with random patient size,
 and exposure. Confounders appear in both classes (breast shadows over the lung bases, a stomach
 bubble). An effusion is fluid at one or both lung bases: a homogeneous soft-tissue opacity whose
 concave upper edge (meniscus) rises along the lateral chest wall and blunts the costophrenic angle.
-Volumes range from a sliver in the costophrenic angle to a third of the lung, so the classes are
-not trivially separable. The lesion mask is white where the fluid replaces at least a quarter of
-the lung's air: every pixel the fluid visibly changes lies within about 2 pixels of it.
+Volumes range from a sliver in the costophrenic angle to a third of the lung, and the fluid's opacity
+grows with its volume: the smallest effusions are thin layers that replace only 15-40% of the air
+(a faint haze over a blunted angle, about as bright as a breast shadow), the large ones are fully
+opaque. On the defaults the smallest fifth covers under 3% of the lung field and brightens it by
+about 25 grey levels on average (the large ones: 75-100), so the classes are not trivially
+separable. The lesion mask is white where the fluid layer reaches at least a quarter of its full
+thickness, whatever its opacity: every pixel the fluid visibly changes lies within about 2 pixels of it.
 
 Sides in the metadata are the *patient's* sides: "left" is drawn on the image's right.
 
@@ -155,6 +159,7 @@ def _make_one(task: tuple[str, str, int, int, int, bool, bool]) -> dict[str, Any
         "index": index,
         "effusion_sides": sides,
         "fluid_volume": {_draw.SIDE_NAMES[s]: round(float(pt.fluid[s]), 4) for s in (0, 1) if pt.fluid[s] > 0},
+        "fluid_opacity": {_draw.SIDE_NAMES[s]: round(float(pt.opacity[s]), 4) for s in (0, 1) if pt.fluid[s] > 0},
         "lesion_fraction": round(float(r.lesion.mean()), 6),
         "shortcut": bool(marker),
         "rotation_deg": round(float(np.rad2deg(pt.angle)), 3),
