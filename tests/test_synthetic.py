@@ -104,12 +104,12 @@ def test_lesion_masks_empty_for_normals_and_in_the_lower_lung(small_set: Path) -
 def test_mask_covers_exactly_the_drawn_fluid(faint: bool) -> None:
     """Render the same patients with and without fluid: the change lies in the mask and fills it.
 
-    ``faint``: the thin, partly opaque effusions (opacity < 0.35 on a side) among the first 80 patients.
+    ``faint``: the first 8 thin, partly opaque effusions (opacity < 0.6 on a side).
     """
     if faint:
-        patients = [pt for pt in (make_patient(11, "effusion", i, 256) for i in range(80))
-                    if 0 < min(o for o in pt.opacity if o > 0) < 0.35]
-        assert len(patients) >= 5
+        patients = [pt for pt in (make_patient(11, "effusion", i, 256) for i in range(200))
+                    if 0 < min(o for o in pt.opacity if o > 0) < 0.6][:8]
+        assert len(patients) == 8
     else:
         patients = [make_patient(11, "effusion", i, 256) for i in range(12)]
     for i, pt in enumerate(patients):
@@ -147,9 +147,11 @@ def test_effusions_range_from_faint_slivers_to_large_opaque_ones() -> None:
     order = np.argsort(area)
     small, large = order[:12], order[-12:]
     assert area[small].max() < 0.04  # a sliver in the costophrenic angle
-    assert np.median(contrast[small]) < 35  # mostly faint: a thin layer replaces only part of the air
-    assert (contrast[small] < 20).sum() >= 3  # some barely visible
-    assert peak[small].min() >= 8  # but every effusion is drawn
+    # fainter than the rest (a thin layer replaces only part of the air): before the opacity depended on the
+    # volume, these were a median 65 grey levels brighter than without fluid, none below 45
+    assert np.median(contrast[small]) < 50
+    assert (contrast[small] < 30).sum() >= 2  # some barely visible
+    assert peak[small].min() >= 15  # but every effusion is drawn
     assert area[large].min() > 0.12 and contrast[large].min() > 50  # large effusions: big and opaque
     assert (area < 0.03).mean() >= 0.15 and (area > 0.15).mean() >= 0.15
     assert stats.spearmanr(area, contrast)[0] > 0.5  # the larger, the more opaque
@@ -160,7 +162,8 @@ def test_fluid_opacity_grows_with_volume() -> None:
     volumes = np.linspace(lo, hi, 50)
     for jitter in (0.0, 0.5, 1.0):
         o = np.array([_draw.fluid_opacity(v, jitter) for v in volumes])
-        assert np.all(np.diff(o) >= 0) and 0.1 <= o[0] <= 0.2 and o[-1] == 1.0
+        assert np.all(np.diff(o) >= 0) and 0.2 <= o[0] <= 0.4 and o[-1] == 1.0
+        assert (o < 1).mean() < 0.25  # only the smallest volumes are partly opaque
     assert _draw.fluid_opacity(lo, 0.5) == pytest.approx(_draw.OPACITY_MIN)
     assert _draw.fluid_opacity(_draw.OPACITY_FULL_VOLUME, 0.5) == pytest.approx(1.0)
     for i in range(20):

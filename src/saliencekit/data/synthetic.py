@@ -16,12 +16,13 @@ and exposure. Confounders appear in both classes (breast shadows over the lung b
 bubble). An effusion is fluid at one or both lung bases: a homogeneous soft-tissue opacity whose
 concave upper edge (meniscus) rises along the lateral chest wall and blunts the costophrenic angle.
 Volumes range from a sliver in the costophrenic angle to a third of the lung, and the fluid's opacity
-grows with its volume: the smallest effusions are thin layers that replace only 15-40% of the air
-(a faint haze over a blunted angle, about as bright as a breast shadow), the large ones are fully
-opaque. On the defaults the smallest fifth covers under 3% of the lung field and brightens it by
-about 25 grey levels on average (the large ones: 75-100), so the classes are not trivially
-separable. The lesion mask is white where the fluid layer reaches at least a quarter of its full
-thickness, whatever its opacity: every pixel the fluid visibly changes lies within about 2 pixels of it.
+grows with its volume: the smallest effusions (about one side in eight) are thin layers that replace
+as little as a quarter of the air, a faint haze over a blunted angle; the others are fully opaque.
+On the defaults the smallest fifth (under 3% of the lung field) is 12-100 grey levels brighter than
+the same lung without fluid (median 54; the rest: median 80), so the classes are not trivially
+separable and a trained model's errors are the small effusions. The lesion mask is white where the
+fluid layer reaches at least a quarter of its full thickness, whatever its opacity: every pixel the
+fluid visibly changes lies within about 2 pixels of it.
 
 Sides in the metadata are the *patient's* sides: "left" is drawn on the image's right.
 
