@@ -97,7 +97,7 @@ class Rendering:
 # fluid volumes (uniform): from a sliver in the costophrenic angle to about a third of the lung
 VOLUME_RANGE = (0.015, 0.465)
 # opacity of the fluid: rises linearly with the volume from OPACITY_MIN (a thin layer, barely visible) to
-# full at OPACITY_FULL_VOLUME (about one effusion side in eight is below it), with +-20% jitter between
+# full at OPACITY_FULL_VOLUME (one effusion side in seven is partly opaque), with +-20% jitter between
 # patients. Stronger settings (0.15 -> full at 0.2, or 0.25 -> full at 0.1) delayed the lesson CNN's escape
 # from its loss plateau past the 10th epoch at seed 42 (test accuracy 0.72 / 0.70); see bench/README.md.
 OPACITY_MIN = 0.3

@@ -16,8 +16,9 @@ and exposure. Confounders appear in both classes (breast shadows over the lung b
 bubble). An effusion is fluid at one or both lung bases: a homogeneous soft-tissue opacity whose
 concave upper edge (meniscus) rises along the lateral chest wall and blunts the costophrenic angle.
 Volumes range from a sliver in the costophrenic angle to a third of the lung, and the fluid's opacity
-grows with its volume: the smallest effusions (about one side in eight) are thin layers that replace
-as little as a quarter of the air, a faint haze over a blunted angle; the others are fully opaque.
+grows with its volume: the smallest effusions (one side in seven, 17% of the images) are thin layers
+that replace as little as a quarter of the air, a faint haze over a blunted angle; the others are
+fully opaque.
 On the defaults the smallest fifth (under 3% of the lung field) is 12-100 grey levels brighter than
 the same lung without fluid (median 54; the rest: median 80), so the classes are not trivially
 separable and a trained model's errors are the small effusions. The lesion mask is white where the
