@@ -19,7 +19,7 @@ Volumes range from a sliver in the costophrenic angle to a third of the lung, an
 grows with its volume: the smallest effusions (one side in seven, 17% of the images) are thin layers
 that replace as little as a quarter of the air, a faint haze over a blunted angle; the others are
 fully opaque.
-On the defaults the smallest fifth (under 3% of the lung field) is 12-100 grey levels brighter than
+On the defaults the smallest fifth (under 3% of the lung field) is 12-83 grey levels brighter than
 the same lung without fluid (median 54; the rest: median 80), so the classes are not trivially
 separable and a trained model's errors are the small effusions. The lesion mask is white where the
 fluid layer reaches at least a quarter of its full thickness, whatever its opacity: every pixel the
