@@ -345,3 +345,38 @@ def test_package_exports_are_lazy_and_complete():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not {n.split(".")[0] for n in names} & heavy, (path.name, names)
+
+
+def test_remembered_ranks_and_hog_follow_the_tensor():
+    from saliencekit.trust import _ops
+    from saliencekit.trust.similarity import hog_correlation, spearman
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(3, 24, 24, generator=g, dtype=torch.float64)
+    others = [torch.rand(3, 24, 24, generator=g, dtype=torch.float64) for _ in range(3)]
+    fresh = [spearman(ref.clone(), o, absolute=True) for o in others]
+    cached = [spearman(ref, o, absolute=True) for o in others]  # ranks of ref computed once, then reused
+    for f, c in zip(fresh, cached):
+        torch.testing.assert_close(c, f, rtol=0, atol=0)
+    assert id(ref) in _ops._MEMO
+    torch.testing.assert_close(hog_correlation(ref, others[0]), hog_correlation(ref.clone(), others[0]), rtol=0, atol=0)
+    # Modified in place: the remembered values are stale and must not be used.
+    ref.mul_(-1.0).add_(others[1])
+    torch.testing.assert_close(spearman(ref, others[0]), spearman(ref.clone(), others[0]), rtol=0, atol=0)
+    torch.testing.assert_close(hog_correlation(ref, others[0]), hog_correlation(ref.clone(), others[0]), rtol=0, atol=0)
+    ident = id(ref)
+    del ref
+    assert ident not in _ops._MEMO  # forgotten with the tensor
+
+
+def test_separable_filter_matches_a_2d_convolution():
+    from saliencekit.trust._ops import separable_filter
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 20, 17, generator=g, dtype=torch.float64)
+    k = torch.tensor([0.1, 0.2, 0.4, 0.2, 0.1], dtype=torch.float64)
+    full = torch.nn.functional.conv2d(x.reshape(-1, 1, 20, 17), torch.outer(k, k)[None, None]).reshape(2, 3, 16, 13)
+    torch.testing.assert_close(separable_filter(x, k, "valid"), full, rtol=1e-12, atol=1e-14)
+    padded = torch.nn.functional.pad(x.reshape(-1, 1, 20, 17), (2, 2, 2, 2), mode="reflect")
+    full_same = torch.nn.functional.conv2d(padded, torch.outer(k, k)[None, None]).reshape(2, 3, 20, 17)
+    torch.testing.assert_close(separable_filter(x, k, "reflect"), full_same, rtol=1e-12, atol=1e-14)

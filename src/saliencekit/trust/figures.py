@@ -67,7 +67,11 @@ def _show_map(ax: Any, m: np.ndarray) -> Any:
 
 
 def _cell_pixels(cell: tuple[str, np.ndarray], side: int) -> np.ndarray:
-    """One mosaic cell as RGB floats (side, side, 3): an input image in grey or a map in the map colours."""
+    """One mosaic cell as RGB floats (side, side, 3): an input image in grey or a map in the map colours.
+
+    Big cells are area-averaged down to ``side`` pixels (a 256 px map becomes 128 px) after the map's own
+    scaling and before colouring, so the colour map runs on the small picture.
+    """
     import matplotlib
 
     kind, arr = cell
@@ -77,13 +81,17 @@ def _cell_pixels(cell: tuple[str, np.ndarray], side: int) -> np.ndarray:
             a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) / max(hi - lo, 1e-12)
+    else:
+        a = _display(a)
+    h, w = a.shape[:2]
+    f = max(1, math.ceil(max(h, w) / side))
+    if f > 1:
+        a = a[: h - h % f, : w - w % f]
+        a = a.reshape(h // f, f, w // f, f, *a.shape[2:]).mean(axis=(1, 3))
+    if kind == "image":
         rgb = a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2)
     else:
-        rgb = matplotlib.colormaps["inferno"](_display(a))[..., :3]
-    h, w = rgb.shape[:2]
-    f = max(1, math.ceil(max(h, w) / side))  # area-average big cells down (a 256 px map becomes 128 px)
-    if f > 1:
-        rgb = rgb[: h - h % f, : w - w % f].reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3))
+        rgb = matplotlib.colormaps["inferno"](a)[..., :3]
     out = np.ones((side, side, 3))
     out[: rgb.shape[0], : rgb.shape[1]] = rgb[:side, :side]
     return out

@@ -27,6 +27,7 @@ from saliencekit.trust._ops import (
     gaussian_blur,
     gaussian_kernel1d,
     make_generator,
+    memo,
     rand,
     separable_filter,
 )
@@ -88,11 +89,12 @@ def spearman(a: Tensor, b: Tensor, absolute: bool = False) -> Tensor:
     Returns:
         (N,) float64, equal to ``scipy.stats.spearmanr`` per image; NaN where a map is constant.
     """
-    a, b = as_pair(a, b)
-    x, y = _rows(a), _rows(b)
-    if absolute:
-        x, y = x.abs(), y.abs()
-    return _pearson_rows(rank_rows(x), rank_rows(y))
+    a2, b2 = as_pair(a, b)
+
+    def ranks(m: Tensor, m2: Tensor) -> Tensor:
+        return memo(m, ("ranks", absolute), lambda: rank_rows(_rows(m2).abs() if absolute else _rows(m2)))
+
+    return _pearson_rows(ranks(a, a2), ranks(b, b2))
 
 
 def minmax_normalize(maps: Tensor) -> Tensor:
@@ -240,9 +242,10 @@ def hog_correlation(a: Tensor, b: Tensor, orientations: int = 9, pixels_per_cell
     Returns:
         (N,) float64; NaN where a descriptor is constant (e.g. a constant map).
     """
-    a, b = as_pair(a, b)
+    a2, b2 = as_pair(a, b)
     kw = {"orientations": orientations, "pixels_per_cell": pixels_per_cell, "cells_per_block": cells_per_block}
-    return _pearson_rows(hog_features(a, **kw), hog_features(b, **kw))
+    key = ("hog", orientations, pixels_per_cell, cells_per_block)
+    return _pearson_rows(memo(a, key, lambda: hog_features(a2, **kw)), memo(b, key, lambda: hog_features(b2, **kw)))
 
 
 def topk_iou(a: Tensor, b: Tensor, k: float = 0.1) -> Tensor:
