@@ -10,8 +10,8 @@ they are. Gradients with respect to the input come back in the input's own layou
 
 A model whose forward cannot take channels-last activations (e.g. ``x.view(n, -1)`` on a feature map)
 raises on the first try; it then runs in its own layout, now and on every later call (remembered).
-On CUDA the input is passed as it is (there the layout is an explicit option where it pays, e.g.
-Score-CAM's ``channels_last``).
+On CUDA, and in float64, the input is passed as it is (on CUDA the layout is an explicit option where
+it pays, e.g. Score-CAM's ``channels_last``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,15 @@ import torch
 from torch import nn
 
 _KEEP_LAYOUT: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models that failed on channels-last input
+# float64 is left alone: it has no fast channels-last kernels, and the checks that run in float64 (the input-shift
+# invariance) rely on NCHW's identical arithmetic at every position: on flat image regions a max-pool window holds
+# exact ties, which channels-last arithmetic can break by one ulp differently in two runs, re-routing the gradient.
+_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``model(x)``, with ``x`` in channels-last layout on the CPU (see the module docstring)."""
-    if x.device.type != "cpu" or x.dim() != 4 or not x.is_floating_point() or model in _KEEP_LAYOUT:
+    if x.device.type != "cpu" or x.dim() != 4 or x.dtype not in _FAST_DTYPES or model in _KEEP_LAYOUT:
         return model(x)
     try:
         # .to, not .contiguous: a one-channel NCHW tensor already counts as channels-last contiguous, and
