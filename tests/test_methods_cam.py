@@ -372,3 +372,13 @@ def test_upsample_is_bilinear_interpolation(shape, size, dtype):
     expected = torch.nn.functional.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     tol = 1e-12 if dtype == torch.float64 else 2e-6
     torch.testing.assert_close(upsample(maps, size), expected, rtol=tol, atol=tol)
+
+
+def test_upsample_keeps_non_finite_values_local_like_interpolate():
+    from saliencekit.methods.cam import upsample
+
+    maps = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(1))
+    maps[0, 3, 4] = float("nan")
+    maps[1, 5, 5] = float("inf")
+    expected = torch.nn.functional.interpolate(maps[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(upsample(maps, (32, 32)), expected, equal_nan=True)

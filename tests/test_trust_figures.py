@@ -55,3 +55,19 @@ def test_big_cells_are_area_averaged():
     grey = (m - m.min()) / (m.max() - m.min())
     expected = grey.reshape(2, 2, 2, 2).mean(axis=(1, 3))
     np.testing.assert_allclose(rgb[..., 1], expected)
+
+
+def test_cells_of_other_channel_counts_and_odd_sizes():
+    rng = np.random.default_rng(3)
+    four = rng.uniform(size=(4, 16, 16))
+    rgb = F._cell_pixels(("image", four), side=16)
+    grey = (four[0] - four[0].min()) / (four[0].max() - four[0].min())
+    np.testing.assert_allclose(rgb[..., 2], grey)
+    three = rng.uniform(size=(3, 16, 16))
+    np.testing.assert_allclose(F._cell_pixels(("image", three), side=16)[..., 1],
+                               (three[1] - three.min()) / (three.max() - three.min()))
+    # A 300 px map fills a 128 px cell (no large white margins), a 2 x 300 strip is not blank.
+    big = F._cell_pixels(("map", rng.normal(size=(300, 300))), side=128)
+    assert np.mean(np.all(big == 1.0, axis=-1)) == 0.0
+    thin = F._cell_pixels(("map", rng.normal(size=(2, 300))), side=128)
+    assert np.any(np.any(thin != 1.0, axis=-1))

@@ -380,3 +380,20 @@ def test_separable_filter_matches_a_2d_convolution():
     padded = torch.nn.functional.pad(x.reshape(-1, 1, 20, 17), (2, 2, 2, 2), mode="reflect")
     full_same = torch.nn.functional.conv2d(padded, torch.outer(k, k)[None, None]).reshape(2, 3, 20, 17)
     torch.testing.assert_close(separable_filter(x, k, "reflect"), full_same, rtol=1e-12, atol=1e-14)
+
+
+def test_remembered_values_follow_the_device_and_skip_inference_tensors():
+    from saliencekit.trust.similarity import hog_correlation, spearman
+
+    g = torch.Generator().manual_seed(2)
+    a, b, c = (torch.rand(2, 20, 20, generator=g) for _ in range(3))
+    with torch.inference_mode():
+        inf = a * 1.0
+    torch.testing.assert_close(spearman(inf, b), spearman(a, b))  # no version counter: not remembered, still works
+    torch.testing.assert_close(hog_correlation(inf, b), hog_correlation(a, b))
+    # b is compared on a's device and dtype first, then as the reference on its own: no stale cross-use.
+    a64 = a.double()
+    first = spearman(a64, b)
+    second = spearman(b, c)
+    torch.testing.assert_close(second, spearman(b.clone(), c))
+    assert first.dtype == second.dtype == torch.float64

@@ -96,13 +96,16 @@ def _linear_weights(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
 def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear upsampling (align_corners=False) of (B, h, w) maps to (B, H, W), in one call.
 
-    Bilinear interpolation is separable, so small maps (a CAM layer of 4x4 to 32x32) are upsampled as
-    ``Wy @ maps @ Wx^T`` with the 1-D interpolation matrices: the same numbers as ``F.interpolate`` (to
-    float rounding), 1.4-3x faster on the CPU for those sizes.
+    Bilinear interpolation is separable, so small finite maps on the CPU (a CAM layer of 4x4 to 32x32) are
+    upsampled as ``Wy @ maps @ Wx^T`` with the 1-D interpolation matrices: the same numbers as
+    ``F.interpolate`` (to float rounding), 1.4-3x faster for those sizes.
     """
     h, w = maps.shape[-2:]
     out_h, out_w = (int(v) for v in size)
-    if maps.is_floating_point() and max(h, w) <= 32 and maps.dtype in (torch.float32, torch.float64):
+    # CPU only (on CUDA a matmul may run in TF32), and finite maps only (a NaN would spread along its row and
+    # column through the matmul instead of staying in its 2x2 neighbourhood).
+    small = maps.device.type == "cpu" and max(h, w) <= 32 and maps.dtype in (torch.float32, torch.float64)
+    if small and bool(torch.isfinite(maps).all()):
         return _linear_weights(h, out_h, maps) @ maps @ _linear_weights(w, out_w, maps).T
     return F.interpolate(maps[:, None], size=(out_h, out_w), mode="bilinear", align_corners=False)[:, 0]
 

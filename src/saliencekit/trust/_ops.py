@@ -36,10 +36,12 @@ def memo(maps: Tensor, key: Hashable, compute: Callable[[], Tensor]) -> Tensor:
 
     For per-map work on a batch that is compared with many others (the original maps against every
     randomisation step, each method against every other one): ranks and HOG features are then computed
-    once per batch instead of once per comparison. A tensor modified in place (its version changes) or
-    one that requires grad is not remembered.
+    once per batch instead of once per comparison. A tensor that requires grad or is an inference tensor
+    (no version counter) is not remembered; one modified in place by torch operations (its version changes,
+    also through a view) is computed afresh. Changes that bypass the version counter (through ``.data`` or
+    a NumPy view of the tensor) are not seen: do not modify maps that way between comparisons.
     """
-    if maps.requires_grad:
+    if maps.requires_grad or maps.is_inference():
         return compute()
     ident = id(maps)
     entry = _MEMO.get(ident)
@@ -113,6 +115,9 @@ def separable_filter(x: Tensor, kernel: Tensor, padding: str = "reflect") -> Ten
     shape = x.shape
     planes = x.reshape(-1, 1, shape[-2], shape[-1])
     r = kernel.numel() // 2
+    if padding == "valid" and min(shape[-2:]) <= 2 * r:
+        raise InputError(f"a {kernel.numel()}-tap filter without padding needs planes larger than "
+                         f"{2 * r}x{2 * r}, got {tuple(shape[-2:])}")
     k = kernel.to(dtype=planes.dtype, device=planes.device)
     if padding != "valid":
         mode = padding

@@ -67,33 +67,41 @@ def _show_map(ax: Any, m: np.ndarray) -> Any:
 
 
 def _cell_pixels(cell: tuple[str, np.ndarray], side: int) -> np.ndarray:
-    """One mosaic cell as RGB floats (side, side, 3): an input image in grey or a map in the map colours.
+    """One mosaic cell as RGB floats (side, side, 3): an input image in grey (or RGB) or a map in the map colours.
 
-    Big cells are area-averaged down to ``side`` pixels (a 256 px map becomes 128 px) after the map's own
-    scaling and before colouring, so the colour map runs on the small picture.
+    A cell larger than ``side`` is area-averaged down by the largest whole factor that keeps it at least
+    ``side`` pixels, after the map's own scaling and before colouring, then sampled to fit ``side`` (aspect
+    ratio kept, centred on white).
     """
     import matplotlib
 
     kind, arr = cell
     a = np.asarray(arr, dtype=np.float64)
     if kind == "image":
-        if a.ndim == 3:
-            a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+        if a.ndim == 3:  # (C, H, W): one channel in grey, three as RGB, any other count by its first channel
+            a = np.moveaxis(a[:3], 0, -1) if a.shape[0] == 3 else a[0]
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) / max(hi - lo, 1e-12)
     else:
         a = _display(a)
     h, w = a.shape[:2]
-    f = max(1, math.ceil(max(h, w) / side))
+    f = max(1, max(h, w) // side)
     if f > 1:
         a = a[: h - h % f, : w - w % f]
         a = a.reshape(h // f, f, w // f, f, *a.shape[2:]).mean(axis=(1, 3))
+        h, w = a.shape[:2]
+    scale = side / max(h, w)
+    out_h, out_w = max(1, round(h * scale)), max(1, round(w * scale))
+    rows = np.minimum((np.arange(out_h) + 0.5) * h / out_h, h - 1).astype(int)
+    cols = np.minimum((np.arange(out_w) + 0.5) * w / out_w, w - 1).astype(int)
+    a = a[rows][:, cols]
     if kind == "image":
         rgb = a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2)
     else:
         rgb = matplotlib.colormaps["inferno"](a)[..., :3]
     out = np.ones((side, side, 3))
-    out[: rgb.shape[0], : rgb.shape[1]] = rgb[:side, :side]
+    top, left = (side - out_h) // 2, (side - out_w) // 2
+    out[top: top + out_h, left: left + out_w] = rgb
     return out
 
 

@@ -92,7 +92,8 @@ def spearman(a: Tensor, b: Tensor, absolute: bool = False) -> Tensor:
     a2, b2 = as_pair(a, b)
 
     def ranks(m: Tensor, m2: Tensor) -> Tensor:
-        return memo(m, ("ranks", absolute), lambda: rank_rows(_rows(m2).abs() if absolute else _rows(m2)))
+        key = ("ranks", absolute, m2.device, m2.dtype)  # as_pair may have moved b to a's device
+        return memo(m, key, lambda: rank_rows(_rows(m2).abs() if absolute else _rows(m2)))
 
     return _pearson_rows(ranks(a, a2), ranks(b, b2))
 
@@ -244,8 +245,12 @@ def hog_correlation(a: Tensor, b: Tensor, orientations: int = 9, pixels_per_cell
     """
     a2, b2 = as_pair(a, b)
     kw = {"orientations": orientations, "pixels_per_cell": pixels_per_cell, "cells_per_block": cells_per_block}
-    key = ("hog", orientations, pixels_per_cell, cells_per_block)
-    return _pearson_rows(memo(a, key, lambda: hog_features(a2, **kw)), memo(b, key, lambda: hog_features(b2, **kw)))
+
+    def features(m: Tensor, m2: Tensor) -> Tensor:
+        key = ("hog", orientations, pixels_per_cell, cells_per_block, m2.device, m2.dtype)  # m2: on a's device
+        return memo(m, key, lambda: hog_features(m2, **kw))
+
+    return _pearson_rows(features(a, a2), features(b, b2))
 
 
 def topk_iou(a: Tensor, b: Tensor, k: float = 0.1) -> Tensor:
