@@ -137,7 +137,10 @@ class ScoreCAM(Method):
             return channel_scores, selected
         size = inputs.shape[-2:]
         buffer: list[torch.Tensor] = []
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        # Build the masked batches in the layout the model will be run in (on the CPU _layout's channels-last
+        # choice), so that _layout.forward gets them as they are instead of copying every chunk again.
+        fast = self.channels_last or _layout.uses_channels_last(self.model, inputs)
+        fmt = torch.channels_last if fast else torch.contiguous_format
         bar = _progress_bar(total, self.progress)
 
         def run(start: int, stop: int) -> None:
