@@ -26,8 +26,9 @@ def input_gradient(model: nn.Module, inputs: torch.Tensor, target: ResolvedTarge
         x = inputs.detach().clone().requires_grad_(True)
         scores = target.score(_layout.forward(model, x))
         (grad,) = torch.autograd.grad(scores.sum(), x)
-    # contiguous: through a channels-last forward (_layout) the gradient comes back channels-last.
-    return grad.to(inputs.dtype).contiguous(), scores.detach().to(inputs.dtype)
+    # Through a channels-last forward (_layout) the gradient may come back channels-last; Explanation makes the
+    # results row-major once, so the chunks are not copied here.
+    return grad.to(inputs.dtype), scores.detach().to(inputs.dtype)
 
 
 def rows_target(target: ResolvedTarget, start: int, stop: int) -> ResolvedTarget:
