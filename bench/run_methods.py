@@ -486,6 +486,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _agreement(row: dict[str, Any], short: bool) -> list[str]:
+    """The agreement cells of one row: each peer's minimum Pearson r (``=``: allclose), failures, bf16 vs fp32.
+
+    ``short``: the console table's abbreviated peer names; else the full names of the Markdown table.
+    """
+    cells = []
+    for peer, v in row["peers"].items():
+        a = v.get("agreement")
+        name = f"{peer.split('.')[0][:8]} r=" if short else f"{peer}: "
+        if a and "pearson_min" in a:
+            cells.append(f"{name}{a['pearson_min']:.3f}{' =' if a['allclose'] else ''}")
+        elif v.get("error"):
+            cells.append(f"{peer} failed" if short else f"{peer}: failed")
+    if row.get("maps_vs_fp32"):
+        r = row["maps_vs_fp32"]["pearson_min"]
+        cells.append(f"vs fp32 r={r:.4f}" if short else f"maps vs fp32: {r:.4f}")
+    return cells
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The results of one run as a Markdown table (for bench/README.md)."""
     m = result["meta"]
@@ -494,7 +513,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"**{m['case']}** — {m['device_name']}, torch {m['torch']}, {m['threads']} threads, commit "
         f"`{m['git_commit'][:12]}`, {m['date']}; batch {m['batch']} ({m['multipass_batch']} images for the many-pass "
         f"methods), {m['repeats']} timed rounds after a warm-up, minimum shown; load average at start/end "
-        f"{m['load_average_start'][0]:.1f} / {m['load_average_end'][0]:.1f} (shared machine).",
+        f"{m['load_average_start'][0]:.1f} / {m['load_average_end'][0]:.1f}.",
         "",
         f"Floor units: forward {fu['fwd']['min_s']:.3f} s, forward+backward to the input {fu['fb']['min_s']:.3f} s, "
         f"forward+backward to the CAM layer {fu['fbl']['min_s']:.3f} s.",
@@ -504,15 +523,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in result["rows"]:
-        agree = []
-        for k, v in r["peers"].items():
-            a = v.get("agreement")
-            if a and "pearson_min" in a:
-                agree.append(f"{k}: {a['pearson_min']:.3f}{' =' if a['allclose'] else ''}")
-            elif v.get("error"):
-                agree.append(f"{k}: failed")
-        if r.get("maps_vs_fp32"):
-            agree.append(f"maps vs fp32: {r['maps_vs_fp32']['pearson_min']:.4f}")
+        agree = _agreement(r, short=False)
         lines.append(f"| {r['entry']} | {fmt(r['min_s'])} | {fmt(r['floor_s'])} | {fmt(r['x_floor'], '.2f')} | "
                      f"{fmt(r['x_forward_backward'], '.2f')} | {r['fastest_peer'] or '-'} | {fmt(r['fastest_peer_s'])} "
                      f"| {fmt(r['x_fastest_peer'], '.2f')} | {'; '.join(agree)} |")
@@ -534,15 +545,7 @@ def table(rows: list[dict[str, Any]]) -> str:
            f"{'x peer':>8}  agreement (min r per peer)"
     lines = [head, "-" * len(head)]
     for r in rows:
-        agree = []
-        for k, v in r["peers"].items():
-            a = v.get("agreement")
-            if a and "pearson_min" in a:
-                agree.append(f"{k.split('.')[0][:8]} r={a['pearson_min']:.3f}{' =' if a['allclose'] else ''}")
-            elif v.get("error"):
-                agree.append(f"{k} failed")
-        if r.get("maps_vs_fp32"):
-            agree.append(f"vs fp32 r={r['maps_vs_fp32']['pearson_min']:.4f}")
+        agree = _agreement(r, short=True)
         lines.append(f"{r['entry']:<28}{fmt(r['min_s']):>9}{fmt(r['floor_s']):>9}{fmt(r['x_floor'], '.2f'):>8}"
                      f"{fmt(r['x_forward_backward'], '.2f'):>7}  {(r['fastest_peer'] or '-'):<34}"
                      f"{fmt(r['fastest_peer_s']):>9}{fmt(r['x_fastest_peer'], '.2f'):>8}  {'; '.join(agree)}")
