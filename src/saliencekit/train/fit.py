@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from saliencekit import _atomic
+from saliencekit._threads import torch_threads
 from saliencekit.data.folder import FolderIndex, scan_folder
 from saliencekit.data.preprocess import Preprocessing
 from saliencekit.data.split import Split, save_split, stratified_split
@@ -331,10 +332,7 @@ def train(
     if classes != index.classes:
         index = scan_folder(data_dir, classes=classes)
     preprocessing = Preprocessing(grayscale=config.grayscale, size=(config.image_size, config.image_size))
-    old_threads = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads or None):  # 0 / None: torch's default, as before
         index, images = load_images(index, preprocessing, skip_bad=config.skip_bad, progress=progress)
         labels = torch.tensor(index.labels, dtype=torch.long)
         split: Split = stratified_split(labels.tolist(), config.test_fraction, config.val_fraction, config.seed)
@@ -352,8 +350,6 @@ def train(
         history = fit_model(model, images[tr], labels[tr], images[va], labels[va], config, device, len(classes),
                             progress=progress)
         fit_seconds = time.perf_counter() - t_fit
-    finally:
-        torch.set_num_threads(old_threads)
 
     history.update(fit_seconds=round(fit_seconds, 3), device=str(device))
     best = history["best_epoch"]
