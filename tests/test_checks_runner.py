@@ -134,7 +134,7 @@ def test_parse_method_option() -> None:
 
 
 def test_agreement_matrix_cells_are_the_pairwise_metric_means() -> None:
-    from saliencekit.trust.agreement import agreement
+    from saliencekit.trust.method_agreement import agreement
     from saliencekit.trust.similarity import spearman, ssim, topk_iou
 
     g = torch.Generator().manual_seed(0)

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from saliencekit.predict import logits_to_proba, predict_proba
 from saliencekit.train.evaluate import (
     compute_metrics,
     confusion_matrix,
     evaluate,
     format_metrics,
-    logits_to_proba,
-    predict_proba,
     roc_auc,
     roc_curve,
 )

@@ -15,7 +15,7 @@ from skimage.metrics import structural_similarity
 
 from reference import ref_metrics as ref
 from saliencekit.errors import InputError, UnknownNameError
-from saliencekit.trust.complexity import complexity, max_sensitivity, sparseness
+from saliencekit.trust.complexity_metrics import complexity, max_sensitivity, sparseness
 from saliencekit.trust.localization import (
     energy_pointing_game,
     mask_share,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from saliencekit import _atomic
-from saliencekit.errors import DataError, SaliencekitError
+from saliencekit.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -174,10 +174,8 @@ def generate_step(ctx: DemoContext) -> None:
             shutil.rmtree(ctx.data_dir)  # written by an earlier demo with other settings
     if ctx.data_dir.exists() and any(ctx.data_dir.iterdir()):
         raise DataError(f"{ctx.data_dir} exists and was not written by the demo; choose another --out folder")
-    try:
-        from saliencekit.data.synthetic import generate
-    except ImportError as exc:
-        raise SaliencekitError("the synthetic generator (saliencekit.data.synthetic) is not available") from exc
+    from saliencekit.data.synthetic import generate
+
     generate(ctx.data_dir, per_class=s.per_class, size=s.size, seed=s.seed, shortcut=ctx.shortcut,
              progress=ctx.progress)
     _atomic.write_json(marker, want)

@@ -27,6 +27,7 @@ from saliencekit.data.preprocess import Preprocessing
 from saliencekit.data.split import Split, load_split
 from saliencekit.errors import DataError, RunDirError
 from saliencekit.models.io import CheckpointInfo, load_checkpoint
+from saliencekit.predict import predict_proba
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -136,8 +137,6 @@ class Run:
 
     def predict(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Class probabilities ``(N, num_classes)`` for a batch of preprocessed images."""
-        from saliencekit.train.evaluate import predict_proba
-
         return predict_proba(self.model, images, batch_size=batch_size, device=self.device)
 
     def __repr__(self) -> str:

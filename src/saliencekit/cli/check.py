@@ -63,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``saliencekit check`` with parsed arguments."""
+    from saliencekit.device import resolve_device
     from saliencekit.run import load_run
-    from saliencekit.train.fit import resolve_device
     from saliencekit.trust.runner import CheckSettings, default_methods, parse_method_option, run_checks
 
     methods: dict[str, Any] = {}

@@ -152,8 +152,6 @@ def _load_run(path: str, device: str) -> Any:  # a saliencekit.run.Run
     if not Path(path).is_dir():
         raise RunDirError(f"{path} is not a run directory (a folder written by `saliencekit train`); to explain with "
                           "a model file use --model-file PATH and give only images")
-    try:
-        from saliencekit.run import load_run
-    except ImportError as exc:  # pragma: no cover - the training module is missing
-        raise RunDirError(f"cannot open run directories in this installation: {exc}") from exc
+    from saliencekit.run import load_run
+
     return load_run(path, device=device)

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from saliencekit.cli._types import positive_float, positive_int
-from saliencekit.errors import InputError
 
 
 @contextlib.contextmanager
@@ -29,10 +28,8 @@ def print_warnings() -> Iterator[None]:
 
 def standard_augmentation() -> Callable[[Any], Any]:
     """The library's standard augmentation (rotation, shift, zoom, horizontal flip), imported lazily."""
-    try:
-        from saliencekit.data.augment import Augmentation
-    except ImportError as exc:
-        raise InputError("augmentation (saliencekit.data.augment) is not available in this installation") from exc
+    from saliencekit.data.augment import Augmentation
+
     return Augmentation.standard()
 
 
@@ -120,9 +117,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from saliencekit.device import resolve_device
     from saliencekit.run import load_run
     from saliencekit.train.evaluate import evaluate, format_metrics
-    from saliencekit.train.fit import resolve_device
 
     run = load_run(args.run, device=resolve_device(args.device))
     with print_warnings():

@@ -7,7 +7,7 @@ True
 """
 
 from saliencekit.methods.base import Explanation, Method, reduce_channels
-from saliencekit.methods.explain import build_methods, explain
+from saliencekit.methods.explain_many import build_methods, explain
 from saliencekit.methods.normalize import normalize
 from saliencekit.methods.registry import create_method, list_methods, method_class, method_options, register_method
 from saliencekit.methods.targets import ClassTarget, FunctionTarget, PredictedClass, Target, as_target

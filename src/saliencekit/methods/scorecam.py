@@ -26,6 +26,7 @@ from saliencekit.methods._capture import capture, eval_mode
 from saliencekit.methods._precision import Precision, autocast, check_precision
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model
 from saliencekit.methods.cam import LayerSpec, check_layer_option, checked_activation, layer_for, upsample
+from saliencekit.methods.normalize import minmax_scale_
 from saliencekit.methods.registry import register_method
 from saliencekit.methods.targets import as_target, predicted_classes
 
@@ -150,9 +151,7 @@ class ScoreCAM(Method):
                 buffer[:] = [torch.empty((count, *inputs.shape[1:]), dtype=inputs.dtype, device=inputs.device,
                                          memory_format=fmt)]
             masks = upsample(a[img, ch], size)  # H^k: A^k upsampled to the input size ...
-            lo = masks.flatten(1).amin(1)[:, None, None]
-            span = masks.flatten(1).amax(1)[:, None, None] - lo
-            masks.sub_(lo).div_(torch.where(span > 0, span, torch.ones_like(span)))  # ... min-max scaled to [0, 1]
+            minmax_scale_(masks)  # ... min-max scaled to [0, 1]
             src = inputs.expand(count, *inputs.shape[1:]) if n == 1 else inputs[img]
             batch = torch.mul(src, masks[:, None], out=buffer[0][:count])  # x * H^k
             with autocast(inputs.device, self.precision):

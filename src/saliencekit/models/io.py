@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from saliencekit import _atomic
+from saliencekit._versions import library_versions
 from saliencekit.errors import InputError, RunDirError
 
 FORMAT = "saliencekit-checkpoint"
@@ -83,8 +84,6 @@ def save_checkpoint(
     >>> info.class_names
     ['normal', 'effusion']
     """
-    from saliencekit import __version__
-
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -94,7 +93,7 @@ def save_checkpoint(
         "preprocessing": dict(preprocessing),
         "class_names": list(class_names),
         "extra": dict(extra or {}),
-        "versions": {"saliencekit": __version__, "torch": str(torch.__version__)},
+        "versions": library_versions(),
     }
     with _atomic.atomic_path(path) as tmp:
         torch.save(payload, tmp)

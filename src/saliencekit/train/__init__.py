@@ -5,10 +5,7 @@
 >>> print(format_metrics(evaluate(run)))  # doctest: +SKIP
 """
 
-from saliencekit.train.evaluate import compute_metrics, evaluate, format_metrics, predict_proba, roc_auc, roc_curve
-from saliencekit.train.fit import TrainConfig, fit_model, resolve_device, train
+from saliencekit.train.evaluate import compute_metrics, evaluate, format_metrics, roc_auc, roc_curve
+from saliencekit.train.fit import TrainConfig, fit_model, train
 
-__all__ = [
-    "TrainConfig", "compute_metrics", "evaluate", "fit_model", "format_metrics", "predict_proba", "resolve_device",
-    "roc_auc", "roc_curve", "train",
-]
+__all__ = ["TrainConfig", "compute_metrics", "evaluate", "fit_model", "format_metrics", "roc_auc", "roc_curve", "train"]

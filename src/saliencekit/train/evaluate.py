@@ -7,7 +7,6 @@ are one-vs-rest averages over classes (macro) and the AUC is the macro one-vs-re
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,42 +14,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from torch import nn
 
-from saliencekit import _atomic, _layout
+from saliencekit import _atomic
+from saliencekit._filenames import safe_filename
+from saliencekit.predict import predict_proba
 
 if TYPE_CHECKING:
     from saliencekit.run import Run
-
-
-@torch.inference_mode()
-def predict_proba(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 64, device: str | torch.device | None = None
-) -> torch.Tensor:
-    """Class probabilities ``(N, num_classes)`` (on CPU) of a model in eval mode.
-
-    A one-logit model gives ``[1 - sigmoid(z), sigmoid(z)]``; more logits give their softmax.
-    """
-    if device is None:
-        device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        out = []
-        for start in range(0, len(images), batch_size):
-            logits = _layout.forward(model, images[start : start + batch_size].to(device)).float().cpu()
-            out.append(logits_to_proba(logits))
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 2)
-
-
-def logits_to_proba(logits: torch.Tensor) -> torch.Tensor:
-    """``(N, 1)`` logits -> ``(N, 2)`` sigmoid probabilities; ``(N, C)`` -> softmax."""
-    if logits.ndim == 1 or logits.shape[1] == 1:
-        p = torch.sigmoid(logits.reshape(-1))
-        return torch.stack([1 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
 
 
 def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
@@ -183,10 +153,6 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "data"
-
-
 def evaluate(
     run_or_path: Run | str | Path,
     data: str | Path | None = None,
@@ -221,7 +187,7 @@ def evaluate(
         index = check_images(scan_folder(root, classes=run.class_names), progress=progress)
         ds = ImageFolderDataset(index, run.preprocessing, cache=True, progress=progress)
         split = "folder"
-        slug = _slug(root.resolve().name)
+        slug = safe_filename(root.resolve().name, empty="data")
         names = (f"metrics_{slug}.json", f"confusion_{slug}.png", f"roc_{slug}.png")
     proba = predict_proba(run.model, ds.images(), device=run.device)
     labels = ds.labels().numpy()

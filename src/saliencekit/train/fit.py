@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import platform
 import shlex
 import sys
 import time
@@ -19,16 +18,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from saliencekit import _atomic
 from saliencekit._threads import torch_threads
+from saliencekit._versions import library_versions
 from saliencekit.data.folder import FolderIndex, scan_folder
 from saliencekit.data.preprocess import Preprocessing
 from saliencekit.data.split import Split, save_split, stratified_split
+from saliencekit.device import resolve_device
 from saliencekit.errors import DataError, InputError
 
 if TYPE_CHECKING:
@@ -105,19 +105,6 @@ class TrainConfig:
         return d
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise InputError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
-    return device
-
-
 def default_class_order(names: Sequence[str]) -> list[str]:
     """Folder names sorted; with two classes a "normal"-like one (see ``NEGATIVE_CLASS_NAMES``) comes first.
 
@@ -170,7 +157,8 @@ def load_images(
     return kept, torch.stack(images)
 
 
-def _loss_fn(num_classes: int) -> nn.Module:
+def loss_function(num_classes: int) -> nn.Module:
+    """The training loss: binary cross-entropy on the single logit for two classes, else cross-entropy."""
     return nn.BCEWithLogitsLoss() if num_classes == 2 else nn.CrossEntropyLoss()
 
 
@@ -182,8 +170,9 @@ def _loss_and_correct(logits: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module)
 
 
 @torch.inference_mode()
-def _evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, batch_size: int,
-                   device: torch.device) -> tuple[float, float]:
+def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, batch_size: int,
+                  device: torch.device) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` (switched to eval mode) on the images ``x`` with labels ``y``."""
     model.eval()
     total, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
@@ -211,7 +200,7 @@ def fit_model(
     The best epoch is the one with the lowest validation loss (the training loss when there are no
     validation images). Returns the history: ``{"epochs": [...], "best_epoch", "best_val_loss", "stopped_early"}``.
     """
-    loss_fn = _loss_fn(num_classes)
+    loss_fn = loss_function(num_classes)
     # channels_last roughly halves the time of the small convolutions on CPU (oneDNN); same results
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model.to(memory_format=fmt)
@@ -248,7 +237,7 @@ def fit_model(
                                 acc=f"{correct / seen:.3f}", refresh=False)
             train_loss, train_acc = total / max(seen, 1), correct / max(seen, 1)
             if len(val_x):
-                val_loss, val_acc = _evaluate_loss(model, val_x, val_y, loss_fn, max(bs, 64), device)
+                val_loss, val_acc = evaluate_loss(model, val_x, val_y, loss_fn, max(bs, 64), device)
             else:
                 val_loss, val_acc = math.nan, math.nan
             rows.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
@@ -274,15 +263,6 @@ def fit_model(
     model.eval()
     return {"epochs": rows, "best_epoch": best_epoch, "best_val_loss": best_loss,
             "monitor": "val_loss" if len(val_x) else "train_loss", "stopped_early": stopped_early}
-
-
-def _versions() -> dict[str, str]:
-    import torchvision
-
-    from saliencekit import __version__
-
-    return {"saliencekit": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "numpy": np.__version__, "python": platform.python_version()}
 
 
 def train(
@@ -371,7 +351,7 @@ def train(
         "seed": config.seed,
         "device": str(device),
         "num_threads": torch.get_num_threads() if config.num_threads is None else config.num_threads,
-        "versions": _versions(),
+        "versions": library_versions(),
         "command": command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "train_seconds": round(time.perf_counter() - t_start, 3),
     })

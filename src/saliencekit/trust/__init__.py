@@ -33,9 +33,9 @@ _LAZY: dict[str, str] = {
     "relevance_rank": "localization",
     "mask_share": "localization",
     # complexity and robustness
-    "sparseness": "complexity",
-    "complexity": "complexity",
-    "max_sensitivity": "complexity",
+    "sparseness": "complexity_metrics",
+    "complexity": "complexity_metrics",
+    "max_sensitivity": "complexity_metrics",
     # faithfulness
     "CurveResult": "faithfulness",
     "deletion_curve": "faithfulness",
@@ -64,10 +64,9 @@ _LAZY: dict[str, str] = {
     "input_invariance": "invariance",
     "compensated_copy": "invariance",
     "InvarianceResult": "invariance",
-    "agreement": "agreement",
-    "AgreementResult": "agreement",
+    "agreement": "method_agreement",
+    "AgreementResult": "method_agreement",
 }
-
 
 
 def __getattr__(name: str) -> Any:
@@ -83,9 +82,3 @@ def __dir__() -> list[str]:
 
 
 __all__ = sorted(_LAZY)
-
-# ``complexity`` and ``agreement`` name both a submodule and its function. Importing the submodule would bind the
-# package attribute to the module, so they are imported here once and the names rebound to the functions (this
-# imports torch).
-from saliencekit.trust.agreement import agreement  # noqa: E402, F401
-from saliencekit.trust.complexity import complexity  # noqa: E402, F401

@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from saliencekit.methods.normalize import minmax_scale
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from saliencekit.trust.agreement import AgreementResult
     from saliencekit.trust.invariance import InvarianceResult
+    from saliencekit.trust.method_agreement import AgreementResult
     from saliencekit.trust.randomization import DataRandomizationResult, RandomizationResult
 
 METRIC_NAMES = {
@@ -53,7 +55,7 @@ def _show_image(ax: Any, img: np.ndarray) -> None:
     if img.ndim == 3:
         img = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
         if img.ndim == 3:
-            img = (img - img.min()) / max(float(img.max() - img.min()), 1e-12)
+            img = minmax_scale(img, start_dim=0)
     ax.imshow(img, cmap="gray")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -80,8 +82,7 @@ def _cell_pixels(cell: tuple[str, np.ndarray], side: int) -> np.ndarray:
     if kind == "image":
         if a.ndim == 3:  # (C, H, W): one channel in grey, three as RGB, any other count by its first channel
             a = np.moveaxis(a[:3], 0, -1) if a.shape[0] == 3 else a[0]
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) / max(hi - lo, 1e-12)
+        a = minmax_scale(a, start_dim=0)
     else:
         a = _display(a)
     h, w = a.shape[:2]

@@ -439,7 +439,7 @@ def train_on_permuted_labels(
         The random-label model (eval mode) and facts: ``train_accuracy``, ``epochs``, ``images``,
         ``label_agreement`` (share of permuted labels equal to the true ones).
     """
-    from saliencekit.train.fit import TrainConfig, _evaluate_loss, _loss_fn, fit_model
+    from saliencekit.train.fit import TrainConfig, evaluate_loss, fit_model, loss_function
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     k = num_classes or max(2, int(train_labels.max()) + 1)
@@ -464,7 +464,7 @@ def train_on_permuted_labels(
             cfg = TrainConfig(epochs=n, batch_size=batch_size, lr=lr, seed=seed + done, device=str(device))
             fit_model(rnd, x, y, empty_x, empty_y, cfg, device, k, progress=progress)
             done += n
-            _, acc = _evaluate_loss(rnd, x, y, _loss_fn(k), 64, device)
+            _, acc = evaluate_loss(rnd, x, y, loss_function(k), 64, device)
             if acc >= target_accuracy:
                 break
     rnd.eval()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from saliencekit import _atomic, _layout
+from saliencekit._filenames import safe_filename
 from saliencekit._threads import torch_threads
 from saliencekit.errors import InputError, UnknownNameError
 from saliencekit.trust._explaining import (
@@ -91,7 +91,7 @@ def _parse_value(v: str) -> Any:
 
 def slug(label: str) -> str:
     """A file-name-safe version of a method label (``gradcam++`` -> ``gradcampp``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", label.replace("+", "p"))
+    return safe_filename(label, plus="p")
 
 
 @dataclass
@@ -276,7 +276,7 @@ def _check_input_invariance(ctx: _Context) -> dict[str, Any]:
 
 def _check_agreement(ctx: _Context) -> dict[str, Any]:
     from saliencekit.trust import figures as F
-    from saliencekit.trust.agreement import agreement
+    from saliencekit.trust.method_agreement import agreement
 
     res = agreement(ctx.maps, topk=ctx.settings.topk, seed=ctx.seed)
     d = res.to_dict()
@@ -423,7 +423,7 @@ def _area_share(masks: torch.Tensor) -> torch.Tensor:
 
 def _check_complexity(ctx: _Context) -> dict[str, Any]:
     from saliencekit.trust import figures as F
-    from saliencekit.trust.complexity import complexity, max_sensitivity, sparseness
+    from saliencekit.trust.complexity_metrics import complexity, max_sensitivity, sparseness
 
     s = ctx.settings
     methods: dict[str, Any] = {}
@@ -698,8 +698,8 @@ def _run_checks(
     factory: Callable[[], nn.Module] | None = None
     train_config: dict[str, Any] = {}
     if run is not None:
+        from saliencekit.device import resolve_device
         from saliencekit.run import Run, load_run
-        from saliencekit.train.fit import resolve_device
 
         if not isinstance(run, Run):
             run = load_run(run, device=resolve_device(str(device)))

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from saliencekit.errors import InputError, UnknownNameError
+from saliencekit.methods.normalize import minmax_scale
 from saliencekit.trust._ops import (
     as_maps,
     as_pair,
@@ -100,13 +101,7 @@ def spearman(a: Tensor, b: Tensor, absolute: bool = False) -> Tensor:
 
 def minmax_normalize(maps: Tensor) -> Tensor:
     """Scale every map to [0, 1] by its own minimum and maximum (a constant map becomes all zeros)."""
-    maps = as_maps(maps).to(torch.float64)
-    flat = maps.reshape(maps.shape[0], -1)
-    lo = flat.min(dim=1, keepdim=True).values
-    span = flat.max(dim=1, keepdim=True).values - lo
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    out = torch.where(span > 0, (flat - lo) / safe, torch.zeros_like(flat))
-    return out.reshape(maps.shape)
+    return minmax_scale(as_maps(maps).to(torch.float64))
 
 
 def ssim(a: Tensor, b: Tensor, data_range: float | None = None, normalize: bool = True, win_size: int = 11,

@@ -13,7 +13,6 @@ Per image (``OUT/<image name>/``):
 from __future__ import annotations
 
 import os
-import re
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from saliencekit import _layout
 from saliencekit._atomic import save_figure, write_json
+from saliencekit._filenames import safe_filename
 from saliencekit._threads import check_threads, torch_threads
 from saliencekit.data.folder import IMAGE_EXTENSIONS
 from saliencekit.data.preprocess import Preprocessing
@@ -116,10 +116,6 @@ def _works_on_torchscript(method: object) -> bool:
                 and getattr(method, "relu_rule", None) is None)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+=-]", "_", name)
-
-
 def explain_files(
     model: nn.Module,
     preprocessing: Preprocessing,
@@ -165,7 +161,7 @@ def explain_files(
     Returns:
         One :class:`ExplainedImage` per file.
     """
-    from saliencekit.methods.explain import build_methods, explain
+    from saliencekit.methods.explain_many import build_methods, explain
     from saliencekit.methods.targets import class_probabilities, num_classes_of
     from saliencekit.viz.overlay import comparison_figure, overlay, save_maps_npz
 
@@ -226,7 +222,7 @@ def explain_files(
                 fig_rows, row_titles = [], []
                 for r, cls in enumerate(ranked):
                     cname = names[cls[i]]
-                    suffix = f"_{_safe(cname)}" if len(ranked) > 1 else ""
+                    suffix = f"_{safe_filename(cname)}" if len(ranked) > 1 else ""
                     row = {}
                     for label in labels:
                         m = rows[r][label].maps[i]
@@ -235,7 +231,7 @@ def explain_files(
                         caption = (f"{label}: explaining {cname}\n"
                                    f"predicted {names[pred]} (p={float(probs[i, pred]):.2f})")
                         fig = overlay(x[i], m, normalization=norms[label], title=caption).figure
-                        res.files.append(save_figure(fig, folder / f"{_safe(label)}{suffix}.png"))
+                        res.files.append(save_figure(fig, folder / f"{safe_filename(label)}{suffix}.png"))
                     fig_rows.append(row)
                     row_titles.append(f"explaining {cname} (p={float(probs[i, cls[i]]):.2f})")
                 title = f"{f.name} | predicted: {names[pred]} (p={float(probs[i, pred]):.2f})"
@@ -300,4 +296,4 @@ def _image_folders(files: Sequence[Path]) -> dict[Path, str]:
             break
     for i, f in enumerate(files):  # identical paths given twice
         names.setdefault(f, f"{f.stem}__{i}")
-    return {f: _safe(n) for f, n in names.items()}
+    return {f: safe_filename(n) for f, n in names.items()}

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from saliencekit._atomic import atomic_write
 from saliencekit.errors import InputError
+from saliencekit.methods.normalize import minmax_scale
 
 ArrayLike = Any  # numpy array, torch tensor or an Explanation of one image
 
@@ -49,8 +50,7 @@ def image_for_display(image: ArrayLike) -> tuple[np.ndarray, str | None]:
         img = img[..., 0]
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] != 3):
         raise InputError(f"image must have shape (H, W), (1, H, W) or (3, H, W), got {tuple(_numpy(image).shape)}")
-    lo, hi = np.nanmin(img), np.nanmax(img)
-    img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    img = minmax_scale(img, start_dim=0)
     return img, ("gray" if img.ndim == 2 else None)
 
 

@@ -25,7 +25,6 @@ import html
 import io
 import json
 import math
-import platform
 import string
 from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass, field
@@ -36,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from saliencekit import _atomic
+from saliencekit._versions import library_versions
 from saliencekit.errors import DataError, SaliencekitError
+from saliencekit.methods.normalize import minmax_scale
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -344,9 +345,7 @@ def _check_figures(ctx: _Context, paths: Sequence[str] | None, alt: str, per_met
 
 def _display_image(x: np.ndarray) -> np.ndarray:
     """(C, H, W) preprocessed image -> (H, W) or (H, W, 3) in [0, 1] for display."""
-    x = np.asarray(x, dtype=np.float64)
-    lo, hi = float(x.min()), float(x.max())
-    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    x = minmax_scale(np.asarray(x, dtype=np.float64), start_dim=0)
     return x[0] if x.shape[0] == 1 else np.transpose(x[:3], (1, 2, 0))
 
 
@@ -384,7 +383,7 @@ def _display_normalization(method: str) -> str:
         from saliencekit.viz.explain_files import display_normalization
 
         return display_normalization(method_class(method))
-    except (ImportError, SaliencekitError):
+    except SaliencekitError:
         return "percentile"
 
 
@@ -394,7 +393,7 @@ def _sample_figure(run: Run, per_class: int = 4, size: int = 160) -> Figure:
         from saliencekit.viz.samples import plot_samples
 
         return plot_samples(run.data_root, per_class=per_class)
-    except (ImportError, SaliencekitError):
+    except SaliencekitError:
         pass
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -846,11 +845,8 @@ def _explanations_section(ctx: _Context, methods: Any, n_images: int, progress: 
     )
     rows = []
     figs = []
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        def tqdm(it: Any, **_: Any) -> Any:  # type: ignore[no-redef]
-            return it
+    from tqdm.auto import tqdm
+
     for j, i in enumerate(tqdm(chosen, desc="report: explanation figures", disable=not progress, leave=False)):
         y, p = labels[i], predicted[i]
         ok = y == p
@@ -1103,27 +1099,10 @@ def _trust_section(ctx: _Context) -> str:
     return _section("trust", "".join(parts))
 
 
-def _versions() -> dict[str, str]:
-    import matplotlib
-    import torch
-
-    from saliencekit import __version__
-
-    out = {"python": platform.python_version(), "saliencekit": __version__, "torch": str(torch.__version__)}
-    try:
-        import torchvision
-
-        out["torchvision"] = str(torchvision.__version__)
-    except ImportError:  # pragma: no cover
-        pass
-    out.update(numpy=np.__version__, matplotlib=matplotlib.__version__)
-    return out
-
-
 def _reproducibility_section(ctx: _Context) -> str:
     run = ctx.run
     cfg = run.config
-    now = _versions()
+    now = library_versions()
     trained = cfg.get("versions") or {}
     checked = {"saliencekit": ctx.checks.get("saliencekit_version")} if ctx.checks else {}
     names = list(dict.fromkeys([*now, *trained]))

@@ -14,6 +14,7 @@ from saliencekit.data.augment import Augmentation
 from saliencekit.data.folder import scan_folder
 from saliencekit.data.preprocess import Preprocessing, load_mask
 from saliencekit.errors import DataError
+from saliencekit.methods.normalize import minmax_scale
 
 # mask kind -> contour colour; the lung outline is drawn only when asked for
 MASK_COLOURS = {"lesion": "#ff3b30", "shortcut": "#ffcc00", "lung": "#34c759"}
@@ -75,9 +76,7 @@ def plot_samples(
             if augment is not None and augment.enabled:
                 y = augment(torch.cat([x, *mask_t]), generator=gen)
                 x, mask_t = y[: x.shape[0]], [y[x.shape[0] + i][None] for i in range(len(kinds))]
-            img = x.permute(1, 2, 0).numpy()
-            lo, hi = float(img.min()), float(img.max())
-            img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+            img = minmax_scale(x.permute(1, 2, 0).numpy(), start_dim=0)
             ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="bilinear")
             for kind, m in zip(kinds, mask_t):
                 m2 = m[0].numpy()
