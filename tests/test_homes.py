@@ -1,0 +1,64 @@
+"""One home for each job: the shared helpers (file names, min-max scaling, versions) and the module layout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from saliencekit._filenames import safe_filename
+from saliencekit._versions import library_versions
+from saliencekit.methods.normalize import minmax_scale, minmax_scale_, normalize
+
+
+@pytest.mark.parametrize(("name", "kwargs", "want"), [
+    ("gradient", {}, "gradient"),
+    ("gradcam++", {}, "gradcam++"),
+    ("gradcam++", {"plus": "p"}, "gradcampp"),
+    ("holdout set", {"empty": "data"}, "holdout_set"),
+    ("ig=black", {}, "ig=black"),
+    ("a  /\\ b", {}, "a_b"),
+    (" <x> ", {}, "x"),
+    ("effusion__img0", {}, "effusion__img0"),
+    ("..", {"empty": "data"}, "data"),
+    ("///", {}, "_"),
+])
+def test_safe_filename(name: str, kwargs: dict, want: str) -> None:
+    assert safe_filename(name, **kwargs) == want
+
+
+def test_minmax_scale_per_slice_constant_and_nan() -> None:
+    x = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[7.0, 7.0], [7.0, 7.0]], [[0.0, float("nan")], [1.0, 2.0]]])
+    out = minmax_scale(x)
+    assert torch.equal(out[0], torch.tensor([[0.0, 0.5], [0.25, 1.0]]))
+    assert torch.equal(out[1], torch.zeros(2, 2))  # a constant map becomes zeros
+    assert torch.isnan(out[2]).all()  # a broken map is not shown as an empty one
+    assert torch.equal(normalize(x[:2], "minmax"), out[:2])
+    whole = minmax_scale(x[:2], start_dim=0)
+    assert float(whole.min()) == 0.0 and float(whole.max()) == 1.0
+    y = x[:2].clone()
+    assert minmax_scale_(y) is y and torch.equal(y, out[:2])
+
+
+def test_minmax_scale_numpy_gives_numpy_in_its_dtype() -> None:
+    a = np.array([[2.0, 4.0], [6.0, 10.0]], dtype=np.float32)[:, ::-1]  # a negative-stride view
+    out = minmax_scale(a, start_dim=0)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[0.25, 0.0], [1.0, 0.5]])
+
+
+def test_library_versions_recorded_by_the_writers() -> None:
+    v = library_versions()
+    assert list(v) == ["python", "saliencekit", "torch", "torchvision", "numpy", "matplotlib"]
+    assert v["torch"] == str(torch.__version__)
+
+
+def test_run_module_does_not_import_training_and_names_are_functions() -> None:
+    code = ("import sys, saliencekit.run, saliencekit.device, saliencekit.predict\n"
+            "assert not any(m.startswith('saliencekit.train') for m in sys.modules), sorted(sys.modules)\n"
+            "import saliencekit.methods as m, saliencekit.trust as t\n"
+            "assert callable(m.explain) and callable(t.agreement) and callable(t.complexity)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
