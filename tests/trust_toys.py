@@ -102,6 +102,27 @@ def write_blob_folder(root: Path, n_per_class: int = 16, size: int = SIZE, seed:
     return root
 
 
+def assert_verdict(entry: dict, controls_ok: bool) -> None:
+    """A randomisation verdict in checks.json: a level (None only without a verdict), ``passed`` and a reason."""
+    assert entry["level"] in ("passes", "partly", "fails", None)
+    assert entry["passed"] is (None if entry["level"] is None else entry["level"] == "passes")
+    assert isinstance(entry["reason"], str) and entry["reason"]
+    if not controls_ok:
+        assert entry["level"] is None and "controls" in entry["reason"]
+    assert set(entry["readings"]) == {"spearman", "spearman_abs"}
+
+
+def assert_controls(check: dict) -> None:
+    """Both controls are reported with their expected level, and ``controls_ok`` agrees with them."""
+    ctl = check["controls"]
+    assert set(ctl) == {"control_edges", "control_random"}
+    assert ctl["control_edges"]["expected"] == "fails" and ctl["control_random"]["expected"] == "passes"
+    for entry in ctl.values():
+        assert entry["as_expected"] is (entry["level"] == entry["expected"])
+    assert check["controls_ok"] is all(e["as_expected"] for e in ctl.values())
+    assert check["controls_reason"]
+
+
 def snapshot(model: nn.Module) -> dict[str, object]:
     """Everything a check must leave unchanged: weights (bitwise), buffers, modes, flags, grads and hooks."""
     hooks = {}
@@ -174,16 +195,17 @@ def validate_checks_json(d: dict, out_dir: Path | None = None, figures_drawn: bo
         mr = c["model_randomization"]
         casc = mr["cascading"]
         assert casc["steps"][0] == "original"
-        assert set(casc["null"]) == set(mr["metrics"])
+        assert set(casc["null"]) >= set(mr["metrics"])
         for s in casc["null"].values():
             assert_summary(s)
         for lb in labels:
             e = casc["methods"][lb]
-            assert isinstance(e["passed"], bool) and isinstance(e["reason"], str) and e["reason"]
+            assert_verdict(e, casc["controls_ok"])
             for m in mr["metrics"]:
                 assert len(e["curves"][m]) == len(casc["steps"]) == len(e["curves_ci"][m])
             method_figs(e)
             assert bool(e["figures"]) == figures_drawn
+        assert_controls(casc)
         modes = d["settings"].get("randomization_modes", ["cascading", "independent"])
         assert ("independent" in mr) == ("independent" in modes)
         if "independent" in mr:
@@ -198,9 +220,10 @@ def validate_checks_json(d: dict, out_dir: Path | None = None, figures_drawn: bo
     if "data_randomization" in c:
         dr = c["data_randomization"]
         assert 0.0 <= dr["random_model_train_accuracy"] <= 1.0 and dr["epochs"] >= 1
+        assert_controls(dr)
         for lb in labels:
             e = dr["methods"][lb]
-            assert isinstance(e["passed"], bool) and e["reason"]
+            assert_verdict(e, dr["controls_ok"])
             for s in e["similarity"].values():
                 assert_summary(s, n_of("data_randomization"))
             method_figs(e)

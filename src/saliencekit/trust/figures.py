@@ -161,9 +161,10 @@ def plot_randomization_curves(result: RandomizationResult, metrics: Sequence[str
     Args:
         result: a cascading or independent :class:`~saliencekit.trust.randomization.RandomizationResult`.
         metrics: measures to plot (one panel each; default all of the result's).
-        threshold: draw the pass threshold on the pass measure's panel (cascading only).
+        threshold: mark the verdict step (cascading only); each method's thresholds differ (they depend on its
+            reference level) and are drawn in its own figure (:func:`plot_method_curves`).
     """
-    from saliencekit.trust.randomization import PASS_MARGIN, PASS_METRIC
+    from saliencekit.trust.randomization import READINGS
 
     metrics = list(metrics or result.metrics)
     cols = min(2, len(metrics))
@@ -179,10 +180,9 @@ def plot_randomization_curves(result: RandomizationResult, metrics: Sequence[str
             ci = np.array(result.curve_ci(label, metric), dtype=np.float64)
             ax.plot(x, y, "o-", color=color, lw=1.8, ms=4, label=label)
             ax.fill_between(x, ci[:, 0], ci[:, 1], color=color, alpha=0.15, lw=0)
-        if threshold and result.mode == "cascading" and metric == PASS_METRIC:
-            t = float(np.nanmean(result.null[metric])) + PASS_MARGIN
-            ax.axhline(t, color="crimson", lw=1, ls="--", label=f"pass threshold ({t:.2f})")
-            ax.axvline(result.half_step, color="crimson", lw=0.8, ls=":", alpha=0.7)
+        if threshold and result.mode == "cascading" and metric in READINGS:
+            ax.axvline(result.half_step, color="crimson", lw=0.8, ls=":", alpha=0.7,
+                       label="verdict step" if metric == READINGS[0] else None)
         ax.set_xticks(x)
         ax.set_xticklabels(result.steps, rotation=45, ha="right", fontsize=8)
         lows = [np.nanmin(np.array(result.curve_ci(lb, metric), dtype=np.float64)) for lb in result.methods]
@@ -217,8 +217,13 @@ def plot_method_curves(result: RandomizationResult, label: str) -> Figure:
                "null of Spearman |map|")
     ax.plot([], [], color="0.3", ls=":", label="null level of each measure")
     verdict = result.verdicts.get(label)
-    if verdict is not None and np.isfinite(verdict.threshold):
-        ax.axhline(verdict.threshold, color="crimson", lw=1, ls="--", label=f"pass threshold ({verdict.threshold:.2f})")
+    if verdict is not None:
+        colors = dict(zip(result.metrics, _colors(len(result.metrics))))
+        for metric, reading in verdict.readings.items():
+            if np.isfinite(reading.threshold):
+                ax.plot([result.half_step - 0.4, result.half_step + 0.4], [reading.threshold] * 2,
+                        color=colors.get(metric, "crimson"), lw=2.2, ls="--",
+                        label=f"{METRIC_NAMES.get(metric, metric)}: destroyed below {reading.threshold:.2f}")
         ax.axvline(result.half_step, color="crimson", lw=0.8, ls=":", alpha=0.7)
     ax.set_xlabel("layers randomised, output first (cumulative)" if result.mode == "cascading"
                   else "layer randomised (alone)")
@@ -229,7 +234,7 @@ def plot_method_curves(result: RandomizationResult, label: str) -> Figure:
     ax.grid(alpha=0.3)
     title = f"{label}: {result.mode} randomisation"
     if verdict is not None:
-        title += f" - {'PASSED' if verdict.passed else 'FAILED'}"
+        title += f" - {(verdict.level or 'no verdict').upper()}"
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper right")
     return fig

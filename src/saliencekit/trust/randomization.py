@@ -13,14 +13,12 @@ normalisation) module is grouped with the layer before it. A layer is re-initial
 ``reset_parameters()`` (PyTorch's default initialisation) under a seeded RNG; modules without that
 method get a normal(0, 0.01) init of their parameters.
 
-**Verdict** (cascading): let ``s`` be the mean Spearman rank correlation of absolute values between
-the original maps and the maps once the top half of the layers (``ceil(L / 2)``, from the output
-down) are randomised, and ``null`` the mean of the same measure between unrelated random maps
-(smoothed noise, see :func:`saliencekit.trust.similarity.null_level`). The method passes when
-``s <= null + margin`` (``margin`` = :data:`PASS_MARGIN` = 0.3 by default). The data-randomisation
-verdict applies the same rule to the random-label model's maps. An image whose new map is constant (e.g. a
-Grad-CAM map that the ReLU turned to all zeros) has an undefined Spearman correlation; for the verdict it
-counts as 0 (nothing of the original map is left), while the reported curves skip it.
+**Verdict** (cascading, and data randomisation): three levels, *passes* / *partly* / *fails*, from two
+readings (signed and absolute Spearman) of how much of the image-specific similarity survives once the top half of
+the layers is random, measured against a reference level (the larger of the smoothed-noise null and the
+similarity between the original maps of *other* images). Two controls go through the same steps: an edge detector
+of the input must fail, a random map keyed by the model's weights must pass; if either does not, the check gives
+no verdict. The rule, its edge cases and its rationale are in docs/checks.md ("Model parameter randomisation").
 """
 
 from __future__ import annotations
@@ -49,22 +47,87 @@ from saliencekit.trust._explaining import (
 )
 
 METRICS = ("spearman_abs", "spearman", "ssim", "hog")
+READINGS = ("spearman", "spearman_abs")
+"""The verdict's two readings: signed and absolute Spearman (always computed, whatever ``metrics`` says)."""
+READING_NAMES = {"spearman": "signed", "spearman_abs": "|map|"}
 PASS_METRIC = "spearman_abs"
-PASS_MARGIN = 0.3
+"""The measure whose similarity is written as a verdict's ``value`` (and ranks the methods)."""
+RETAINED_LIMIT = 0.5
+"""A reading is destroyed when at most this share of its image-specific similarity survives."""
+SHARED_LIMIT = 0.95
+"""No verdict when the reference level reaches this: maps of different images are nearly identical."""
+LEVELS = ("passes", "partly", "fails")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 @dataclass
-class Verdict:
-    """Whether a method passed a randomisation check, with a one-line reason."""
+class Reading:
+    """One reading (signed or absolute Spearman) of a randomisation verdict; see docs/checks.md.
 
-    passed: bool
-    reason: str
-    value: float = float("nan")
-    threshold: float = float("nan")
+    Attributes:
+        metric: ``"spearman"`` or ``"spearman_abs"``.
+        similarity: mean similarity between the original and the randomised maps (constant randomised maps
+            counted at the reference level).
+        noise: the smoothed-noise null (mean).
+        other_images: mean similarity between the original maps of different images (NaN when unknown).
+        reference: ``max(noise, other_images)``.
+        retained: ``(similarity - reference) / (1 - reference)``, summarised over the images (mean, CI).
+        threshold: the similarity at which ``retained`` reaches :data:`RETAINED_LIMIT`.
+        destroyed: ``retained <= RETAINED_LIMIT``; None when the reading gives no decision.
+    """
+
+    metric: str
+    similarity: float
+    noise: float
+    other_images: float
+    reference: float
+    retained: dict[str, Any]
+    threshold: float
+    destroyed: bool | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": bool(self.passed), "reason": self.reason, "value": self.value, "threshold": self.threshold}
+        return {"metric": self.metric, "similarity": _f(self.similarity), "noise": _f(self.noise),
+                "other_images": _f(self.other_images), "reference": _f(self.reference),
+                "reference_from": "other_images" if _f(self.other_images) is not None
+                and self.other_images >= self.noise else "noise",
+                "retained": self.retained, "threshold": _f(self.threshold), "destroyed": self.destroyed}
+
+
+def _f(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+@dataclass
+class Verdict:
+    """A randomisation verdict: ``level`` (passes / partly / fails, None for no verdict) with a one-line reason.
+
+    ``passed`` is True only for *passes* (None without a verdict); ``value`` / ``threshold`` are the absolute
+    reading's similarity and its threshold (NaN without them).
+    """
+
+    level: str | None
+    reason: str
+    readings: dict[str, Reading] = field(default_factory=dict)
+    borderline: bool = False
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.level is None else self.level == "passes"
+
+    @property
+    def value(self) -> float:
+        r = self.readings.get(PASS_METRIC)
+        return r.similarity if r is not None else float("nan")
+
+    @property
+    def threshold(self) -> float:
+        r = self.readings.get(PASS_METRIC)
+        return r.threshold if r is not None else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "passed": self.passed, "reason": self.reason, "value": _f(self.value),
+                "threshold": _f(self.threshold), "borderline": self.borderline,
+                "readings": {k: r.to_dict() for k, r in self.readings.items()}}
 
 
 def parameter_layers(model: nn.Module) -> list[list[str]]:
@@ -126,10 +189,108 @@ def _constant(maps: torch.Tensor) -> np.ndarray:
     return (flat.amax(1) == flat.amin(1)).cpu().numpy()
 
 
-def _verdict_values(values: np.ndarray, constant: np.ndarray) -> np.ndarray:
-    """Per-image similarities for the verdict: an undefined (NaN) similarity because the new map is constant
-    counts as 0 (a constant map keeps none of the original's structure)."""
-    return np.where(np.isnan(values) & constant, 0.0, values)
+def _with_readings(metrics: Sequence[str]) -> list[str]:
+    """``metrics`` plus the verdict's readings (signed and absolute Spearman) where missing."""
+    return list(dict.fromkeys([*metrics, *READINGS]))
+
+
+def judge(similarity: Mapping[str, np.ndarray], constant: np.ndarray, noise: Mapping[str, np.ndarray],
+          other_images: Mapping[str, np.ndarray], what: str, depends: str = "the weights",
+          seed: int = 0) -> Verdict:
+    """The three-level randomisation verdict of one method (docs/checks.md, "Model parameter randomisation").
+
+    Args:
+        similarity: reading (``"spearman"``, ``"spearman_abs"``) -> per-image similarity (N,) between the original
+            and the randomised maps (NaN where undefined).
+        constant: (N,) bool, the randomised map of that image is constant (its NaN similarity then counts at the
+            reference level: nothing of the original map is left).
+        noise: reading -> similarities of unrelated smoothed-noise maps (the noise null).
+        other_images: reading -> similarities between the original maps of different images (may be empty).
+        what: what was randomised, for the reason (e.g. "the top 5 of 10 layers (down to features.conv6)").
+        depends: what the maps depend on when they pass, for the reason.
+        seed: seed of the bootstrap interval of the retained shares.
+
+    Returns:
+        A :class:`Verdict`: *passes* when both readings are destroyed (at most :data:`RETAINED_LIMIT` of the
+        image-specific similarity retained), *partly* when one is, *fails* when neither is; no verdict (level None)
+        when a reading cannot be computed or its reference level reaches :data:`SHARED_LIMIT`.
+    """
+    readings: dict[str, Reading] = {}
+    problems: list[str] = []
+    n_const = 0
+    borderline = False
+    for metric in READINGS:
+        noise_m = mean_of(noise[metric])
+        other = mean_of(other_images[metric]) if metric in other_images else float("nan")
+        ref = max(noise_m, other) if math.isfinite(other) else noise_m
+        vals = np.asarray(similarity[metric], dtype=np.float64).copy()
+        fill = np.isnan(vals) & np.asarray(constant, dtype=bool)
+        n_const = max(n_const, int(fill.sum()))
+        vals[fill] = ref
+        mean_s = mean_of(vals)
+        ok_ref = math.isfinite(ref) and ref < SHARED_LIMIT
+        retained_vals = (vals - ref) / (1.0 - ref) if ok_ref else np.full_like(vals, np.nan)
+        retained = summarize(retained_vals, seed)
+        threshold = ref + RETAINED_LIMIT * (1.0 - ref) if ok_ref else float("nan")
+        destroyed: bool | None = None
+        if not math.isfinite(mean_s):
+            problems.append(f"no {READING_NAMES[metric]} similarity could be computed (every original map is "
+                            "constant)")
+        elif not ok_ref:
+            problems.append(f"the maps of different images are nearly identical ({READING_NAMES[metric]} reference "
+                            f"level {ref:.2f} >= {SHARED_LIMIT}), so image-specific content cannot be told apart")
+        else:
+            destroyed = bool(retained["mean"] <= RETAINED_LIMIT)
+            lo, hi = retained["ci_low"], retained["ci_high"]
+            if lo is not None and hi is not None and lo < hi and lo <= RETAINED_LIMIT <= hi:
+                borderline = True
+        readings[metric] = Reading(metric, mean_s, noise_m, other, ref, retained, threshold, destroyed)
+    if problems:
+        return Verdict(None, "no verdict: " + "; ".join(problems), readings)
+    sg, ab = readings["spearman"], readings["spearman_abs"]
+    kept = (f"the maps keep {_share(sg.retained['mean'])} (signed) and {_share(ab.retained['mean'])} (|map|) of their "
+            f"image-specific similarity (Spearman {sg.similarity:.2f} / {ab.similarity:.2f}; reference levels "
+            f"{sg.reference:.2f} / {ab.reference:.2f}; destroyed at <= {RETAINED_LIMIT:.0%} kept)")
+    if sg.destroyed and ab.destroyed:
+        level, end = "passes", f"the maps depend on {depends}"
+    elif sg.destroyed:
+        level, end = "partly", (f"the sign pattern depends on {depends}, but the magnitudes mostly survive (they "
+                                "trace the input)")
+    elif ab.destroyed:
+        level, end = "partly", f"the magnitudes depend on {depends}, but the sign pattern mostly survives"
+    else:
+        level, end = "fails", f"the maps barely depend on {depends}"
+    reason = f"{level}: after randomising {what} {kept}: {end}"
+    if n_const:
+        reason += f" ({n_const} constant randomised map(s) counted at the reference level)"
+    if borderline:
+        n = max(int(r.retained["n"]) for r in readings.values())
+        reason += (f"; borderline: the 95% interval of a retained share contains {RETAINED_LIMIT:.0%} at {n} "
+                   "images")
+    return Verdict(level, reason, readings, borderline)
+
+
+def _share(retained: float) -> str:
+    """A retained share for a reason: negative values (below the reference level) read as 0%."""
+    return f"{max(0.0, retained):.0%}"
+
+
+def judge_controls(verdicts: Mapping[str, Verdict]) -> tuple[bool, str]:
+    """Whether the controls came out as expected (negative fails, positive passes), with a sentence."""
+    from saliencekit.trust._controls import EXPECTED
+
+    bad = [f"{label} {'gave no verdict' if v.level is None else v.level} (expected: {EXPECTED[label]})"
+           for label, v in verdicts.items() if v.level != EXPECTED[label]]
+    if bad:
+        return False, "the controls did not come out as expected: " + "; ".join(bad)
+    return True, "controls as expected: " + ", ".join(f"{label} {v.level}" for label, v in verdicts.items())
+
+
+def _withhold(verdict: Verdict, controls_reason: str) -> Verdict:
+    """The verdict replaced by 'no verdict' because the controls failed (its readings kept)."""
+    would = verdict.level or "no verdict"
+    return Verdict(None, f"no verdict: {controls_reason} (the maps alone would read: {would})", verdict.readings,
+                   verdict.borderline)
 
 
 def null_levels(shape: tuple[int, int], n: int, seed: int = 0,
@@ -173,7 +334,13 @@ class RandomizationResult:
         similarity: label -> metric -> array (steps, N) of per-image similarity with the original maps.
         null: metric -> per-pair similarity of unrelated random maps.
         null_images: label -> metric -> similarity between the original maps of different images.
-        verdicts: label -> :class:`Verdict` (cascading only).
+        verdicts: label -> :class:`Verdict` (cascading only; level None for every method when the controls did
+            not come out as expected).
+        controls: control label (``control_edges``, ``control_random``) -> reading -> array (steps, N).
+        control_null_images: control label -> reading -> similarity between its maps of different images.
+        control_verdicts: control label -> :class:`Verdict` (cascading only).
+        controls_ok: whether the controls came out as expected (None for the independent mode).
+        controls_reason: one sentence on the controls.
         strip: label -> array (steps, k, H, W) of the maps of the first ``k`` images at every step.
         strip_images: the first ``k`` images (k, C, H, W) for display.
         half_step: index into ``steps`` where the top half of the layers is randomised.
@@ -194,6 +361,11 @@ class RandomizationResult:
     null: dict[str, np.ndarray]
     null_images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     verdicts: dict[str, Verdict] = field(default_factory=dict)
+    controls: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    control_null_images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    control_verdicts: dict[str, Verdict] = field(default_factory=dict)
+    controls_ok: bool | None = None
+    controls_reason: str = ""
     strip: dict[str, np.ndarray] = field(default_factory=dict)
     strip_images: np.ndarray | None = None
     half_step: int = 0
@@ -231,28 +403,63 @@ class RandomizationResult:
             "null": {m: summarize(v, self.seed) for m, v in self.null.items()},
             "methods": methods,
         }
+        out["controls"] = _controls_dict(self.controls, self.control_null_images, self.control_verdicts, self.seed,
+                                         curves=True)
         if self.mode == "cascading":
             out["half_step"] = self.half_step
-            out["pass_rule"] = (f"passes when the mean {PASS_METRIC} at step {self.half_step} "
-                                f"({self.steps[self.half_step]!r}, top half of the layers randomised) is at most "
-                                f"the random-map null mean + {PASS_MARGIN}")
+            out["controls_ok"] = self.controls_ok
+            out["controls_reason"] = self.controls_reason
+            out["retained_limit"] = RETAINED_LIMIT
+            out["pass_rule"] = rule_text(f"at step {self.half_step} ({self.steps[self.half_step]!r}, top half of the "
+                                         "layers randomised)")
         return out
 
 
-def _verdict(curve: np.ndarray, half: int, null_mean: float, steps: Sequence[str], what: str,
-             depends: str = "the weights") -> Verdict:
-    value = float(curve[half])
-    threshold = null_mean + PASS_MARGIN
-    if not math.isfinite(value):
-        return Verdict(False, f"no similarity could be computed after randomising {what} (constant maps)",
-                       value, threshold)
-    if value <= threshold:
-        return Verdict(True, f"{PASS_METRIC} fell to {value:.2f} after randomising {what} "
-                             f"(null {null_mean:.2f}, pass <= {threshold:.2f}): the maps depend on {depends}",
-                       value, threshold)
-    return Verdict(False, f"{PASS_METRIC} stays at {value:.2f} after randomising {what} "
-                          f"(null {null_mean:.2f}, pass <= {threshold:.2f}): the maps barely depend on {depends}",
-                   value, threshold)
+def rule_text(where: str) -> str:
+    """The verdict rule in one paragraph (checks.json ``pass_rule``)."""
+    return (f"{where}, for the signed and the |map| Spearman reading: retained = (similarity - reference) / "
+            "(1 - reference), reference = max(smoothed-noise null, similarity between the original maps of other "
+            f"images); a reading is destroyed when retained <= {RETAINED_LIMIT}; passes when both readings are "
+            "destroyed, partly when one is, fails when neither is; no verdict when the controls (control_edges must "
+            "fail, control_random must pass) do not come out as expected (docs/checks.md)")
+
+
+def _controls_dict(controls: Mapping[str, Mapping[str, np.ndarray]], null_images: Mapping[str, Mapping[str, Any]],
+                   verdicts: Mapping[str, Verdict], seed: int, curves: bool) -> dict[str, Any]:
+    from saliencekit.trust._controls import DESCRIPTION, EXPECTED
+
+    out: dict[str, Any] = {}
+    for label, sims in controls.items():
+        entry: dict[str, Any] = {"description": DESCRIPTION[label], "expected": EXPECTED[label]}
+        if curves:
+            entry["curves"] = {m: [mean_of(row) for row in v] for m, v in sims.items()}
+        else:
+            entry["similarity"] = {m: summarize(v, seed) for m, v in sims.items()}
+        if label in null_images:
+            entry["null_images"] = {m: summarize(v, seed) for m, v in null_images[label].items()}
+        if label in verdicts:
+            entry.update(verdicts[label].to_dict())
+            entry["as_expected"] = verdicts[label].level == EXPECTED[label]
+        out[label] = entry
+    return out
+
+
+def _judge_all(similarity: Mapping[str, Mapping[str, np.ndarray]], constant: Mapping[str, np.ndarray],
+               null: Mapping[str, np.ndarray], null_images: Mapping[str, Mapping[str, np.ndarray]],
+               control_similarity: Mapping[str, Mapping[str, np.ndarray]],
+               control_null_images: Mapping[str, Mapping[str, np.ndarray]], what: str, depends: str,
+               seed: int) -> tuple[dict[str, Verdict], dict[str, Verdict], bool, str]:
+    """Verdicts of the methods and of the controls; the methods' are withheld when the controls fail."""
+    n = len(next(iter(constant.values()))) if constant else 0
+    controls = {label: judge(sims, np.zeros(n, dtype=bool), null, control_null_images.get(label, {}), what,
+                             depends, seed)
+                for label, sims in control_similarity.items()}
+    ok, reason = judge_controls(controls)
+    verdicts = {}
+    for label, sims in similarity.items():
+        v = judge(sims, constant[label], null, null_images.get(label, {}), what, depends, seed)
+        verdicts[label] = v if ok else _withhold(v, reason)
+    return verdicts, controls, ok, reason
 
 
 def model_randomization(
@@ -294,8 +501,10 @@ def model_randomization(
     """
     if mode not in ("cascading", "independent"):
         raise InputError(f"unknown randomisation mode {mode!r}; valid: cascading, independent")
+    from saliencekit.trust._controls import control_maps
+
     specs = normalize_specs(methods)
-    metrics = list(metrics)
+    metrics = _with_readings(metrics)
     if target is None:
         _, target = predicted(model, images)
     groups = [list(g) for g in (layers if layers is not None else parameter_layers(model))]
@@ -304,11 +513,14 @@ def model_randomization(
     if original_maps is None:
         original_maps = compute_maps(model, images, specs, target, layer, batch_size)
     orig = {label: original_maps[label] for label in specs}
+    orig_controls = control_maps(model, images)
     k = min(strip_images, images.shape[0])
     strip = {label: [orig[label][:k].numpy()] for label in specs} if mode == "cascading" else {}
 
     top_first = list(reversed(groups))
     similarity: dict[str, dict[str, list[np.ndarray]]] = {label: {m: [] for m in metrics} for label in specs}
+    control_sims: dict[str, dict[str, list[np.ndarray]]] = {label: {m: [] for m in READINGS}
+                                                           for label in orig_controls}
     constant: dict[str, list[np.ndarray]] = {label: [] for label in specs}
     if mode == "cascading":
         for label in specs:
@@ -316,6 +528,9 @@ def model_randomization(
                 similarity[label][m].append(_similarities({label: orig[label]}, {label: orig[label]},
                                                           [m])[label][m])
             constant[label].append(_constant(orig[label]))
+        for label, sims in _similarities(orig_controls, orig_controls, READINGS).items():
+            for m in READINGS:
+                control_sims[label][m].append(sims[m])
         steps = ["original"] + [g[0] for g in top_first]
     else:
         steps = [g[0] for g in top_first]
@@ -335,6 +550,9 @@ def model_randomization(
             constant[label].append(_constant(maps[label]))
             if mode == "cascading":
                 strip[label].append(maps[label][:k].numpy())
+        for label, csims in _similarities(orig_controls, control_maps(work, images), READINGS).items():
+            for m in READINGS:
+                control_sims[label][m].append(csims[m])
     del work
 
     shape = tuple(images.shape[-2:])
@@ -344,21 +562,21 @@ def model_randomization(
         similarity={label: {m: np.stack(v) for m, v in d.items()} for label, d in similarity.items()},
         null=null_levels(shape, images.shape[0], seed, metrics),
         null_images=image_null_levels(orig, metrics),
+        controls={label: {m: np.stack(v) for m, v in d.items()} for label, d in control_sims.items()},
+        control_null_images=image_null_levels(orig_controls, READINGS),
         strip={label: np.stack(v) for label, v in strip.items()},
         strip_images=images[:k].detach().cpu().numpy(),
         half_step=math.ceil(len(groups) / 2) if mode == "cascading" else 0,
         seed=seed,
     )
-    if mode == "cascading" and PASS_METRIC in metrics:
-        null_mean = mean_of(result.null[PASS_METRIC])
+    if mode == "cascading":
         half = result.half_step
         what = f"the top {half} of {len(groups)} layers (down to {steps[half]})"
-        for label in specs:
-            row = _verdict_values(result.similarity[label][PASS_METRIC][half], constant[label][half])
-            result.verdicts[label] = _verdict(np.array([mean_of(row)]), 0, null_mean, steps, what)
-            n_const = int(constant[label][half].sum())
-            if n_const:
-                result.verdicts[label].reason += f" ({n_const} constant map(s) counted as similarity 0)"
+        result.verdicts, result.control_verdicts, result.controls_ok, result.controls_reason = _judge_all(
+            {label: {m: result.similarity[label][m][half] for m in READINGS} for label in specs},
+            {label: constant[label][half] for label in specs}, result.null, result.null_images,
+            {label: {m: v[half] for m, v in d.items()} for label, d in result.controls.items()},
+            result.control_null_images, what, "the weights", seed)
     return result
 
 
@@ -374,7 +592,14 @@ class DataRandomizationResult:
         metrics: similarity measures.
         similarity: label -> metric -> per-image similarity (N,).
         null: metric -> per-pair similarity of unrelated random maps.
-        verdicts: label -> :class:`Verdict`.
+        verdicts: label -> :class:`Verdict` (level None for every method when the controls did not come out as
+            expected).
+        null_images: label -> metric -> similarity between the true model's maps of different images.
+        controls: control label -> reading -> per-image similarity (N,) between its maps for the two models.
+        control_null_images: control label -> reading -> similarity between its maps of different images.
+        control_verdicts: control label -> :class:`Verdict`.
+        controls_ok: whether the controls came out as expected.
+        controls_reason: one sentence on the controls.
         train_accuracy: the random-label model's accuracy on its (permuted) training labels.
         epochs: epochs it was trained for.
         maps_true / maps_random: label -> maps (k, H, W) of the first images (for the figure).
@@ -387,6 +612,12 @@ class DataRandomizationResult:
     similarity: dict[str, dict[str, np.ndarray]]
     null: dict[str, np.ndarray]
     verdicts: dict[str, Verdict]
+    null_images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    controls: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    control_null_images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    control_verdicts: dict[str, Verdict] = field(default_factory=dict)
+    controls_ok: bool | None = None
+    controls_reason: str = ""
     train_accuracy: float | None = None
     epochs: int | None = None
     maps_true: dict[str, np.ndarray] = field(default_factory=dict)
@@ -398,8 +629,11 @@ class DataRandomizationResult:
     def to_dict(self) -> dict[str, Any]:
         methods = {}
         for label in self.methods:
-            methods[label] = {"similarity": {m: summarize(v, self.seed) for m, v in self.similarity[label].items()},
-                              **self.verdicts[label].to_dict()}
+            methods[label] = {"similarity": {m: summarize(v, self.seed) for m, v in self.similarity[label].items()}}
+            if label in self.null_images:
+                methods[label]["null_images"] = {m: summarize(v, self.seed) for m, v in self.null_images[label].items()}
+            if label in self.verdicts:
+                methods[label].update(self.verdicts[label].to_dict())
         return {
             "random_model_train_accuracy": self.train_accuracy,
             "epochs": self.epochs,
@@ -407,8 +641,12 @@ class DataRandomizationResult:
             "metrics": list(self.metrics),
             "null": {m: summarize(v, self.seed) for m, v in self.null.items()},
             "methods": methods,
-            "pass_rule": f"passes when the mean {PASS_METRIC} between the true and the random-label model's maps is "
-                         f"at most the random-map null mean + {PASS_MARGIN}",
+            "controls": _controls_dict(self.controls, self.control_null_images, self.control_verdicts, self.seed,
+                                       curves=False),
+            "controls_ok": self.controls_ok,
+            "controls_reason": self.controls_reason,
+            "retained_limit": RETAINED_LIMIT,
+            "pass_rule": rule_text("between the true and the random-label model's maps"),
         }
 
 
@@ -507,32 +745,36 @@ def data_randomization(
         keep_images: maps of the first images kept for the figure.
         batch_size: images per engine call.
     """
+    from saliencekit.trust._controls import control_maps
+
     specs = normalize_specs(methods)
-    metrics = list(metrics)
+    metrics = _with_readings(metrics)
     if original_maps is None:
         original_maps = compute_maps(model, images, specs, target, layer, batch_size)
     orig = {label: original_maps[label] for label in specs}
     rnd_maps = compute_maps(random_model, images, specs, target, layer, batch_size)
     sims = _similarities(orig, rnd_maps, metrics)
     null = null_levels(tuple(images.shape[-2:]), images.shape[0], seed, metrics)
+    null_images = image_null_levels(orig, metrics)
+    orig_controls = control_maps(model, images)
+    control_sims = _similarities(orig_controls, control_maps(random_model, images), READINGS)
+    control_null = image_null_levels(orig_controls, READINGS)
     training = dict(training or {})
     acc = training.get("train_accuracy")
     fit_note = "" if acc is None else f"; random-label model fits its training labels to {acc:.0%}"
     if acc is not None and acc < float(training.get("target_accuracy", 0.9)):
         fit_note += " (it did not memorise them: a weak test, close to comparing with an untrained network)"
-    verdicts = {}
-    null_mean = mean_of(null[PASS_METRIC]) if PASS_METRIC in null else float("nan")
-    for label in specs:
-        if PASS_METRIC not in sims[label]:
-            continue
-        const = _constant(rnd_maps[label])
-        v = _verdict(np.array([mean_of(_verdict_values(sims[label][PASS_METRIC], const))]), 0, null_mean, ["random"],
-                     "the labels (model trained on permuted labels)", "what the model learned")
+    verdicts, control_verdicts, ok, controls_reason = _judge_all(
+        {label: {m: sims[label][m] for m in READINGS} for label in specs},
+        {label: _constant(rnd_maps[label]) for label in specs}, null, null_images, control_sims, control_null,
+        "the labels (model trained on permuted labels)", "what the model learned", seed)
+    for v in verdicts.values():
         v.reason += fit_note
-        verdicts[label] = v
     k = min(keep_images, images.shape[0])
     return DataRandomizationResult(
-        methods=specs, metrics=metrics, similarity=sims, null=null, verdicts=verdicts,
+        methods=specs, metrics=metrics, similarity=sims, null=null, verdicts=verdicts, null_images=null_images,
+        controls=control_sims, control_null_images=control_null, control_verdicts=control_verdicts,
+        controls_ok=ok, controls_reason=controls_reason,
         train_accuracy=acc, epochs=training.get("epochs"),
         maps_true={label: orig[label][:k].numpy() for label in specs},
         maps_random={label: rnd_maps[label][:k].numpy() for label in specs},
