@@ -9,8 +9,9 @@ import torch
 
 from saliencekit.errors import InputError, UnknownNameError
 from saliencekit.methods import explain
+from saliencekit.methods.specs import parse_method_option
 from saliencekit.trust.faithfulness import deletion_curve, insertion_curve
-from saliencekit.trust.runner import CheckSettings, faithfulness_curves, parse_method_option, run_checks
+from saliencekit.trust.runner import CheckSettings, faithfulness_curves, run_checks
 from trust_toys import assert_unchanged, blob_data, snapshot, trained_cnn, validate_checks_json
 
 CHEAP = CheckSettings(deletion_steps=4, road_fractions=(0.2, 0.6), sensitivity_samples=2, random_label_epochs=5,

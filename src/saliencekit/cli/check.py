@@ -6,14 +6,14 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 from saliencekit.cli._types import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``check`` to ``subparsers``."""
-    from saliencekit.trust.runner import CHECKS, DEFAULT_METHODS
+    from saliencekit.methods.specs import DEFAULT_METHODS
+    from saliencekit.trust.runner import CHECKS
 
     p = subparsers.add_parser(
         "check",
@@ -64,18 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run ``saliencekit check`` with parsed arguments."""
     from saliencekit.device import resolve_device
+    from saliencekit.methods.specs import command_line_methods
     from saliencekit.run import load_run
-    from saliencekit.trust.runner import CheckSettings, default_methods, parse_method_option, run_checks
+    from saliencekit.trust.runner import CheckSettings, run_checks
 
-    methods: dict[str, Any] = {}
-    names = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else []
-    if not names and not args.method_options:
-        names = default_methods()
-    for name in names:
-        methods[name] = {"method": name}
-    for text in args.method_options:
-        label, spec = parse_method_option(text)
-        methods[label] = spec
+    methods = command_line_methods(args.methods, args.method_options)
     checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
     run = load_run(args.run_dir, device=resolve_device(args.device), data=args.data)
     settings = CheckSettings(shift=args.shift, random_label_epochs=args.random_label_epochs,

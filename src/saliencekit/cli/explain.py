@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +106,7 @@ def _methods(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from saliencekit.data.preprocess import Preprocessing
     from saliencekit.errors import InputError
+    from saliencekit.methods.specs import parse_methods_text
     from saliencekit.viz.explain_files import explain_files, load_model_file
 
     device = args.device
@@ -126,14 +126,7 @@ def _explain(args: argparse.Namespace) -> int:
         run = _load_run(args.inputs[0], device)
         model, preprocessing, class_names = run.model, run.preprocessing, list(run.class_names)
         images = args.inputs[1:]
-    methods: object = args.methods
-    if args.methods.strip().startswith("{"):
-        try:
-            methods = json.loads(args.methods)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"--methods is not valid JSON: {exc}") from None
-    else:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = parse_methods_text(args.methods)
     batch_size: int | str = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
     target = int(args.target) if args.target is not None and args.target.isdigit() else args.target
     results = explain_files(model, preprocessing, images, methods, args.out, class_names=class_names, target=target,

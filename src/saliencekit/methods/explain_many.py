@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from saliencekit.errors import InputError
 from saliencekit.methods.base import Explanation, Method, check_inputs
 from saliencekit.methods.registry import create_method, method_class
 
@@ -16,30 +15,19 @@ from saliencekit.methods.registry import create_method, method_class
 def build_methods(
     model: nn.Module, methods: Sequence[str] | Mapping[str, Mapping[str, Any]], **common: Any
 ) -> dict[str, Method]:
-    """Create methods from a list of names or a dict ``label -> options``.
+    """Create methods from any method spec (:func:`saliencekit.methods.specs.parse_methods`).
 
     A dict label may differ from the method name when the options say which method it is:
     ``{"ig_white": {"method": "integrated_gradients", "baseline": "white"}}``. ``common`` options
     (e.g. ``layer``) are given to each method that accepts them.
     """
     from saliencekit.methods.registry import method_options
+    from saliencekit.methods.specs import parse_methods
 
-    specs: dict[str, tuple[str, dict[str, Any]]] = {}
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    if isinstance(methods, Mapping):
-        for label, opts in methods.items():
-            opts = dict(opts or {})
-            specs[label] = (opts.pop("method", label), opts)
-    else:
-        for name in methods:
-            if name in specs:
-                raise InputError(f"method {name!r} is listed twice; use a dict with labels to vary its options")
-            specs[name] = (name, {})
-    if not specs:
-        raise InputError("no methods given; choose from saliencekit.list_methods()")
+    specs = parse_methods(methods, validate=False)  # create_method below names an unknown method or option
     built: dict[str, Method] = {}
-    for label, (name, opts) in specs.items():
+    for label, spec in specs.items():
+        name, opts = spec["method"], dict(spec["options"])
         valid = method_options(name)
         for key, value in common.items():
             if key in valid and key not in opts and value is not None:

@@ -1,8 +1,7 @@
-"""Shared machinery of the check runners: method specs, maps in chunks, fixed targets, summaries.
+"""Shared machinery of the check runners: maps in chunks, fixed targets, summaries.
 
-A *spec* says which methods a check compares: a list of registered names, or a dict
-``label -> {"method": name, **options}`` so that one method can appear several times with different
-options (``{"ig_black": {"method": "integrated_gradients", "baseline": "black"}, ...}``).
+A *spec* says which methods a check compares (:mod:`saliencekit.methods.specs`, re-exported here for the checks:
+``normalize_specs`` is :func:`~saliencekit.methods.specs.parse_methods`).
 """
 
 from __future__ import annotations
@@ -16,45 +15,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from saliencekit import _layout
-from saliencekit.errors import InputError
-
-MethodSpecs = Sequence[str] | Mapping[str, Mapping[str, Any]] | str
-
-
-def normalize_specs(methods: MethodSpecs) -> dict[str, dict[str, Any]]:
-    """``label -> {"method": name, "options": {...}}`` from a list of names, a comma string or a dict.
-
-    Raises:
-        InputError: no methods, or a name listed twice in a list.
-        UnknownNameError: an unregistered method name.
-    """
-    from saliencekit.methods import method_class
-
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    out: dict[str, dict[str, Any]] = {}
-    if isinstance(methods, Mapping):
-        for label, opts in methods.items():
-            opts = dict(opts or {})
-            if set(opts) == {"method", "options"} and isinstance(opts["options"], Mapping):
-                opts = {"method": opts["method"], **opts["options"]}  # already normalised
-            name = str(opts.pop("method", label))
-            out[str(label)] = {"method": name, "options": opts}
-    else:
-        for name in methods:
-            if name in out:
-                raise InputError(f"method {name!r} is listed twice; use a dict of labels to vary its options")
-            out[str(name)] = {"method": str(name), "options": {}}
-    if not out:
-        raise InputError("no methods given; choose from saliencekit.list_methods()")
-    for spec in out.values():
-        method_class(spec["method"])  # raises UnknownNameError listing the registered names
-    return out
-
-
-def engine_specs(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The ``{label: {"method": name, **options}}`` form that :func:`saliencekit.explain` takes."""
-    return {label: {"method": s["method"], **s.get("options", {})} for label, s in specs.items()}
+from saliencekit.methods.specs import MethodSpecs, engine_specs
+from saliencekit.methods.specs import parse_methods as normalize_specs
 
 
 def predicted(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +48,7 @@ def compute_maps(
     Args:
         model: the classifier (never modified).
         images: (N, C, H, W) preprocessed images on the model's device.
-        specs: normalised specs (see :func:`normalize_specs`).
+        specs: normalised specs (see :func:`~saliencekit.methods.specs.parse_methods`).
         target: one class per image (the same classes for every model compared), or None (predicted).
         layer: layer of the CAM methods (default: the engine's choice).
         batch_size: images per call of the engine.
@@ -125,3 +87,7 @@ def to_list(values: torch.Tensor | np.ndarray) -> list[float | None]:
     """Plain floats (NaN kept as float NaN; the JSON writer turns them into null)."""
     arr = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
     return [float(v) for v in arr.ravel()]
+
+
+__all__ = ["MethodSpecs", "compute_maps", "engine_specs", "mean_of", "normalize_specs", "predicted", "summarize",
+           "to_list"]

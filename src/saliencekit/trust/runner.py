@@ -29,64 +29,13 @@ from saliencekit import _atomic, _layout
 from saliencekit._filenames import safe_filename
 from saliencekit._threads import torch_threads
 from saliencekit.errors import InputError, UnknownNameError
-from saliencekit.trust._explaining import (
-    MethodSpecs,
-    compute_maps,
-    engine_specs,
-    mean_of,
-    normalize_specs,
-    predicted,
-    summarize,
-)
+from saliencekit.methods.specs import MethodSpecs, default_methods, engine_specs, parse_methods
+from saliencekit.trust._explaining import compute_maps, mean_of, predicted, summarize
 
 CHECKS = ("model_randomization", "data_randomization", "input_invariance", "agreement", "faithfulness",
           "localization", "complexity")
-DEFAULT_METHODS = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
-                   "gradcam", "gradcam++", "scorecam")
 SHORTCUT_MASK = "shortcut"
 SHORTCUT_FACTOR = 3.0  # a map "relies on the marker" when its mass share there is >= 3x the marker's area share
-
-
-def default_methods() -> list[str]:
-    """The default method set (:data:`DEFAULT_METHODS`) restricted to the registered methods."""
-    from saliencekit.methods import list_methods
-
-    registered = set(list_methods())
-    return [m for m in DEFAULT_METHODS if m in registered]
-
-
-def parse_method_option(text: str) -> tuple[str, dict[str, Any]]:
-    """Parse ``LABEL=METHOD[:key=value[,key=value...]]`` (values: int, float, true/false/none, else text).
-
-    >>> parse_method_option("ig_white=integrated_gradients:baseline=white,steps=32")
-    ('ig_white', {'method': 'integrated_gradients', 'baseline': 'white', 'steps': 32})
-    """
-    label, sep, rest = text.partition("=")
-    if not sep or not label.strip() or not rest.strip():
-        raise InputError(f"method option {text!r} must look like LABEL=METHOD[:key=value,...], "
-                         "e.g. ig_white=integrated_gradients:baseline=white")
-    method, _, opts = rest.partition(":")
-    spec: dict[str, Any] = {"method": method.strip()}
-    for item in filter(None, (s.strip() for s in opts.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise InputError(f"method option {item!r} in {text!r} must be key=value")
-        spec[key.strip()] = _parse_value(value.strip())
-    return label.strip(), spec
-
-
-def _parse_value(v: str) -> Any:
-    low = v.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
 
 
 def slug(label: str) -> str:
@@ -431,7 +380,7 @@ def _check_complexity(ctx: _Context) -> dict[str, Any]:
         spec = engine_specs({label: ctx.specs[label]})
 
         def fn(x: torch.Tensor, _spec: dict[str, Any] = spec, _label: str = label) -> torch.Tensor:
-            return compute_maps(ctx.model, x, normalize_specs(_spec), ctx.preds, ctx.layer,
+            return compute_maps(ctx.model, x, parse_methods(_spec), ctx.preds, ctx.layer,
                                 ctx.settings.batch_size)[_label]
 
         methods[label] = {
@@ -692,7 +641,7 @@ def _run_checks(
         for c in checks:
             if c not in CHECKS:
                 raise UnknownNameError("check", c, CHECKS)
-    specs = normalize_specs(methods if methods is not None else default_methods())
+    specs = parse_methods(methods if methods is not None else default_methods())
     masks = dict(masks or {})
     run_dir = None
     factory: Callable[[], nn.Module] | None = None
@@ -823,5 +772,4 @@ def _run_checks(
     return result
 
 
-__all__ = ["CHECKS", "DEFAULT_METHODS", "CheckSettings", "default_methods", "faithfulness_curves",
-           "parse_method_option", "run_checks"]
+__all__ = ["CHECKS", "CheckSettings", "default_methods", "faithfulness_curves", "run_checks"]

@@ -162,6 +162,7 @@ def explain_files(
         One :class:`ExplainedImage` per file.
     """
     from saliencekit.methods.explain_many import build_methods, explain
+    from saliencekit.methods.specs import engine_specs, parse_methods
     from saliencekit.methods.targets import class_probabilities, num_classes_of
     from saliencekit.viz.overlay import comparison_figure, overlay, save_maps_npz
 
@@ -172,12 +173,11 @@ def explain_files(
     files = find_images(images)
     out = Path(out)
     model = model.to(device)
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    specs = parse_methods(methods, validate=False)  # build_methods names an unknown method or option
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise InputError(f"top_k must be a positive int, got {top_k!r}")
     common = {"batch_size": batch_size, "precision": precision}
-    built = build_methods(model, methods, layer=layer, **common)  # validates names and options up front
+    built = build_methods(model, specs, layer=layer, **common)  # validates names and options up front
     if is_torchscript(model):
         bad = [label for label, m in built.items() if not _works_on_torchscript(m)]
         if bad:
@@ -210,8 +210,7 @@ def explain_files(
                 ranked = [order[:, r].tolist() for r in range(min(top_k, k))]
             rows: list[dict[str, Any]] = []
             for cls in ranked:
-                opts = {label: {"method": type(m).name, **_options_of(methods, label)} for label, m in built.items()}
-                rows.append(explain(model, x, opts, target=cls, layer=layer, **common))
+                rows.append(explain(model, x, engine_specs(specs), target=cls, layer=layer, **common))
             for i, f in enumerate(chunk):
                 folder = out / folders[f]
                 pred = int(probs[i].argmax())
@@ -262,14 +261,6 @@ def display_normalization(method: object, normalization: str = "auto") -> str:
     if normalization not in NORMALIZATIONS:
         raise InputError(f"unknown normalisation {normalization!r}; valid: auto, {', '.join(NORMALIZATIONS)}")
     return normalization
-
-
-def _options_of(methods: Sequence[str] | Mapping[str, Mapping[str, Any]], label: str) -> dict[str, Any]:
-    if isinstance(methods, Mapping):
-        opts = dict(methods[label] or {})
-        opts.pop("method", None)
-        return opts
-    return {}
 
 
 def _class_index(target: int | str, names: Sequence[str]) -> int:

@@ -93,9 +93,6 @@ _CHECK_SENTENCES = {
 }
 _EXTRA_HEADERS = {"shortcut_share": "Marker mass \u2193", "sparseness": "Sparseness",
                   "energy_pointing_game": "Energy pointing game \u2191"}
-#: Methods explained when neither ``methods`` nor ``checks.json`` names them (those registered are used).
-DEFAULT_METHODS = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
-                   "gradcam", "gradcam++", "scorecam")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PANELS_PER_ROW = 5  # image + maps per row of an explanation figure
 _QUANTIZE_ABOVE = 600_000  # pixels: larger figures are reduced to 256 colours (small ones keep smooth colour bars)
@@ -504,26 +501,11 @@ def select_images(labels: Sequence[int], predicted: Sequence[int], confidence: S
 
 def _method_spec(methods: Any, checks: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """``label -> {"method": name, **options}`` from the argument, else the checks, else the defaults."""
-    from saliencekit.methods import list_methods
+    from saliencekit.methods.specs import default_methods, engine_specs, parse_methods
 
-    if methods:
-        if isinstance(methods, str):
-            methods = [m.strip() for m in methods.split(",") if m.strip()]
-        if isinstance(methods, Mapping):
-            return {str(k): {"method": (v or {}).get("method", k), **{a: b for a, b in (v or {}).items()
-                                                                      if a != "method"}}
-                    for k, v in methods.items()}
-        return {str(m): {"method": str(m)} for m in methods}
-    if checks and isinstance(checks.get("methods"), Mapping):
-        spec = {}
-        for label, v in checks["methods"].items():
-            v = v if isinstance(v, Mapping) else {}
-            spec[str(label)] = {"method": v.get("method", label), **dict(v.get("options") or {})}
-        if spec:
-            return spec
-    registered = list_methods()
-    names = [m for m in DEFAULT_METHODS if m in registered] or registered
-    return {m: {"method": m} for m in names}
+    if not methods and checks and isinstance(checks.get("methods"), Mapping) and checks["methods"]:
+        methods = {str(k): v if isinstance(v, Mapping) else {} for k, v in checks["methods"].items()}
+    return engine_specs(parse_methods(methods or default_methods(), validate=False))
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -1183,7 +1165,7 @@ def build_report(
         checks: ``checks.json`` or the folder holding it (default ``RUN/checks/checks.json``; when that is
             absent the verdict and trust sections say how to compute it).
         methods: methods to explain with: names, or ``{label: {"method": name, **options}}``; default: the
-            methods in ``checks.json``, else the registered ones among :data:`DEFAULT_METHODS`.
+            methods in ``checks.json``, else :func:`saliencekit.methods.specs.default_methods`.
         images: how many test images to explain (correct and wrong predictions of each class).
         progress: show a progress bar.
         device: where to run the model (``"cpu"``, ``"cuda"``).
@@ -1242,5 +1224,5 @@ def build_report(
     return out_html
 
 
-__all__ = ["DEFAULT_METHODS", "SECTION_IDS", "TRUST_IDS", "VERDICT_COLUMNS", "build_report", "load_checks",
+__all__ = ["SECTION_IDS", "TRUST_IDS", "VERDICT_COLUMNS", "build_report", "load_checks",
            "render_page", "select_images", "verdict_cell"]
