@@ -20,10 +20,11 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from saliencekit.data.preprocess import Preprocessing, load_mask, open_image
+from saliencekit.data.preprocess import Preprocessing
+from saliencekit.data.reader import IMAGE_EXTENSIONS, read_image
 from saliencekit.errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+__all__ = ["IMAGE_EXTENSIONS", "FolderIndex", "ImageFolderDataset", "Sample", "check_images", "scan_folder"]
 LESION_MASK_DIR = "masks"
 
 
@@ -130,7 +131,7 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None, min_clas
 
 
 def check_images(index: FolderIndex, skip_bad: bool = False, progress: bool = True) -> FolderIndex:
-    """Open every image once; raise on the first unreadable one, or skip it with a warning.
+    """Read every image once (at full depth); raise on the first unreadable one, or skip it with a warning.
 
     Returns:
         The index, without the unreadable files when ``skip_bad`` is set.
@@ -138,7 +139,7 @@ def check_images(index: FolderIndex, skip_bad: bool = False, progress: bool = Tr
     bad: set[Path] = set()
     for s in tqdm(index.samples, desc="checking images", disable=not progress, leave=False):
         try:
-            open_image(s.path)
+            read_image(s.path)
         except DataError as exc:
             if not skip_bad:
                 raise
@@ -206,7 +207,7 @@ class ImageFolderDataset(Dataset):
 
     def mask(self, i: int, kind: str = "lesion") -> torch.Tensor:
         """Mask of item ``i`` resized to the model input; all zeros when the sample has none of that kind."""
-        return load_mask(self.sample(i).masks.get(kind), self.preprocessing.size)
+        return self.preprocessing.load_mask(self.sample(i).masks.get(kind))
 
     def images(self) -> torch.Tensor:
         """All preprocessed images as one (N, C, H, W) tensor."""

@@ -12,7 +12,7 @@ from matplotlib.lines import Line2D
 
 from saliencekit.data.augment import Augmentation
 from saliencekit.data.folder import scan_folder
-from saliencekit.data.preprocess import Preprocessing, load_mask
+from saliencekit.data.preprocess import Preprocessing
 from saliencekit.errors import DataError
 from saliencekit.methods.normalize import minmax_scale
 
@@ -72,7 +72,7 @@ def plot_samples(
             sample = members[chosen[col]]
             x = pre.load(sample.path)
             kinds = [k for k in mask_kinds if k in sample.masks] if masks else []
-            mask_t = [load_mask(sample.masks[k], pre.size)[None] for k in kinds]
+            mask_t = [pre.load_mask(sample.masks[k])[None] for k in kinds]
             if augment is not None and augment.enabled:
                 y = augment(torch.cat([x, *mask_t]), generator=gen)
                 x, mask_t = y[: x.shape[0]], [y[x.shape[0] + i][None] for i in range(len(kinds))]
