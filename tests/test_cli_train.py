@@ -123,3 +123,33 @@ def test_every_flag_is_explained() -> None:
         assert p.description
         for action in p._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+def test_preprocessing_flags_are_stored_and_bad_ones_named(capsys, tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from saliencekit.run import load_run
+
+    rng = np.random.default_rng(0)
+    for cls, level in (("effusion", 40000), ("normal", 20000)):  # 16-bit, wider than high
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(6):
+            a = np.clip(rng.normal(level, 3000, (48, 80)), 0, 65535).astype(np.uint16)
+            Image.fromarray(a).save(tmp_path / "d" / cls / f"{i}.png")
+    argv = ["train", str(tmp_path / "d"), "--out", str(tmp_path / "r"), *TINY, "--resize", "crop", "--mean", "0.5",
+            "--std", "0.2", "--bit-depth", "16"]
+    assert main(argv) == 0
+    run = load_run(tmp_path / "r")
+    p = run.preprocessing
+    assert (p.resize, p.normalize, p.mean, p.std, p.bit_depth) == ("crop", "custom", (0.5,), (0.2,), 16)
+    x = run.dataset("test").images()
+    assert x.shape[1:] == (1, 64, 64) and -2.6 < float(x.min()) and float(x.max()) < 2.6  # (v - 0.5) / 0.2, v in [0, 1]
+    data = str(tmp_path / "d")
+    err = _fail(capsys, ["train", data, "--out", str(tmp_path / "r2"), *TINY, "--mean", "0.5"])
+    assert "needs both mean and std" in err
+    err = _fail(capsys, ["train", data, "--out", str(tmp_path / "r2"), *TINY, "--mean", "0.1,0.2", "--std", "1"])
+    assert "mean has 2 values; valid: 1 or 1 (one per channel)" in err
+    err = _fail(capsys, ["train", data, "--out", str(tmp_path / "r2"), *TINY, "--bit-depth", "12"])
+    assert "holds values up to" in err and "12-bit range" in err
+    assert not (tmp_path / "r2").exists()

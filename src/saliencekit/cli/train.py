@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from saliencekit.cli._preprocessing import add_preprocessing_arguments, preprocessing_options
 from saliencekit.cli._types import positive_float, positive_int
 
 
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="architecture from `saliencekit models` (default: effusion_cnn, the lesson's CNN)")
     p.add_argument("--epochs", type=positive_int, default=10, help="passes over the training images (default: 10)")
     p.add_argument("--image-size", type=positive_int, default=256, metavar="PIXELS",
-                   help="images are resized to PIXELS x PIXELS (default: 256)")
+                   help="images are fitted to PIXELS x PIXELS by --resize (default: 256)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per optimiser step (default: 32)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 0.001)")
     p.add_argument("--seed", type=int, default=42,
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=positive_int, default=None, metavar="N",
                    help="stop early after N epochs without a lower validation loss (default: train all epochs)")
     p.add_argument("--color", action="store_true", help="keep RGB colour (3 input channels) instead of greyscale")
+    add_preprocessing_arguments(p)
     p.add_argument("--classes", default=None, metavar="A,B",
                    help="class folders in label order, comma-separated (default: sorted folder names, with a "
                    "'normal' folder first for two classes so that the single logit scores the finding)")
@@ -101,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
-        grayscale=not args.color, seed=args.seed, device=args.device,
+        grayscale=not args.color, **preprocessing_options(args), seed=args.seed, device=args.device,
         augment=standard_augmentation() if args.augment else None, patience=args.patience,
         test_fraction=args.test_fraction, val_fraction=args.val_fraction, skip_bad=args.skip_bad,
         num_threads=args.threads, classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,

@@ -48,8 +48,15 @@ class TrainConfig:
         epochs: number of passes over the training images.
         batch_size: images per optimiser step.
         lr: Adam learning rate.
-        image_size: side of the square model input (images are resized to it).
+        image_size: side of the square model input (images are fitted to it by ``resize``).
         grayscale: one input channel (``False``: RGB, 3 channels).
+        resize: aspect policy, ``"pad"`` (default), ``"crop"`` or ``"stretch"`` (see
+            :class:`~saliencekit.data.Preprocessing`).
+        normalize: ``"per-image"`` (the lesson's, default), ``"unit"``, ``"imagenet"`` or ``"custom"`` (with
+            ``mean`` and ``std``; the default when they are given).
+        mean: per-channel means for ``"custom"`` (one value or one per channel).
+        std: per-channel standard deviations for ``"custom"``.
+        bit_depth: the real bit depth of 16-bit files holding unscaled 12-bit (etc.) data; None: 16.
         seed: seeds the split, the weight initialisation, the batch order, dropout and augmentation.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         augment: callable applied to each training image tensor (C, H, W) -> (C, H, W), or None (off).
@@ -73,6 +80,11 @@ class TrainConfig:
     lr: float = 1e-3
     image_size: int = 256
     grayscale: bool = True
+    resize: str = "pad"
+    normalize: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    bit_depth: int | None = None
     seed: int = 42
     device: str = "auto"
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -94,6 +106,13 @@ class TrainConfig:
             raise InputError(f"lr must be > 0, got {self.lr}")
         if self.patience is not None and self.patience < 1:
             raise InputError(f"patience must be >= 1 (or None to never stop early), got {self.patience}")
+        self.preprocessing()  # validates resize, normalize, mean, std and bit_depth now, naming the bad one
+
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing these settings describe (stored in the checkpoint)."""
+        return Preprocessing(grayscale=self.grayscale, size=(self.image_size, self.image_size),
+                             normalize=self.normalize, resize=self.resize, mean=self.mean, std=self.std,
+                             bit_depth=self.bit_depth)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form for ``config.json`` (the augmentation by its ``to_dict()``, else its repr)."""
@@ -102,6 +121,8 @@ class TrainConfig:
         d["augment"] = None if aug is None else aug.to_dict() if hasattr(aug, "to_dict") else repr(aug)
         d["classes"] = None if self.classes is None else list(self.classes)
         d["model_kwargs"] = dict(self.model_kwargs)
+        d["mean"] = None if self.mean is None else list(self.mean)
+        d["std"] = None if self.std is None else list(self.std)
         return d
 
 
@@ -311,7 +332,7 @@ def train(
     classes = list(config.classes) if config.classes else default_class_order(index.classes)
     if classes != index.classes:
         index = scan_folder(data_dir, classes=classes)
-    preprocessing = Preprocessing(grayscale=config.grayscale, size=(config.image_size, config.image_size))
+    preprocessing = config.preprocessing()
     with torch_threads(config.num_threads or None):  # 0 / None: torch's default, as before
         index, images = load_images(index, preprocessing, skip_bad=config.skip_bad, progress=progress)
         labels = torch.tensor(index.labels, dtype=torch.long)
