@@ -1,4 +1,5 @@
-"""``saliencekit data``: make the synthetic chest X-ray dataset (``synth``) and look at a dataset (``show``)."""
+"""``saliencekit data``: make the synthetic chest X-ray dataset (``synth``), write the real digits (``digits``) and look
+at a dataset (``show``)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
 
+    digits = sub.add_parser(
+        "digits",
+        help="write scikit-learn's handwritten digits (real 8x8 images, no download) as a class-folder dataset",
+        description="Write the 1797 handwritten digits that ship with scikit-learn (UCI ML digits, 8x8 pixels, "
+        "16 grey levels) as OUT/<digit>/<index>.png and OUT/dataset.json: real images for `saliencekit train` "
+        "(use --image-size, e.g. 64) and `saliencekit check` without any download. Needs scikit-learn "
+        "(pip install saliencekit[digits]).",
+    )
+    digits.add_argument("out", metavar="OUT", help="output folder (new or empty; see --overwrite)")
+    digits.add_argument("--classes", default=None, metavar="D1,D2,...",
+                        help="digits to keep, comma-separated (default: all ten)")
+    digits.add_argument("--per-class", type=int, default=None, metavar="N",
+                        help="keep the first N images of each digit (default: all, about 180)")
+    digits.add_argument("--overwrite", action="store_true",
+                        help="replace a digits dataset already in OUT (never other files)")
+    digits.set_defaults(func=_digits)
+
     show = sub.add_parser(
         "show",
         help="draw random samples of each class (with masks, or augmented) to an image file",
@@ -91,6 +109,20 @@ def _synth(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(summary)
+    return 0
+
+
+def _digits(args: argparse.Namespace) -> int:
+    from saliencekit.data.digits import write_digits
+    from saliencekit.errors import DataError
+
+    classes = None
+    if args.classes:
+        try:
+            classes = [int(c) for c in args.classes.split(",") if c.strip()]
+        except ValueError as exc:
+            raise DataError(f"--classes must be digits 0-9 separated by commas, got {args.classes!r}") from exc
+    print(write_digits(args.out, classes=classes, per_class=args.per_class, overwrite=args.overwrite))
     return 0
 
 
