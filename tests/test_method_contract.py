@@ -249,3 +249,72 @@ def test_the_checker_itself_sees_leftovers() -> None:
         spoil(model)
         with pytest.raises(AssertionError):
             assert_unchanged(model, before)
+
+
+class _FunctionalSigmoid(nn.Module):
+    """A logit model whose forward ends in ``torch.sigmoid`` (no module to bypass)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("head,classes", [("sigmoid", 1), ("sigmoid", 3), ("softmax", 3), ("log_softmax", 3)])
+def test_final_activation_is_bypassed_so_maps_equal_the_logit_twin(name: str, head: str, classes: int,
+                                                                   device: torch.device) -> None:
+    """A model ending in nn.Sigmoid (binary or 3 independent labels), nn.Softmax or nn.LogSoftmax is explained by
+    its logit: every method's maps, scores, targets and predictions equal those of the same network without the
+    activation (declared multi-label for 3 sigmoid labels), and the model is left exactly as it was."""
+    net = make("residual", classes=classes).to(device)
+    act = {"sigmoid": nn.Sigmoid(), "softmax": nn.Softmax(dim=1), "log_softmax": nn.LogSoftmax(dim=1)}[head]
+    model = prepared_model(nn.Sequential(net, act), device)
+    twin_output = "multilabel" if (head == "sigmoid" and classes > 1) else "logits"
+    x = _x(device, n=2)
+    before = snapshot(model)
+    e = sk.create_method(name, model).attribute(x)
+    _check_explanation(e, name, x)
+    assert_unchanged(model, before)
+    twin = sk.create_method(name, net, output=twin_output).attribute(x)
+    torch.testing.assert_close(e.maps, twin.maps, atol=1e-9, rtol=1e-6)
+    torch.testing.assert_close(e.scores, twin.scores, atol=1e-9, rtol=1e-6)
+    assert torch.equal(e.targets, twin.targets) and torch.equal(e.predictions, twin.predictions)
+    fixed = sk.create_method(name, model).attribute(x, target=0)
+    torch.testing.assert_close(fixed.maps, sk.create_method(name, net, output=twin_output).attribute(x, target=0).maps,
+                               atol=1e-9, rtol=1e-6)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_multilabel_model_without_activation_explains_the_most_probable_label(name: str,
+                                                                             device: torch.device) -> None:
+    """A declared multi-label model: default target = the label with the highest sigmoid (not a softmax rule)."""
+    model = prepared_model(make("residual", classes=4), device)
+    x = _x(device, n=2)
+    before = snapshot(model)
+    e = sk.create_method(name, model, output="multilabel").attribute(x)
+    _check_explanation(e, name, x)
+    assert_unchanged(model, before)
+    with torch.no_grad():
+        expected = torch.sigmoid(model.eval()(x)).argmax(1)
+    model.train()
+    assert torch.equal(e.targets, expected) and torch.equal(e.predictions, expected)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_declared_probabilities_explain_their_log_odds(name: str, device: torch.device) -> None:
+    """A functional sigmoid cannot be bypassed: declared ``output='probabilities'``, the score is logit(p), which
+    for a sigmoid output is the logit itself, so the maps equal the logit twin's (float64, p not saturated)."""
+    net = make("residual", classes=1).to(device)
+    model = _FunctionalSigmoid(net)
+    x = _x(device, n=2)
+    before = snapshot(model)
+    e = sk.create_method(name, model, output="probabilities").attribute(x)
+    assert_unchanged(model, before)
+    twin = sk.create_method(name, net).attribute(x)
+    torch.testing.assert_close(e.maps, twin.maps, atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(e.scores, twin.scores, atol=1e-9, rtol=1e-6)
+    assert torch.equal(e.predictions, twin.predictions)

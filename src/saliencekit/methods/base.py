@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from torch import nn
 
 from saliencekit import _layout
 from saliencekit.errors import InputError
+from saliencekit.methods.outputs import check_output_option, output_scope
 from saliencekit.methods.targets import ResolvedTarget, as_target, predicted_classes
 
 
@@ -171,6 +173,11 @@ class Method(abc.ABC):
     Subclasses set the capability flags, take their options as keyword arguments of ``__init__``
     (with defaults), store them with :meth:`_store_params`, and implement :meth:`attribute`.
 
+    Every :meth:`attribute` (and :meth:`attribute_shared`) runs inside
+    :func:`~saliencekit.methods.outputs.output_scope`: the model's final Sigmoid/Softmax module, if any, is
+    bypassed for the call and targets are read by the model's output rule (``output`` and ``threshold``
+    attributes, set by :func:`~saliencekit.methods.registry.create_method`; None inherits the enclosing call's).
+
     Args:
         model: the classifier; never modified.
     """
@@ -183,6 +190,23 @@ class Method(abc.ABC):
     needs_layer: ClassVar[bool] = False
     satisfies_completeness: ClassVar[bool] = False
     works_on_torchscript: ClassVar[bool] = True
+    output: str | None = None
+    threshold: float | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "attribute" in cls.__dict__:
+            cls.attribute = _in_output_scope(cls.__dict__["attribute"])  # type: ignore[method-assign]
+        shared = cls.__dict__.get("attribute_shared")
+        if isinstance(shared, classmethod):
+            cls.attribute_shared = classmethod(_shared_in_output_scope(shared.__func__))  # type: ignore[assignment]
+
+    def set_output(self, output: str | None = None, threshold: float | None = None) -> Method:
+        """Declare how the model's outputs are read (see :mod:`saliencekit.methods.outputs`); returns ``self``."""
+        if output is not None or threshold is not None:
+            check_output_option(output or "auto", 0.5 if threshold is None else threshold)
+        self.output, self.threshold = output, threshold
+        return self
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):
@@ -228,6 +252,36 @@ class Method(abc.ABC):
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{self.__class__.__name__}({opts})"
+
+
+def _example(inputs: object) -> torch.Tensor | None:
+    return inputs[:1] if isinstance(inputs, torch.Tensor) and inputs.ndim >= 1 and inputs.shape[0] else None
+
+
+def _in_output_scope(attribute: Any) -> Any:
+    @functools.wraps(attribute)
+    def wrapped(self: Method, inputs: torch.Tensor, target: Any = None) -> Explanation:
+        example = _example(inputs)
+        if example is None:  # let the method's own input check say what is wrong
+            return attribute(self, inputs, target)
+        with output_scope(self.model, self.output, self.threshold, example):
+            return attribute(self, inputs, target)
+
+    return wrapped
+
+
+def _shared_in_output_scope(attribute_shared: Any) -> Any:
+    @functools.wraps(attribute_shared)
+    def wrapped(cls: type[Method], methods: Sequence[Method], inputs: torch.Tensor, target: Any = None
+                ) -> list[Explanation]:
+        example = _example(inputs)
+        if example is None or not methods:
+            return attribute_shared(cls, methods, inputs, target)
+        first = methods[0]
+        with output_scope(first.model, first.output, first.threshold, example):
+            return attribute_shared(cls, methods, inputs, target)
+
+    return wrapped
 
 
 def _jsonable(v: Any) -> Any:

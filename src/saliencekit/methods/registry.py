@@ -62,16 +62,26 @@ def method_options(name: str) -> dict[str, Any]:
             or p.kind is p.POSITIONAL_OR_KEYWORD}
 
 
-def create_method(name: str, model: nn.Module, **options: Any) -> Method:
+def create_method(name: str, model: nn.Module, output: str | None = None, threshold: float | None = None,
+                  **options: Any) -> Method:
     """Build the method registered under ``name`` for ``model``.
 
+    Args:
+        name: a registered method name.
+        model: the classifier (never modified).
+        output: how the model's outputs are read, one of :data:`saliencekit.methods.outputs.OUTPUTS`
+            (None: the enclosing call's declaration, by default ``"auto"``).
+        threshold: probability at or above which a label is positive (multi-label models; None: 0.5).
+        **options: the method's options (see :func:`method_options`).
+
     Raises:
-        UnknownNameError: no such method (the message lists the registered names).
+        UnknownNameError: no such method (the message lists the registered names), or an unknown ``output``.
         InputError: an option the method does not take (the message lists the valid options).
     """
     cls = method_class(name)
     valid = method_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise InputError(f"method {name!r} has no option(s) {unknown}; valid options: {', '.join(valid) or '(none)'}")
-    return cls(model, **options)
+        raise InputError(f"method {name!r} has no option(s) {unknown}; valid options: "
+                         f"{', '.join([*valid, 'output', 'threshold'])}")
+    return cls(model, **options).set_output(output, threshold)

@@ -2,7 +2,13 @@
 
 - Multi-class (softmax) model: ``S`` is the logit of the chosen class.
 - Single-output binary (sigmoid) model: class 1 is ``S = z`` and class 0 is ``S = -z``, ``z`` the logit.
-- Default: the predicted class. Any callable ``output -> (N,)`` may be used instead.
+- Multi-label model: ``S`` is the logit of the chosen label.
+- Default: the predicted class (for a multi-label model the most probable label). Any callable
+  ``output -> (N,)`` may be used instead.
+
+How outputs are read (logits or probabilities, exclusive classes or independent labels, a final activation
+bypassed) is the model's :class:`~saliencekit.methods.outputs.OutputRule`; a target uses the rule active when it
+is resolved (:func:`~saliencekit.methods.outputs.output_scope`, entered by every method).
 
 A :class:`Target` is resolved once on the clean input (fixing the class of every image), and
 the resulting :class:`ResolvedTarget` then scores any batch of outputs, including the stacked
@@ -14,66 +20,37 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from saliencekit.errors import InputError
+from saliencekit.methods.outputs import OutputRule, as_rows, current_rule, warn_if_probabilities
 
 TargetLike = "int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | Target | None"
 
 
-def num_classes_of(output: torch.Tensor) -> int:
-    """Number of classes a model output stands for (a single logit means 2 classes)."""
-    k = output.shape[1] if output.ndim == 2 else 1
-    return 2 if k == 1 else k
+def num_classes_of(output: torch.Tensor, rule: OutputRule | None = None) -> int:
+    """Number of classes a model output stands for (a single binary logit means 2 classes; see
+    :meth:`~saliencekit.methods.outputs.OutputRule.num_classes`). ``rule`` defaults to :func:`current_rule`."""
+    return (rule or current_rule()).num_classes(output)
 
 
-def predicted_classes(output: torch.Tensor) -> torch.Tensor:
-    """Predicted class per row: ``z > 0`` for a single logit, else the arg-max."""
-    output = _as_2d(output)
-    if output.shape[1] == 1:
-        return (output[:, 0] > 0).long()
-    return output.argmax(dim=1)
+def predicted_classes(output: torch.Tensor, rule: OutputRule | None = None) -> torch.Tensor:
+    """Predicted class per row: ``z > 0`` for a single binary logit, else the most probable class (for
+    multi-label outputs the most probable label). ``rule`` defaults to :func:`current_rule`."""
+    return (rule or current_rule()).predicted(output)
 
 
-def class_scores(output: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+def class_scores(output: torch.Tensor, classes: torch.Tensor, rule: OutputRule | None = None) -> torch.Tensor:
     """``S`` per row for given classes (classes tiled over the row blocks of ``output``)."""
-    output = _as_2d(output)
-    classes = _tile(classes.to(output.device), output.shape[0])
-    if output.shape[1] == 1:
-        z = output[:, 0]
-        return torch.where(classes == 1, z, -z)
-    return output.gather(1, classes[:, None])[:, 0]
+    return (rule or current_rule()).scores(output, classes)
 
 
-def class_probabilities(output: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Probability of the given classes: ``sigmoid(S)`` for a single logit, softmax otherwise."""
-    output = _as_2d(output)
-    if output.shape[1] == 1:
-        return torch.sigmoid(class_scores(output, classes))
-    classes = _tile(classes.to(output.device), output.shape[0])
-    logits = output if output.dtype == torch.float64 else output.float()
-    return torch.softmax(logits, dim=1).gather(1, classes[:, None])[:, 0]
-
-
-def _as_2d(output: torch.Tensor) -> torch.Tensor:
-    if not isinstance(output, torch.Tensor):
-        raise InputError(f"the model must return a tensor of logits, got {type(output).__name__}")
-    if output.ndim == 1:
-        return output[:, None]
-    if output.ndim != 2:
-        raise InputError(f"the model must return logits of shape (N, classes) or (N,), got {tuple(output.shape)}")
-    return output
-
-
-def _tile(values: torch.Tensor, rows: int) -> torch.Tensor:
-    n = values.shape[0]
-    if rows == n:
-        return values
-    if n == 0 or rows % n:
-        raise InputError(f"cannot tile {n} targets over {rows} output rows")
-    return values.repeat(rows // n)
+def class_probabilities(output: torch.Tensor, classes: torch.Tensor, rule: OutputRule | None = None) -> torch.Tensor:
+    """Probability of the given classes: ``sigmoid(S)`` for a single logit or per label (multi-label), softmax
+    over exclusive classes. ``rule`` defaults to :func:`current_rule`."""
+    return (rule or current_rule()).class_probabilities(output, classes)
 
 
 @dataclass
@@ -85,6 +62,7 @@ class ResolvedTarget:
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     pending: Target | None = None
     predictions: torch.Tensor | None = None
+    rule: OutputRule = field(default_factory=current_rule)
 
     @classmethod
     def deferred(cls, target: Target, n: int) -> ResolvedTarget:
@@ -98,12 +76,12 @@ class ResolvedTarget:
     def score(self, output: torch.Tensor) -> torch.Tensor:
         """The explained score ``S`` per row of ``output`` (rows may be ``k`` blocks of ``n``)."""
         if self.pending is not None:
-            clean = _as_2d(output).detach()
+            clean = as_rows(output).detach()
             if clean.shape[0] != self.n:
                 raise InputError(f"a deferred target must first score the {self.n} clean images, got {clean.shape[0]}")
             resolved = self.pending.resolve(clean)
             self.classes, self.fn, self.pending = resolved.classes, resolved.fn, None
-            self.predictions = predicted_classes(clean)
+            self.predictions = self.rule.predicted(clean)
         if self.fn is not None:
             s = self.fn(output)
             if not isinstance(s, torch.Tensor) or s.ndim != 1 or s.shape[0] != output.shape[0]:
@@ -112,14 +90,14 @@ class ResolvedTarget:
                                  f"got {got}")
             return s
         assert self.classes is not None
-        return class_scores(output, self.classes)
+        return self.rule.scores(output, self.classes)
 
     def probability(self, output: torch.Tensor) -> torch.Tensor:
         """Probability of the explained class (for callables: sigmoid of the score)."""
         if self.fn is not None:
             return torch.sigmoid(self.score(output))
         assert self.classes is not None
-        return class_probabilities(output, self.classes)
+        return self.rule.class_probabilities(output, self.classes)
 
     def class_indices(self) -> torch.Tensor:
         """The classes as a (n,) tensor; -1 where a callable target defines the score."""
@@ -131,9 +109,9 @@ class ResolvedTarget:
         """The same target for a subset of the images (for per-chunk computation)."""
         if self.classes is None:
             n = len(range(self.n)[index]) if isinstance(index, slice) else int(index.numel())
-            return ResolvedTarget(n, None, self.fn)
+            return ResolvedTarget(n, None, self.fn, rule=self.rule)
         classes = self.classes[index]
-        return ResolvedTarget(int(classes.shape[0]), classes, None)
+        return ResolvedTarget(int(classes.shape[0]), classes, None, rule=self.rule)
 
 
 class Target(abc.ABC):
@@ -153,8 +131,10 @@ class PredictedClass(Target):
     """
 
     def resolve(self, output: torch.Tensor) -> ResolvedTarget:
-        classes = predicted_classes(output)
-        return ResolvedTarget(int(classes.shape[0]), classes)
+        rule = current_rule()
+        warn_if_probabilities(output, rule)
+        classes = rule.predicted(output)
+        return ResolvedTarget(int(classes.shape[0]), classes, rule=rule)
 
 
 class ClassTarget(Target):
@@ -168,8 +148,10 @@ class ClassTarget(Target):
         self.index = index
 
     def resolve(self, output: torch.Tensor) -> ResolvedTarget:
-        output = _as_2d(output)
-        n, k = output.shape[0], num_classes_of(output)
+        output = as_rows(output)
+        rule = current_rule()
+        warn_if_probabilities(output, rule)
+        n, k = output.shape[0], rule.num_classes(output)
         idx = torch.as_tensor(self.index, dtype=torch.long, device=output.device)
         if idx.ndim == 0:
             idx = idx.expand(n).clone()
@@ -178,10 +160,14 @@ class ClassTarget(Target):
                              f"{tuple(idx.shape)}")
         bad = idx[(idx < 0) | (idx >= k)]
         if bad.numel():
-            kind = "a single-logit binary model (class 1 = logit, class 0 = minus logit)" if output.shape[1] == 1 \
-                else f"a model with {k} classes"
+            if rule.multilabel:
+                kind = f"a multi-label model with {k} label(s)"
+            elif output.shape[1] == 1:
+                kind = "a single-logit binary model (class 1 = logit, class 0 = minus logit)"
+            else:
+                kind = f"a model with {k} classes"
             raise InputError(f"target class {int(bad[0])} is out of range for {kind}; valid: 0..{k - 1}")
-        return ResolvedTarget(n, idx)
+        return ResolvedTarget(n, idx, rule=rule)
 
 
 class FunctionTarget(Target):
@@ -195,7 +181,7 @@ class FunctionTarget(Target):
         self.fn = fn
 
     def resolve(self, output: torch.Tensor) -> ResolvedTarget:
-        return ResolvedTarget(int(output.shape[0]), None, self.fn)
+        return ResolvedTarget(int(output.shape[0]), None, self.fn, rule=current_rule())
 
 
 def as_target(target: object) -> Target:

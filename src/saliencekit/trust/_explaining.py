@@ -14,23 +14,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from saliencekit import _layout
 from saliencekit.methods.specs import MethodSpecs, engine_specs
 from saliencekit.methods.specs import parse_methods as normalize_specs
 
 
 def predicted(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, K) and predicted classes (N,) of ``model`` (eval mode for the call, flags restored)."""
-    from saliencekit.methods._capture import eval_mode
-    from saliencekit.methods.targets import predicted_classes
+    """Logits (N, K) and predicted classes (N,) of ``model`` (eval mode for the call, flags restored), read by the
+    model's output rule (:func:`saliencekit.methods.outputs.model_outputs`: a final Sigmoid/Softmax is bypassed)."""
+    from saliencekit.methods.outputs import model_outputs
 
-    outs = []
-    with eval_mode(model), torch.inference_mode():
-        for start in range(0, images.shape[0], batch_size):
-            out = _layout.forward(model, images[start : start + batch_size])
-            outs.append(out[:, None] if out.ndim == 1 else out)
-    logits = torch.cat(outs).detach().clone()
-    return logits, predicted_classes(logits)
+    logits, rule = model_outputs(model, images, batch_size)
+    return logits, rule.predicted(logits)
 
 
 def compute_maps(
