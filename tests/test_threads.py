@@ -85,19 +85,20 @@ def test_threads_flag_rejects_non_positive_values(command: str, value: str,
 def test_check_cli_passes_threads_to_run_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import saliencekit.run
     import saliencekit.trust.runner as runner
+    from saliencekit.trust.results import CheckResults
 
     seen: dict[str, Any] = {}
 
-    def fake_run_checks(run: Any, **kw: Any) -> dict[str, Any]:
+    def fake_run_checks(run: Any, **kw: Any) -> CheckResults:
         seen.update(kw)
-        return {"summary": {"methods": {}, "recommended": []}, "settings": {"skipped": {}}}
+        return CheckResults.from_json({"summary": {"methods": {}, "recommended": []}, "settings": {"skipped": {}}})
 
     monkeypatch.setattr(saliencekit.run, "load_run", lambda *a, **k: None)
     monkeypatch.setattr(runner, "run_checks", fake_run_checks)
     assert main(["check", "run", "--out", str(tmp_path), "--threads", "3", "--quiet"]) == 0
-    assert seen["num_threads"] == 3
+    assert seen["settings"].num_threads == 3
     assert main(["check", "run", "--out", str(tmp_path), "--quiet"]) == 0
-    assert seen["num_threads"] is None
+    assert seen["settings"].num_threads is None
 
 
 def test_run_checks_applies_threads_and_restores(tmp_path: Path) -> None:

@@ -79,7 +79,8 @@ class DemoSettings:
         from saliencekit.trust import CheckSettings
 
         modes = ("cascading", "independent") if self.independent_randomization else ("cascading",)
-        return CheckSettings(random_label_epochs=self.random_label_epochs,
+        return CheckSettings(methods=self.methods(), n_images=self.check_images, seed=self.seed,
+                             random_label_epochs=self.random_label_epochs,
                              random_label_images=self.random_label_images, randomization_modes=modes,
                              costly_images=self.costly_images, sensitivity_samples=self.sensitivity_samples,
                              deletion_steps=self.deletion_steps, road_fractions=tuple(self.road_fractions),
@@ -235,8 +236,7 @@ def check_step(ctx: DemoContext) -> None:
     s = ctx.settings
     run = ctx.run if ctx.run is not None else load_run(ctx.run_dir)
     out = ctx.run_dir / "checks"
-    run_checks(run, methods=s.methods(), out_dir=out, n_images=s.check_images, seed=s.seed, device=ctx.device,
-               settings=s.check_settings(), progress=ctx.progress,
+    run_checks(run, s.check_settings(), device=ctx.device, out_dir=out, progress=ctx.progress,
                command="saliencekit demo")
     ctx.outputs["trust checks"] = out / "checks.json"
 

@@ -49,7 +49,12 @@ _LAZY: dict[str, str] = {
     "rank_methods": "stats",
     # checks (runners)
     "CHECKS": "runner",
-    "CheckSettings": "runner",
+    "CheckSettings": "settings",
+    "CheckResults": "results",
+    "load_checks": "results",
+    "list_checks": "checks",
+    "get_check": "checks",
+    "register_check": "checks",
     "run_checks": "runner",
     "default_methods": "runner",
     "faithfulness_curves": "runner",

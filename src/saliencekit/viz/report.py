@@ -547,7 +547,7 @@ def _warning_html(ctx: _Context) -> str:
     area, the lesion's for comparison), what that means and how to test it, without claiming more than the
     maps show.
     """
-    from saliencekit.trust.runner import SHORTCUT_FACTOR
+    from saliencekit.trust.checks.localization import SHORTCUT_FACTOR
 
     sc = _shortcut(ctx)
     if sc.get("detected") is not True:

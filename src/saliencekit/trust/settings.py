@@ -1,0 +1,133 @@
+"""What the trust checks check and how: one settings object, whose fields the command line turns into options.
+
+The field metadata carries each option's help and (for those on the command line) its flag; the command line reads
+the defaults from the fields, so no default is written twice. This module does not import torch.
+
+>>> CheckSettings(n_images=8, checks="faithfulness,localization").checks
+['faithfulness', 'localization']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from saliencekit.errors import InputError, UnknownNameError
+
+if TYPE_CHECKING:
+    from saliencekit.methods.specs import MethodSpecs
+
+
+def option(help: str = "", run: bool = False, **cli: Any) -> dict[str, Any]:
+    """Field metadata of a setting: its help, whether it is a choice of the run rather than a cost of the checks
+    (kept out of :meth:`CheckSettings.to_dict`), and, for a command-line option, ``flag`` (``--images``) with
+    ``metavar`` and ``positive`` (a positive integer)."""
+    return {"help": help, "run": run, "cli": cli or None}
+
+
+@dataclass
+class CheckSettings:
+    """What to check and how (the defaults suit a CPU and 32 images of 256x256).
+
+    The command line (``saliencekit check``) takes its options' defaults and help from these fields.
+
+    Attributes:
+        methods: names or ``{label: {"method": name, **options}}`` (None: :func:`default_methods`).
+        checks: names of registered checks (None: every check that applies).
+        n_images: how many images (balanced over classes, chosen with ``seed``).
+        seed: seeds the image choice, randomisation, nulls, bootstrap and noise.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``... (for a run directory; a given model stays where it is).
+        layer: CAM layer (None: the engine's choice).
+        figures: draw the figures (needs an output folder).
+        num_threads: CPU threads for torch during the checks (None: torch's default).
+        shift: constant of the input-shift check.
+        deletion_steps: steps of the deletion / insertion curves.
+        road_fractions: shares of pixels removed by ROAD.
+        pointing_tolerance: pointing-game tolerance in pixels at 256 pixels a side; scaled to the image size.
+        sensitivity_samples: noise draws of max-sensitivity.
+        sensitivity_radius: noise bound of max-sensitivity, relative to the image's value range.
+        random_label_images: training images used to fit the random-label model.
+        random_label_epochs: most epochs of random-label training.
+        random_label_accuracy: stop once the random-label model fits this share of its training labels.
+        topk: share of pixels of the top-k overlap.
+        batch_size: images per engine call.
+        similarity_metrics: measures of the randomisation checks (HOG is the slowest).
+        randomization_modes: which model-randomisation modes to run: ``"cascading"`` (always; the verdict is
+            taken from it) and optionally ``"independent"``; each step recomputes every method's maps.
+        costly_images: use only the first ``costly_images`` of the checked images (they are interleaved by
+            class, so the subset stays balanced) in the checks of ``costly_checks`` (None: all images).
+        costly_checks: the checks the ``costly_images`` cap applies to (None: those that recompute maps, on
+            randomised models, shifted inputs, or noisy inputs for max-sensitivity).
+        extra: further settings of added checks (written into ``settings`` of ``checks.json``).
+    """
+
+    methods: MethodSpecs | None = field(default=None, metadata=option(run=True))
+    checks: Sequence[str] | None = field(default=None, metadata=option(
+        run=True, flag="--checks", metavar="C1,C2,...",
+        help="comma-separated checks; default: every check that applies (localization only when the data has masks)"))
+    n_images: int = field(default=32, metadata=option(
+        run=True, flag="--images", metavar="N", positive=True, help="number of test images, balanced over classes"))
+    seed: int = field(default=0, metadata=option(
+        run=True, flag="--seed", help="seed of the image choice, randomisation, null levels, bootstrap and noise"))
+    device: str = field(default="auto", metadata=option(
+        run=True, flag="--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N"))
+    layer: str | None = field(default=None, metadata=option(
+        run=True, flag="--layer", metavar="NAME", help="layer of the CAM methods (default: the last convolutional "
+                                                       "stage)"))
+    figures: bool = field(default=True, metadata=option(run=True, flag="--no-figures", help="write checks.json only"))
+    num_threads: int | None = field(default=None, metadata=option(
+        run=True, flag="--threads", metavar="THREADS", positive=True, help="CPU threads for torch (default: all)"))
+    shift: float = field(default=1.0, metadata=option(
+        flag="--shift", help="constant added to the model input by the input-shift check"))
+    deletion_steps: int = 20
+    road_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    pointing_tolerance: float = 15.0
+    sensitivity_samples: int = 5
+    sensitivity_radius: float = 0.02
+    random_label_images: int = field(default=128, metadata=option(
+        flag="--random-label-images", metavar="N", positive=True,
+        help="training images the random-label model is fit on"))
+    random_label_epochs: int = field(default=40, metadata=option(
+        flag="--random-label-epochs", metavar="E", positive=True,
+        help="most epochs to fit the random-label model of data_randomization"))
+    random_label_accuracy: float = 0.95
+    topk: float = 0.1
+    batch_size: int = 16
+    similarity_metrics: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
+    randomization_modes: tuple[str, ...] = ("cascading", "independent")
+    costly_images: int | None = None
+    costly_checks: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from saliencekit.trust.checks import get_check, list_checks
+
+        if isinstance(self.checks, str):
+            self.checks = [c.strip() for c in self.checks.split(",") if c.strip()]
+        for mode in self.randomization_modes:
+            if mode not in ("cascading", "independent"):
+                raise UnknownNameError("randomisation mode", mode, ["cascading", "independent"])
+        if "cascading" not in self.randomization_modes:
+            raise InputError(f"randomization_modes must include 'cascading' (the verdict is taken from it), "
+                             f"got {tuple(self.randomization_modes)}")
+        if self.costly_images is not None and self.costly_images < 2:
+            raise InputError(f"costly_images must be at least 2 (the null level compares different images) or None,"
+                             f" got {self.costly_images}")
+        if self.n_images < 2:
+            raise InputError(f"n_images must be at least 2 (the null level compares different images), "
+                             f"got {self.n_images}")
+        if self.costly_checks is None:
+            self.costly_checks = tuple(c.name for c in list_checks() if c.recomputes_maps)
+        for c in (*self.costly_checks, *(self.checks or ())):
+            get_check(c)  # raises UnknownNameError listing the checks
+
+    def to_dict(self) -> dict[str, Any]:
+        """The costs as written into ``settings`` of ``checks.json`` (lists for tuples, ``extra`` merged in)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if not f.metadata.get("run") and f.name != "extra"}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in {**d, **self.extra}.items()}
+
+
+__all__ = ["CheckSettings"]
