@@ -370,7 +370,7 @@ def test_remembered_ranks_and_hog_follow_the_tensor():
 
 
 def test_separable_filter_matches_a_2d_convolution():
-    from saliencekit.trust._ops import separable_filter
+    from saliencekit._filters import separable_filter
 
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, 20, 17, generator=g, dtype=torch.float64)

@@ -39,3 +39,10 @@ class UnknownNameError(SaliencekitError, KeyError):
 
 class InputError(SaliencekitError, ValueError):
     """A tensor given to a method or check has the wrong shape, dtype or values."""
+
+
+class UnknownChoiceError(UnknownNameError, InputError):
+    """An option's value is not one of its names (e.g. ``baseline="grey"``): an unknown name and bad input at once.
+
+    The message lists the valid names.
+    """

@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from saliencekit import _layout
+from saliencekit.baselines import check_baseline, make_baseline
 from saliencekit.errors import InputError
 from saliencekit.methods._batching import BatchSize, run_in_chunks
 from saliencekit.methods._precision import Precision
@@ -26,7 +26,6 @@ RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
 _RULE_ALIASES = {"left": "riemann_left", "right": "riemann_right", "middle": "riemann_middle",
                  "trapezoid": "riemann_trapezoid", "gausslegendre": "gauss_legendre",
                  "gauss-legendre": "gauss_legendre"}
-BASELINES = ("black", "zero", "white", "uniform", "blurred")
 
 
 def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,62 +60,9 @@ def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     raise InputError(f"unknown integration rule {rule!r}; valid: {', '.join(RULES)}")
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W) with std ``sigma`` pixels (kernel radius 3 sigma, edges replicated)."""
-    if sigma <= 0:
-        return x.clone()
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = x.shape[1]
-    out = F.pad(x, (radius, radius, 0, 0), mode="replicate")
-    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
-    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def make_baseline(
-    inputs: torch.Tensor, baseline: str | float | torch.Tensor, seed: int | None = 0, blur_sigma: float = 5.0
-) -> torch.Tensor:
-    """The baseline ``x'`` (N, C, H, W) for each image.
-
-    - ``"black"``: the image's minimum value (after preprocessing, so not the number 0);
-    - ``"zero"``: 0; ``"white"``: the image's maximum value;
-    - ``"uniform"``: ``min + u * (max - min)`` with ``u`` uniform in [0, 1], one seeded draw of shape
-      (C, H, W) on the input's device shared by all images;
-    - ``"blurred"``: the image blurred with a Gaussian of std ``blur_sigma`` pixels;
-    - a number, or a tensor broadcastable to (N, C, H, W) (e.g. (C, H, W)).
-    """
-    n = inputs.shape[0]
-    flat = inputs.flatten(1)
-    lo = flat.amin(1).view(n, 1, 1, 1)
-    hi = flat.amax(1).view(n, 1, 1, 1)
-    if isinstance(baseline, torch.Tensor):
-        try:
-            b = torch.broadcast_to(baseline.to(device=inputs.device, dtype=inputs.dtype), inputs.shape)
-        except RuntimeError:
-            raise InputError(f"a baseline tensor must broadcast to the inputs' shape {tuple(inputs.shape)}, "
-                             f"got {tuple(baseline.shape)}") from None
-        if not torch.isfinite(b).all():
-            raise InputError("the baseline tensor contains NaN or infinite values")
-        return b.clone()
-    if isinstance(baseline, int | float) and not isinstance(baseline, bool):
-        return torch.full_like(inputs, float(baseline))
-    if baseline == "black":
-        return lo.expand_as(inputs).clone()
-    if baseline == "white":
-        return hi.expand_as(inputs).clone()
-    if baseline == "zero":
-        return torch.zeros_like(inputs)
-    if baseline == "uniform":
-        gen = torch.Generator(device=inputs.device)
-        gen.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
-        u = torch.rand(inputs.shape[1:], generator=gen, device=inputs.device, dtype=inputs.dtype)
-        return lo + u * (hi - lo)
-    if baseline == "blurred":
-        return gaussian_blur(inputs, blur_sigma)
-    raise InputError(f"unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}, a number or a tensor")
+def blur_radius(sigma: float) -> int:
+    """Integrated gradients' blur kernel half-width for std ``sigma``: ``ceil(3 sigma)``, at least 1."""
+    return max(1, math.ceil(3 * sigma))
 
 
 @register_method("integrated_gradients")
@@ -133,9 +79,11 @@ class IntegratedGradients(PixelGradientMethod):
         rule: "gauss_legendre" (default, as captum; exact for polynomial paths of degree < 2*steps),
             "riemann_left", "riemann_right", "riemann_middle" or "riemann_trapezoid" (short forms
             "left", "right", "middle", "trapezoid" are accepted).
-        baseline: "black" (default: each image's minimum value after preprocessing), "zero", "white",
-            "uniform", "blurred", a number, or a tensor broadcastable to the inputs.
-        blur_sigma: std in pixels of the Gaussian for the "blurred" baseline (default 5).
+        baseline: "black" (default: each image's minimum value after preprocessing), "zero", "white", "mean",
+            "uniform", "blurred" (or "blur"), a number, or a tensor broadcastable to the inputs
+            (:func:`saliencekit.baselines.make_baseline`).
+        blur_sigma: std in pixels of the Gaussian for the "blurred" baseline (default 5); the kernel's radius is
+            ``ceil(3 blur_sigma)`` and the edges are replicated (:func:`blur_radius`).
         seed: seed of the "uniform" baseline.
         reduce: channel reduction of the (N, C, H, W) attributions.
         batch_size: interpolated images per pass, or "auto".
@@ -170,10 +118,7 @@ class IntegratedGradients(PixelGradientMethod):
             raise InputError(f"steps must be a positive int, got {steps!r}")
         rule = _RULE_ALIASES.get(rule, rule) if isinstance(rule, str) else rule
         self.nodes, self.weights = quadrature(rule, steps)  # validates the rule
-        if isinstance(baseline, str) and baseline not in BASELINES:
-            raise InputError(f"unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}, a number or a tensor")
-        if not isinstance(baseline, str | int | float | torch.Tensor) or isinstance(baseline, bool):
-            raise InputError(f"baseline must be a name, a number or a tensor, got {type(baseline).__name__}")
+        check_baseline(baseline)
         if not isinstance(blur_sigma, int | float) or blur_sigma < 0:
             raise InputError(f"blur_sigma must be a number >= 0, got {blur_sigma!r}")
         self.steps, self.rule, self.baseline, self.blur_sigma, self.seed = steps, rule, baseline, blur_sigma, seed
@@ -183,7 +128,8 @@ class IntegratedGradients(PixelGradientMethod):
         self, inputs: torch.Tensor, target: ResolvedTarget
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         n = inputs.shape[0]
-        base = make_baseline(inputs, self.baseline, self.seed, self.blur_sigma)
+        base = make_baseline(inputs, self.baseline, seed=self.seed, blur_sigma=self.blur_sigma,
+                             blur_radius=blur_radius(self.blur_sigma), blur_padding="replicate")
         delta = inputs - base
         nodes = torch.as_tensor(self.nodes, dtype=inputs.dtype, device=inputs.device)
         weights = torch.as_tensor(self.weights, dtype=inputs.dtype, device=inputs.device)

@@ -27,14 +27,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saliencekit.baselines import DEFAULT_BLUR_SIGMA, make_baseline
 from saliencekit.errors import InputError, UnknownNameError
 from saliencekit.trust._imputation import noisy_linear_impute
-from saliencekit.trust._ops import as_inputs, as_maps, gaussian_blur, make_generator
+from saliencekit.trust._ops import as_inputs, as_maps, make_generator
 
 ModelScore = Callable[[Tensor], Tensor]
 EXPLAINED = "explained"  # targets= default: model_score already returns the explained class's probability
-BASELINES = ("zero", "mean", "blur")
-DEFAULT_BLUR_SIGMA = 5.0  # Petsiuk et al.'s insertion blur: kernel 11, sigma 5
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -72,36 +71,6 @@ def _check(inputs: Tensor, maps: Tensor) -> tuple[Tensor, Tensor]:
         raise InputError(f"maps must have shape (N, H, W) matching inputs (N, C, H, W), got maps {tuple(maps.shape)} "
                          f"and inputs {tuple(inputs.shape)}; upsample the maps to the input size first")
     return inputs, maps.to(inputs.device)
-
-
-def make_baseline(inputs: Tensor, baseline: str | Tensor | float, blur_sigma: float = DEFAULT_BLUR_SIGMA) -> Tensor:
-    """The image that removed pixels are replaced by.
-
-    Args:
-        inputs: (N, C, H, W).
-        baseline: ``"zero"``; ``"mean"`` (each image's per-channel mean); ``"blur"`` (the Gaussian-blurred image,
-            std ``blur_sigma`` pixels); a number; or a tensor broadcastable to the inputs.
-        blur_sigma: blur std in pixels for ``"blur"``.
-
-    Returns:
-        (N, C, H, W) on the inputs' device.
-    """
-    inputs = as_inputs(inputs)
-    if isinstance(baseline, Tensor):
-        try:
-            return torch.broadcast_to(baseline.to(inputs.device, inputs.dtype), inputs.shape)
-        except RuntimeError as exc:
-            raise InputError(f"baseline tensor of shape {tuple(baseline.shape)} does not broadcast to the inputs "
-                             f"{tuple(inputs.shape)}") from exc
-    if isinstance(baseline, (int, float)):
-        return torch.full_like(inputs, float(baseline))
-    if baseline == "zero":
-        return torch.zeros_like(inputs)
-    if baseline == "mean":
-        return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs)
-    if baseline == "blur":
-        return gaussian_blur(inputs, blur_sigma)
-    raise UnknownNameError("baseline", str(baseline), [*BASELINES, "<number>", "<tensor>"])
 
 
 def salience_ranks(maps: Tensor, descending: bool = True) -> Tensor:
@@ -216,9 +185,11 @@ def deletion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps:
         inputs: (N, C, H, W).
         maps: (N, H, W) at the input's resolution.
         steps: number of equal steps (the curve has ``steps + 1`` points).
-        baseline: see :func:`make_baseline`.
+        baseline: ``"zero"`` (default), ``"mean"``, ``"blur"`` / ``"blurred"``, any other name of
+            :func:`saliencekit.baselines.make_baseline`, a number or a tensor broadcastable to the inputs.
         batch_size: perturbed images per call of ``model_score``.
-        blur_sigma: blur std for the ``"blur"`` baseline.
+        blur_sigma: blur std in pixels for the ``"blur"`` baseline (kernel radius ``int(4 sigma + 0.5)``, mirrored
+            edges; Petsiuk et al. also blur with sigma 5).
         progress: show a progress bar.
         targets: ``"explained"`` (default: ``model_score`` returns the explained class's probability); or, with
             ``model_score`` the classifier, None (each image's predicted class), a class index for every image,
@@ -231,7 +202,7 @@ def deletion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps:
     """
     inputs, maps = _check(inputs, maps)
     score = _row_scorer(model_score, inputs, targets, batch_size)
-    return _curve("deletion", score, inputs, make_baseline(inputs, baseline, blur_sigma), maps, steps,
+    return _curve("deletion", score, inputs, make_baseline(inputs, baseline, blur_sigma=blur_sigma), maps, steps,
                   batch_size, progress)
 
 
@@ -249,7 +220,7 @@ def insertion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps
     """
     inputs, maps = _check(inputs, maps)
     score = _row_scorer(model_score, inputs, targets, batch_size)
-    return _curve("insertion", score, make_baseline(inputs, baseline, blur_sigma), inputs, maps, steps,
+    return _curve("insertion", score, make_baseline(inputs, baseline, blur_sigma=blur_sigma), inputs, maps, steps,
                   batch_size, progress)
 
 

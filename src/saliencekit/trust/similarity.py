@@ -20,18 +20,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from saliencekit._filters import gaussian_blur, gaussian_kernel1d, separable_filter
 from saliencekit.errors import InputError, UnknownNameError
 from saliencekit.methods.normalize import minmax_scale
-from saliencekit.trust._ops import (
-    as_maps,
-    as_pair,
-    gaussian_blur,
-    gaussian_kernel1d,
-    make_generator,
-    memo,
-    rand,
-    separable_filter,
-)
+from saliencekit.trust._ops import as_maps, as_pair, make_generator, memo, rand
 
 SIMILARITY_METRICS = ("spearman_abs", "spearman", "ssim", "hog")
 
