@@ -332,7 +332,7 @@ def test_save_maps_npz_roundtrip(tmp_path: Path) -> None:
 
 
 def test_display_normalization_auto_follows_the_family() -> None:
-    from saliencekit.viz.explain_files import display_normalization
+    from saliencekit.methods.normalize import display_normalization
 
     model = make("plain")
     assert display_normalization(sk.create_method("smoothgrad", model)) == "percentile"

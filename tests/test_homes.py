@@ -62,3 +62,32 @@ def test_run_module_does_not_import_training_and_names_are_functions() -> None:
             "import saliencekit.methods as m, saliencekit.trust as t\n"
             "assert callable(m.explain) and callable(t.agreement) and callable(t.complexity)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_per_method_expectations_are_declared_on_the_classes() -> None:
+    from saliencekit.methods import list_methods, method_class
+    from saliencekit.methods.normalize import NORMALIZATIONS, display_normalization
+    from saliencekit.trust.invariance import expected_invariance
+
+    for name in list_methods():
+        cls = method_class(name)
+        assert cls.display_normalization in NORMALIZATIONS, name
+        assert cls.input_shift_invariant in (True, False, None), name
+        assert display_normalization(name) == cls.display_normalization
+    # the family rule the CLI and the report used before the attribute existed
+    for name in list_methods():
+        family = method_class(name).family
+        assert display_normalization(name) == ("percentile" if family in ("gradient", "backprop") else "minmax")
+    # the table the input-invariance check used before (name, options) -> expectation
+    table = [
+        ("gradient", {}, True), ("gradient_x_input", {}, False), ("guided_backprop", {}, True),
+        ("deconvnet", {}, True), ("gradcam", {}, None), ("scorecam", {}, None), ("occlusion", {}, None),
+        ("guided_gradcam", {}, None), ("integrated_gradients", {}, True),
+        ("integrated_gradients", {"baseline": "black"}, True), ("integrated_gradients", {"baseline": "zero"}, False),
+        ("integrated_gradients", {"baseline": "white"}, None), ("integrated_gradients", {"baseline": 0.0}, None),
+        ("smoothgrad", {}, True), ("vargrad", {}, True), ("smoothgrad_sq", {}, True),
+        ("smoothgrad", {"base": "gradient_x_input"}, False), ("smoothgrad", {"base": "guided_backprop"}, True),
+        ("smoothgrad", {"base": "integrated_gradients"}, None), ("not_a_method", {}, None),
+    ]
+    for name, options, want in table:
+        assert expected_invariance({"method": name, "options": options}) is want, (name, options)

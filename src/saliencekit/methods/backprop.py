@@ -131,6 +131,7 @@ class GuidedBackprop(_RuleShared, PixelGradientMethod):
                   f"{_FUNCTIONAL_NOTE})."
     family = "backprop"
     works_on_torchscript = False
+    input_shift_invariant = True
     relu_rule: ReluRule | None = "guided"
 
     def __init__(self, model: nn.Module, *, reduce: str = "sum"):
@@ -167,6 +168,7 @@ class DeconvNet(PixelGradientMethod):
                   f"{_FUNCTIONAL_NOTE})."
     family = "backprop"
     works_on_torchscript = False
+    input_shift_invariant = True
     relu_rule: ReluRule | None = "deconv"
 
     def __init__(self, model: nn.Module, *, reduce: str = "sum"):
@@ -206,6 +208,7 @@ class GuidedGradCAM(_RuleShared, Method):
     uses_gradients = True
     needs_layer = True
     works_on_torchscript = False
+    display_normalization = "percentile"
 
     def __init__(self, model: nn.Module, *, layer: LayerSpec = None, reduce: str = "sum"):
         super().__init__(model)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import functools
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -68,10 +68,15 @@ class Explanation:
         return int(self.maps.shape[0])
 
     def normalized(self, how: str = "minmax", **kwargs: Any) -> torch.Tensor:
-        """The maps normalised for display (see :func:`saliencekit.methods.normalize.normalize`)."""
-        from saliencekit.methods.normalize import normalize
+        """The maps normalised for display (see :func:`saliencekit.methods.normalize.normalize`).
 
-        return normalize(self.maps, how, **kwargs)
+        ``how="auto"`` is what ``saliencekit explain`` and the report draw: the method's declared
+        ``display_normalization`` (percentile for gradient and backprop maps, min-max for CAM and perturbation
+        maps; :func:`saliencekit.methods.normalize.display_normalization`).
+        """
+        from saliencekit.methods.normalize import display_normalization, normalize
+
+        return normalize(self.maps, display_normalization(self.method, how), **kwargs)
 
     def to(self, device: torch.device | str) -> Explanation:
         """A copy with every tensor moved to ``device``."""
@@ -190,8 +195,20 @@ class Method(abc.ABC):
     needs_layer: ClassVar[bool] = False
     satisfies_completeness: ClassVar[bool] = False
     works_on_torchscript: ClassVar[bool] = True
+    #: How the CLI, the report and ``Explanation.normalized("auto")`` scale the maps for display: "percentile" for
+    #: signed pixel-level maps (Smilkov et al.'s display), "minmax" for the others (see docs/methods.md).
+    display_normalization: ClassVar[str] = "minmax"
+    #: Whether the maps should stay the same under the compensated input shift of Kindermans et al. 2017 (the
+    #: ``input_invariance`` check); None: no stated expectation. Options can change it: see
+    #: :meth:`expected_input_invariance`.
+    input_shift_invariant: ClassVar[bool | None] = None
     output: str | None = None
     threshold: float | None = None
+
+    @classmethod
+    def expected_input_invariance(cls, options: Mapping[str, Any]) -> bool | None:
+        """The expectation of :attr:`input_shift_invariant` for a method built with ``options``."""
+        return cls.input_shift_invariant
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

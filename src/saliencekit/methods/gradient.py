@@ -58,6 +58,7 @@ class PixelGradientMethod(Method):
 
     family = "gradient"
     uses_gradients = True
+    display_normalization = "percentile"
     relu_rule: ReluRule | None = None
     batches_itself: bool = False
 
@@ -156,6 +157,7 @@ class Gradient(PixelGradientMethod):
     """
 
     description = "Vanilla gradient dS/dx of the explained score (Simonyan 2013)."
+    input_shift_invariant = True
 
 
 @register_method("gradient_x_input")
@@ -168,6 +170,7 @@ class GradientXInput(PixelGradientMethod):
     """
 
     description = "Gradient times input, x * dS/dx (Shrikumar 2016)."
+    input_shift_invariant = False
     multiplies_by_inputs = True
 
     def _attributions(self, inputs, target):  # type: ignore[no-untyped-def]

@@ -8,6 +8,8 @@ right Riemann sum). Completeness: ``sum(IG) ~= S(x) - S(x')``; the gap is report
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,6 +101,13 @@ class IntegratedGradients(PixelGradientMethod):
     multiplies_by_inputs = True
     satisfies_completeness = True
     batches_itself = True
+
+    @classmethod
+    def expected_input_invariance(cls, options: Mapping[str, Any]) -> bool | None:
+        """Invariant from the "black" baseline (it moves with the shift), not from "zero" (it does not); other
+        baselines: no stated expectation."""
+        baseline = options.get("baseline", "black")
+        return {"black": True, "zero": False}.get(baseline) if isinstance(baseline, str) else None
 
     def __init__(
         self,

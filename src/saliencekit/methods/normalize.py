@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 
 from saliencekit.errors import InputError
+
+if TYPE_CHECKING:
+    from saliencekit.methods.base import Method
 
 NORMALIZATIONS = ("minmax", "abs", "percentile", "signed")
 
@@ -78,3 +81,32 @@ def normalize(maps: torch.Tensor, how: str = "minmax", percentile: float = 99.0,
     else:
         raise InputError(f"unknown normalisation {how!r}; valid: {', '.join(NORMALIZATIONS)}")
     return out.view_as(maps)
+
+
+def display_normalization(method: str | Method | type[Method], how: str = "auto") -> str:
+    """The normalisation the CLI and the report use for a method's maps.
+
+    ``"auto"`` is the method class's declared :attr:`~saliencekit.methods.Method.display_normalization`
+    ("percentile" for the gradient and backprop families' signed pixel-level maps, "minmax" for CAMs and
+    perturbation maps); any other value is checked and returned as given.
+
+    Args:
+        method: a registered method name, a method class or a method instance.
+        how: ``"auto"`` or one of ``NORMALIZATIONS``.
+
+    Raises:
+        InputError: an unknown normalisation.
+        UnknownNameError: ``"auto"`` with a name that is not registered.
+
+    >>> display_normalization("gradcam"), display_normalization("smoothgrad"), display_normalization("rise", "abs")
+    ('minmax', 'percentile', 'abs')
+    """
+    if how == "auto":
+        if isinstance(method, str):
+            from saliencekit.methods.registry import method_class
+
+            method = method_class(method)
+        return method.display_normalization
+    if how not in NORMALIZATIONS:
+        raise InputError(f"unknown normalisation {how!r}; valid: auto, {', '.join(NORMALIZATIONS)}")
+    return how

@@ -26,7 +26,7 @@ from saliencekit.methods._capture import capture
 from saliencekit.methods._precision import Precision
 from saliencekit.methods.base import Explanation, Method, preserve_model, reduce_channels
 from saliencekit.methods.gradient import PixelGradientMethod, rows_target
-from saliencekit.methods.registry import create_method, method_options, register_method
+from saliencekit.methods.registry import create_method, list_methods, method_class, method_options, register_method
 from saliencekit.methods.targets import ResolvedTarget
 
 _STATISTICS = ("mean", "mean_sq", "var")
@@ -65,7 +65,16 @@ class _NoiseTunnel(Method):
 
     family = "gradient"
     uses_gradients = True
+    display_normalization = "percentile"
     statistic: ClassVar[str] = "mean"
+
+    @classmethod
+    def expected_input_invariance(cls, options: Mapping[str, Any]) -> bool | None:
+        """What the wrapped method's class states (the noise scale follows the image's range, which the shift keeps)."""
+        base = options.get("base", "gradient")
+        if isinstance(base, Method):
+            return type(base).input_shift_invariant
+        return method_class(base).input_shift_invariant if base in list_methods() else None
 
     def __init__(
         self,

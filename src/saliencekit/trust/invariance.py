@@ -18,9 +18,10 @@ Predictions may stay while maps change; reported as measured. Note that ``m`` is
 input*: with saliencekit's per-image standardisation a brightness change of the raw file is removed by the
 preprocessing itself.
 
-Expected (METHODS.md): gradient, SmoothGrad of the gradient, guided backprop, and integrated gradients
-with the black baseline (the minimum input value, which shifts with the input) are invariant; gradient x
-input and integrated gradients with a zero baseline are not.
+Expected (docs/methods.md; declared by each method class as ``input_shift_invariant``, see
+:meth:`saliencekit.methods.Method.expected_input_invariance`): gradient, SmoothGrad of the gradient, guided
+backprop, DeconvNet and integrated gradients with the black baseline (the minimum input value, which shifts with
+the input) are invariant; gradient x input and integrated gradients with a zero baseline are not.
 """
 
 from __future__ import annotations
@@ -106,25 +107,16 @@ def compensated_copy(model: nn.Module, shift: float) -> nn.Module:
     return work
 
 
-# Invariance expected by METHODS.md, by registered name (and baseline for integrated gradients).
-_EXPECTED = {"gradient": True, "smoothgrad": True, "guided_backprop": True, "deconvnet": True,
-             "gradient_x_input": False, "vargrad": True, "smoothgrad_sq": True}
-
-
 def expected_invariance(spec: Mapping[str, Any]) -> bool | None:
-    """What METHODS.md expects of a method under the compensated shift (None: no stated expectation)."""
+    """What docs/methods.md expects of a method under the compensated shift (None: no stated expectation).
+
+    Read from the method class (:meth:`saliencekit.methods.Method.expected_input_invariance`, which sees the
+    options, e.g. the baseline of integrated gradients); a name that is not registered has no expectation.
+    """
+    from saliencekit.methods import list_methods, method_class
+
     name, opts = spec["method"], spec.get("options", {})
-    if name in ("integrated_gradients", "ig"):
-        baseline = opts.get("baseline", "black")
-        if baseline == "black":
-            return True
-        if baseline == "zero":
-            return False
-        return None
-    if name in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-        inner = opts.get("method", opts.get("base", "gradient"))
-        return _EXPECTED.get(str(inner))
-    return _EXPECTED.get(name)
+    return method_class(name).expected_input_invariance(opts) if name in list_methods() else None
 
 
 @dataclass
@@ -180,7 +172,7 @@ class InvarianceResult:
                            "reason": (f"maps {'identical' if inv else 'changed'} under the compensated shift "
                                       f"(largest relative change {rel:.1e}, tolerance {self.tolerance:.0e})"
                                       + ("" if exp is None else
-                                         f"; METHODS.md expects it {'' if exp else 'not '}to be invariant"))}
+                                         f"; docs/methods.md expects it {'' if exp else 'not '}to be invariant"))}
         unc = {label: {**block(self.uncompensated[label]),
                        "reason": (f"on the brightened input the maps keep Spearman "
                                   f"{mean_of(self.uncompensated[label]['spearman']):.2f} with the originals")}

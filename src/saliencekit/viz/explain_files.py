@@ -162,6 +162,7 @@ def explain_files(
         One :class:`ExplainedImage` per file.
     """
     from saliencekit.methods.explain_many import build_methods, explain
+    from saliencekit.methods.normalize import display_normalization
     from saliencekit.methods.specs import engine_specs, parse_methods
     from saliencekit.methods.targets import class_probabilities, num_classes_of
     from saliencekit.viz.overlay import comparison_figure, overlay, save_maps_npz
@@ -249,18 +250,6 @@ def explain_files(
                         "files": [str(p) for p in r.files]} for r in results],
         })
     return results
-
-
-def display_normalization(method: object, normalization: str = "auto") -> str:
-    """The display normalisation of a method's maps: ``"auto"`` -> "percentile" for the gradient and backprop
-    families (signed, pixel-level maps), "minmax" otherwise; any other value is returned as given (validated)."""
-    from saliencekit.methods.normalize import NORMALIZATIONS
-
-    if normalization == "auto":
-        return "percentile" if getattr(method, "family", "") in ("gradient", "backprop") else "minmax"
-    if normalization not in NORMALIZATIONS:
-        raise InputError(f"unknown normalisation {normalization!r}; valid: auto, {', '.join(NORMALIZATIONS)}")
-    return normalization
 
 
 def _class_index(target: int | str, names: Sequence[str]) -> int:

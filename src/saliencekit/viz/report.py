@@ -374,12 +374,11 @@ def _explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray]) -> Fi
 
 
 def _display_normalization(method: str) -> str:
-    """The project's display convention: percentile for gradient/backprop maps, min-max for the others."""
-    try:
-        from saliencekit.methods import method_class
-        from saliencekit.viz.explain_files import display_normalization
+    """The project's display convention: the method class's ``display_normalization`` (percentile for unknown names)."""
+    from saliencekit.methods.normalize import display_normalization
 
-        return display_normalization(method_class(method))
+    try:
+        return display_normalization(method)
     except SaliencekitError:
         return "percentile"
 
