@@ -94,3 +94,21 @@ def test_every_baseline_name_and_bad_values() -> None:
         make_baseline(x[0], "zero")
     with pytest.raises(InputError, match="unknown blur padding"):
         gaussian_blur(x, 1.0, padding="wrap")
+
+
+def test_constant_baselines_are_compact_and_equal_to_the_full_ones() -> None:
+    from saliencekit.baselines import CONSTANT_BASELINES, constant_baseline
+    from saliencekit.methods.perturbation import fill_values
+
+    x = _x()
+    shapes = {"zero": (1, 1, 1, 1), "mean": (2, 2, 1, 1), "black": (2, 1, 1, 1), "white": (2, 1, 1, 1)}
+    for name in CONSTANT_BASELINES:
+        c = constant_baseline(x, name)
+        assert c.shape == shapes[name]
+        assert torch.equal(c.expand_as(x), make_baseline(x, name))
+    assert torch.equal(fill_values(x, "black"), constant_baseline(x, "black"))
+    assert torch.equal(fill_values(x, 0.5).expand_as(x), make_baseline(x, 0.5))
+    with pytest.raises(InputError, match="not constant"):
+        constant_baseline(x, "blurred")
+    with pytest.raises(InputError, match="unknown fill 'white'"):  # the perturbation methods keep their list
+        fill_values(x, "white")

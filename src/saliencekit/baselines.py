@@ -28,6 +28,7 @@ from saliencekit.errors import InputError, UnknownChoiceError
 
 BASELINES = ("black", "zero", "white", "mean", "uniform", "blurred")
 ALIASES = {"blur": "blurred"}
+CONSTANT_BASELINES = ("black", "zero", "white", "mean")
 DEFAULT_BLUR_SIGMA = 5.0  # Petsiuk et al.'s insertion blur (kernel 11, sigma 5); integrated gradients' default too
 
 Baseline = str | float | torch.Tensor
@@ -94,24 +95,38 @@ def make_baseline(
         if not torch.isfinite(b).all():
             raise InputError("the baseline tensor contains NaN or infinite values")
         return b.clone()
-    if not isinstance(baseline, str):
-        return torch.full_like(inputs, float(baseline))
-    name = baseline_name(baseline)
-    if name == "zero":
-        return torch.zeros_like(inputs)
-    if name == "mean":
-        return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs).clone()
-    if name == "blurred":
+    if not isinstance(baseline, str) or baseline_name(baseline) in CONSTANT_BASELINES:
+        return constant_baseline(inputs, baseline).expand_as(inputs).clone()
+    if baseline_name(baseline) == "blurred":
         return gaussian_blur(inputs, blur_sigma, blur_radius, blur_padding)
-    n = inputs.shape[0]
-    flat = inputs.flatten(1)
-    lo = flat.amin(1).view(n, 1, 1, 1)
-    hi = flat.amax(1).view(n, 1, 1, 1)
-    if name == "black":
-        return lo.expand_as(inputs).clone()
-    if name == "white":
-        return hi.expand_as(inputs).clone()
-    gen = torch.Generator(device=inputs.device)  # "uniform"
+    lo, hi = constant_baseline(inputs, "black"), constant_baseline(inputs, "white")  # "uniform"
+    gen = torch.Generator(device=inputs.device)
     gen.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
     u = torch.rand(inputs.shape[1:], generator=gen, device=inputs.device, dtype=inputs.dtype)
     return lo + u * (hi - lo)
+
+
+def constant_baseline(inputs: torch.Tensor, baseline: str | float) -> torch.Tensor:
+    """A baseline that is constant over each image's pixels, in its smallest broadcastable shape.
+
+    ``"zero"`` and a number: (1, 1, 1, 1); ``"mean"``: (N, C, 1, 1); ``"black"`` / ``"white"``: (N, 1, 1, 1).
+    The perturbation methods fill with these without materialising a full image per fill;
+    :func:`make_baseline` expands them.
+
+    Raises:
+        InputError: a name of a baseline that is not constant (e.g. "blurred").
+    """
+    if isinstance(baseline, int | float) and not isinstance(baseline, bool):
+        return torch.full((1, 1, 1, 1), float(baseline), dtype=inputs.dtype, device=inputs.device)
+    if not isinstance(baseline, str):
+        raise InputError(f"a constant baseline is a name or a number, got {type(baseline).__name__}")
+    name = baseline_name(baseline)
+    if name == "zero":
+        return torch.zeros((1, 1, 1, 1), dtype=inputs.dtype, device=inputs.device)
+    if name == "mean":
+        return inputs.mean(dim=(2, 3), keepdim=True)
+    if name in ("black", "white"):
+        flat = inputs.flatten(1)
+        return (flat.amin(1) if name == "black" else flat.amax(1)).view(inputs.shape[0], 1, 1, 1)
+    raise InputError(f"baseline {baseline!r} is not constant over the image; constant ones: "
+                     f"{', '.join(CONSTANT_BASELINES)} or a number")

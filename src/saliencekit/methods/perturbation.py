@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from saliencekit import _layout
+from saliencekit.baselines import constant_baseline
 from saliencekit.errors import InputError
 from saliencekit.methods._batching import BatchSize, check_batch_size, run_in_chunks
 from saliencekit.methods._capture import eval_mode
@@ -36,17 +37,11 @@ def _pair(v: Any, what: str) -> tuple[int, int]:
 
 def fill_values(inputs: torch.Tensor, fill: str | float) -> torch.Tensor:
     """What replaces occluded pixels, broadcastable to (N, C, H, W): ``"zero"`` -> 0, ``"mean"`` -> each image's
-    per-channel mean, ``"black"`` -> each image's minimum value, or a number."""
-    n = inputs.shape[0]
-    if isinstance(fill, int | float) and not isinstance(fill, bool):
-        return torch.full((1, 1, 1, 1), float(fill), dtype=inputs.dtype, device=inputs.device)
-    if fill == "zero":
-        return torch.zeros((1, 1, 1, 1), dtype=inputs.dtype, device=inputs.device)
-    if fill == "mean":
-        return inputs.mean(dim=(2, 3), keepdim=True)
-    if fill == "black":
-        return inputs.flatten(1).amin(1).view(n, 1, 1, 1)
-    raise InputError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)} or a number")
+    per-channel mean, ``"black"`` -> each image's minimum value, or a number (the constant baselines of
+    :func:`saliencekit.baselines.constant_baseline`)."""
+    if isinstance(fill, str) and fill not in FILLS:
+        raise InputError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)} or a number")
+    return constant_baseline(inputs, fill)
 
 
 def _score_dtype(inputs: torch.Tensor) -> torch.dtype:
