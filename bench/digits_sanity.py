@@ -10,8 +10,10 @@ Usage::
 
 Every command is printed before it runs and the work directory keeps the run directories and checks.json files.
 The settings were fixed before the first run (docs/checks.md): the lesson CNN (``effusion_cnn``, 10 classes) at
-64x64 input, where its last two convolutions are 2x2 and 1x1, so the CAM methods use ``features.conv5`` (4x4, the
-same grid as the demo's 256 px CAMs); 16 test images (balanced over the digits), check seed 0.
+64x64 input, where its last two convolutions are 2x2 and 1x1, so the CAM methods use ``features.relu5`` (the fifth
+convolution's output after its ReLU, 4x4: the same grid as the demo's 256 px CAMs; the ReLU output is what a Keras
+``Conv2D(activation="relu")`` layer gives, the usual Grad-CAM layer); 16 test images (balanced over the digits),
+check seed 0.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ METHODS = ("gradient", "smoothgrad", "gradcam", "guided_backprop", "guided_gradc
            "integrated_gradients")
 EXPECTED = {"gradient": "passes", "smoothgrad": "passes", "gradcam": "passes", "guided_backprop": "fails",
             "guided_gradcam": "fails", "gradient_x_input": "in between", "integrated_gradients": "in between"}
-CAM_LAYER = "features.conv5"
+CAM_LAYER = "features.relu5"
 
 
 def cli(*args: str) -> None:
