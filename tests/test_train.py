@@ -15,9 +15,10 @@ from torch import nn
 
 from saliencekit import run as rd
 from saliencekit.data import load_split, save_split, stratified_split
+from saliencekit.data.folder import default_class_order
 from saliencekit.errors import DataError, RunDirError
 from saliencekit.models import load_checkpoint
-from saliencekit.train.fit import TrainConfig, default_class_order, fit_model, train
+from saliencekit.train.fit import TrainConfig, fit_model, train
 
 
 def make_blobs(root: Path, n: int = 12, size: int = 64, seed: int = 0, classes=("effusion", "normal")) -> Path:

@@ -1,7 +1,7 @@
 """Class probabilities of a classifier: the one rule that turns its logits into probabilities.
 
 A one-logit model (a binary classifier trained with a sigmoid) gives ``[1 - sigmoid(z), sigmoid(z)]``;
-more logits give their softmax.
+more logits give their softmax; a multi-label model (one sigmoid per label) gives each logit's sigmoid.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from saliencekit import _layout
 
 @torch.inference_mode()
 def predict_proba(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 64, device: str | torch.device | None = None
+    model: nn.Module, images: torch.Tensor, batch_size: int = 64, device: str | torch.device | None = None,
+    multilabel: bool = False,
 ) -> torch.Tensor:
-    """Class probabilities ``(N, num_classes)`` (on CPU) of a model in eval mode.
+    """Class probabilities ``(N, num_classes)`` (on CPU) of a model in eval mode (per-label probabilities
+    ``(N, num_labels)`` with ``multilabel``).
 
     The model's training mode is restored afterwards.
 
@@ -32,18 +34,21 @@ def predict_proba(
         out = []
         for start in range(0, len(images), batch_size):
             logits = _layout.forward(model, images[start : start + batch_size].to(device)).float().cpu()
-            out.append(logits_to_proba(logits))
+            out.append(logits_to_proba(logits, multilabel=multilabel))
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
-def logits_to_proba(logits: torch.Tensor) -> torch.Tensor:
-    """``(N, 1)`` logits -> ``(N, 2)`` sigmoid probabilities; ``(N, C)`` -> softmax.
+def logits_to_proba(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """``(N, 1)`` logits -> ``(N, 2)`` sigmoid probabilities; ``(N, C)`` -> softmax; multi-label: the sigmoid of
+    each logit.
 
     >>> logits_to_proba(torch.tensor([[0.0]])).tolist()
     [[0.5, 0.5]]
     """
+    if multilabel:
+        return torch.sigmoid(logits.reshape(len(logits), -1))
     if logits.ndim == 1 or logits.shape[1] == 1:
         p = torch.sigmoid(logits.reshape(-1))
         return torch.stack([1 - p, p], dim=1)

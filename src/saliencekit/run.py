@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from saliencekit.data.folder import FolderIndex, ImageFolderDataset, scan_folder
+from saliencekit.data.labels import LabelSpec, read_labels
 from saliencekit.data.preprocess import Preprocessing
 from saliencekit.data.split import Split, load_split
 from saliencekit.errors import DataError, RunDirError
@@ -105,15 +106,35 @@ class Run:
         self._datasets: dict[str, ImageFolderDataset] = {}
 
     @property
+    def multilabel(self) -> bool:
+        """Whether the model has one sigmoid logit per label (``class_names`` are then the labels); the checkpoint
+        says so in ``extra["output"] == "multilabel"``."""
+        return self.info.extra.get("output") == "multilabel"
+
+    @property
     def binary(self) -> bool:
         """Whether the model has a single logit (two classes)."""
-        return len(self.class_names) == 2
+        return len(self.class_names) == 2 and not self.multilabel
+
+    @property
+    def labels(self) -> LabelSpec | None:
+        """How the labels were read from a CSV (``config.json``), or None for class sub-folders."""
+        spec = self.config.get("labels")
+        return None if not spec else LabelSpec.from_dict(spec)
 
     @property
     def index(self) -> FolderIndex:
-        """The data folder's index (scanned on first use, with the run's class order)."""
+        """The data's index (scanned on first use, with the run's class order; from the label CSV for runs
+        trained with one)."""
         if self._index is None:
-            self._index = scan_folder(self.data_root, classes=self.class_names)
+            spec = self.labels
+            if spec is not None:
+                self._index = read_labels(self.data_root, spec)
+                if list(self._index.classes) != self.class_names:
+                    raise DataError(f"the labels of {spec.csv} under {self.data_root} give the classes "
+                                    f"{self._index.classes}, the model was trained on {self.class_names}")
+            else:
+                self._index = scan_folder(self.data_root, classes=self.class_names)
         return self._index
 
     @property
@@ -136,8 +157,10 @@ class Run:
         return self._datasets[part]
 
     def predict(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Class probabilities ``(N, num_classes)`` for a batch of preprocessed images."""
-        return predict_proba(self.model, images, batch_size=batch_size, device=self.device)
+        """Class probabilities ``(N, num_classes)`` for a batch of preprocessed images (per-label sigmoids for a
+        multi-label run)."""
+        return predict_proba(self.model, images, batch_size=batch_size, device=self.device,
+                             multilabel=self.multilabel)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, arch={self.info.arch!r}, classes={self.class_names})"

@@ -12,6 +12,7 @@ from typing import Any
 
 from saliencekit.cli._preprocessing import add_preprocessing_arguments, preprocessing_options
 from saliencekit.cli._types import positive_float, positive_int
+from saliencekit.errors import InputError
 
 
 @contextlib.contextmanager
@@ -42,12 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``evaluate`` and ``models`` to ``subparsers``."""
     p = subparsers.add_parser(
         "train",
-        help="train a classifier on a folder of images (one sub-folder per class)",
+        help="train a classifier on a folder of images (one sub-folder per class, or labels from a CSV)",
         description="Train a classifier on DATA (one sub-folder of images per class, e.g. DATA/effusion/*.png and "
-        "DATA/normal/*.png) and write a run directory: checkpoint.pt (best epoch by validation loss), config.json, "
-        "split.json, history.json, curves.png, and the test-split metrics.json, confusion.png, roc.png.",
+        "DATA/normal/*.png, or the images listed in a label CSV with --labels: one finding against the rest, one "
+        "label per image, or multi-label) and write a run directory: checkpoint.pt (best epoch by validation "
+        "loss), config.json, split.json, history.json, curves.png, and the test-split metrics.json, confusion.png "
+        "(not for multi-label), roc.png. Images: PNG, JPEG, BMP, TIFF (8/16-bit, float) and DICOM (.dcm, "
+        "pip install saliencekit[dicom]).",
     )
-    p.add_argument("data", metavar="DATA", help="folder with one sub-folder of images per class")
+    p.add_argument("data", metavar="DATA", help="folder with one sub-folder of images per class (with --labels: "
+                   "the folder the CSV's images are in)")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory to write (created if missing)")
     p.add_argument("--model", default="effusion_cnn", metavar="NAME",
                    help="architecture from `saliencekit models` (default: effusion_cnn, the lesson's CNN)")
@@ -68,7 +73,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_preprocessing_arguments(p)
     p.add_argument("--classes", default=None, metavar="A,B",
                    help="class folders in label order, comma-separated (default: sorted folder names, with a "
-                   "'normal' folder first for two classes so that the single logit scores the finding)")
+                   "'normal' folder first for two classes so that the single logit scores the finding); with "
+                   "--labels: the classes in label order (rows of other classes left out), or with --multilabel "
+                   "the findings to learn (others ignored)")
+    p.add_argument("--labels", default=None, metavar="CSV",
+                   help="take the images and labels from a CSV instead of class sub-folders: one row per image, an "
+                   "image file column (found under DATA, also in sub-folders) and a label column with "
+                   "'|'-separated findings, as the NIH Data_Entry_2017.csv ('Image Index', 'Finding Labels', "
+                   "'No Finding'; a 'Patient ID' column keeps each patient in one split part)")
+    p.add_argument("--image-column", default=None, metavar="NAME",
+                   help="with --labels: the image file column (default: 'Image Index', image, file, filename or path)")
+    p.add_argument("--label-column", default=None, metavar="NAME",
+                   help="with --labels: the label column (default: 'Finding Labels', label, labels, class, finding "
+                   "or findings); any column works for one label per image, e.g. 'View Position'")
+    p.add_argument("--finding", default=None, metavar="NAME",
+                   help="with --labels: a binary task, images with finding NAME (class 1) against the rest")
+    p.add_argument("--vs", default=None, metavar="NAME",
+                   help="with --finding: class 0 is only the images labelled exactly NAME (e.g. 'No Finding'); "
+                   "images with other findings are left out")
+    p.add_argument("--multilabel", action="store_true",
+                   help="with --labels: one sigmoid output per finding ('No Finding' = none), trained with binary "
+                   "cross-entropy on each")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="with --labels: leave out (and count) CSV rows whose image is not under DATA instead of "
+                   "stopping at the first")
     p.add_argument("--test-fraction", type=float, default=0.15,
                    help="fraction of each class for testing (default: 0.15)")
     p.add_argument("--val-fraction", type=float, default=0.15,
@@ -88,6 +116,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="run directory written by `saliencekit train`")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="evaluate on all images of DIR (same class sub-folders) instead of the test split")
+    p.add_argument("--labels", default=None, metavar="CSV",
+                   help="with --data, for a run trained with --labels: the label CSV of DIR's images (default: the "
+                   "run's CSV)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
@@ -101,21 +132,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     from saliencekit.train.evaluate import format_metrics
     from saliencekit.train.fit import TrainConfig, train
 
+    labels = _label_spec(args)
     config = TrainConfig(
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
         grayscale=not args.color, **preprocessing_options(args), seed=args.seed, device=args.device,
         augment=standard_augmentation() if args.augment else None, patience=args.patience,
         test_fraction=args.test_fraction, val_fraction=args.val_fraction, skip_bad=args.skip_bad,
-        num_threads=args.threads, classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
+        num_threads=args.threads, labels=labels,
+        classes=None if labels is not None else [c.strip() for c in args.classes.split(",")] if args.classes else None,
     )
     with print_warnings():
         run = train(args.data, args.out, config, progress=not args.quiet,
                     command=shlex.join(["saliencekit", *sys.argv[1:]]))
+    if labels is not None:
+        print(f"labels from {labels.csv}: {run.config['labels']['summary']}")
     hist = run.history or {}
     print(f"best epoch {hist.get('best_epoch')} of {len(hist.get('epochs', []))} "
           f"(validation loss {hist.get('best_val_loss', float('nan')):.4f}); run directory: {run.path}")
     print(format_metrics(run.metrics or {}))
     return 0
+
+
+def _label_spec(args: argparse.Namespace) -> Any:  # a LabelSpec, or None without --labels
+    csv_only = {"--image-column": args.image_column, "--label-column": args.label_column, "--finding": args.finding,
+                "--vs": args.vs, "--multilabel": args.multilabel, "--skip-missing": args.skip_missing}
+    if args.labels is None:
+        given = [flag for flag, value in csv_only.items() if value]
+        if given:
+            raise InputError(f"{', '.join(given)} need(s) --labels CSV (labels from class sub-folders need none)")
+        return None
+    from saliencekit.data.labels import LabelSpec
+
+    return LabelSpec(args.labels, image_column=args.image_column, label_column=args.label_column,
+                     finding=args.finding, versus=args.vs, multilabel=args.multilabel,
+                     classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
+                     skip_missing=args.skip_missing)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -125,7 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     run = load_run(args.run, device=resolve_device(args.device))
     with print_warnings():
-        metrics = evaluate(run, data=args.data, progress=not args.quiet)
+        metrics = evaluate(run, data=args.data, progress=not args.quiet, labels=args.labels)
     print(format_metrics(metrics))
     return 0
 

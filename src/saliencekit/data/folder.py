@@ -11,11 +11,13 @@ Folders named ``masks`` or ending in ``_masks`` are never classes. Hidden folder
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -24,7 +26,12 @@ from saliencekit.data.preprocess import Preprocessing
 from saliencekit.data.reader import IMAGE_EXTENSIONS, read_image
 from saliencekit.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderIndex", "ImageFolderDataset", "Sample", "check_images", "scan_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "NEGATIVE_CLASS_NAMES", "FolderIndex", "ImageFolderDataset", "Sample", "check_images",
+           "default_class_order", "scan_folder"]
+
+# Names that mean "no finding": with two classes such a class becomes class 0, so that the single logit
+# scores the finding (e.g. effusion = class 1, normal = class 0).
+NEGATIVE_CLASS_NAMES = ("normal", "healthy", "negative", "control", "no_finding", "nofinding", "no finding", "benign")
 LESION_MASK_DIR = "masks"
 
 
@@ -49,11 +56,24 @@ class Sample:
 
 @dataclass
 class FolderIndex:
-    """The classes and samples found under a dataset folder."""
+    """The classes and samples found under a dataset folder (or listed in a label CSV, see
+    :mod:`saliencekit.data.labels`).
+
+    Attributes:
+        root: the data folder.
+        classes: class names in label order; for multi-label data, the labels.
+        samples: the images.
+        multilabel: each image has a 0/1 target per label (``target_rows``) instead of one class.
+        target_rows: the multi-hot targets of multi-label data, one tuple per sample (empty otherwise).
+        groups: a group (patient) per sample, kept together by the split, or None.
+    """
 
     root: Path
     classes: list[str]
     samples: list[Sample]
+    multilabel: bool = False
+    target_rows: list[tuple[int, ...]] = field(default_factory=list)
+    groups: list[str] | None = None
 
     @property
     def labels(self) -> list[int]:
@@ -67,9 +87,51 @@ class FolderIndex:
     def mask_kinds(self) -> list[str]:
         return sorted({k for s in self.samples for k in s.masks})
 
+    @property
+    def targets(self) -> np.ndarray:
+        """``(N, num_labels)`` 0/1 targets (multi-label), or the ``(N,)`` class indices."""
+        if self.multilabel:
+            return np.asarray(self.target_rows, dtype=np.int64).reshape(len(self.samples), len(self.classes))
+        return np.asarray(self.labels, dtype=np.int64)
+
     def without(self, bad: set[Path]) -> FolderIndex:
         """A copy without the given files."""
-        return FolderIndex(self.root, self.classes, [s for s in self.samples if s.path not in bad])
+        keep = [i for i, s in enumerate(self.samples) if s.path not in bad]
+        return dataclasses.replace(
+            self, samples=[self.samples[i] for i in keep],
+            target_rows=[self.target_rows[i] for i in keep] if self.multilabel else [],
+            groups=None if self.groups is None else [self.groups[i] for i in keep])
+
+    def strata(self) -> list[int]:
+        """One stratum per image for a stratified split: its class, or (multi-label) its rarest positive label
+        (fewest positives in the data), ``len(classes)`` for images with no positive label."""
+        if not self.multilabel:
+            return list(self.labels)
+        t = self.targets
+        rank = np.empty(len(self.classes), dtype=np.int64)
+        rank[np.argsort(t.sum(0), kind="stable")] = np.arange(len(self.classes))
+        out = []
+        for row in t:
+            pos = np.flatnonzero(row)
+            out.append(int(pos[np.argmin(rank[pos])]) if len(pos) else len(self.classes))
+        return out
+
+
+def default_class_order(names: Sequence[str]) -> list[str]:
+    """Names sorted; with two classes a "normal"-like one (see ``NEGATIVE_CLASS_NAMES``) comes first, so that
+    the single logit of a binary model scores the finding.
+
+    >>> default_class_order(["normal", "effusion"])
+    ['normal', 'effusion']
+    >>> default_class_order(["cat", "dog"])
+    ['cat', 'dog']
+    """
+    names = sorted(names)
+    if len(names) == 2:
+        neg = [n for n in names if n.lower() in NEGATIVE_CLASS_NAMES]
+        if len(neg) == 1:
+            names = [neg[0], *(n for n in names if n != neg[0])]
+    return names
 
 
 def scan_folder(root: str | Path, classes: Sequence[str] | None = None, min_classes: int = 2) -> FolderIndex:
@@ -156,7 +218,8 @@ def check_images(index: FolderIndex, skip_bad: bool = False, progress: bool = Tr
 class ImageFolderDataset(Dataset):
     """Preprocessed images (and optionally masks) of some samples of a :class:`FolderIndex`.
 
-    Items are ``(image, label)`` with image a float32 tensor (C, H, W) and label an int.
+    Items are ``(image, label)`` with image a float32 tensor (C, H, W) and label an int, or for multi-label data
+    a float32 tensor of 0/1 targets, one per label.
     With ``cache=True`` all images are preprocessed once up front (fast epochs).
 
     Args:
@@ -203,6 +266,8 @@ class ImageFolderDataset(Dataset):
         x = self.image(i)
         if self.augment is not None:
             x = self.augment(x)
+        if self.index.multilabel:
+            return x, torch.tensor(self.index.target_rows[self.indices[i]], dtype=torch.float32)
         return x, self.sample(i).label
 
     def mask(self, i: int, kind: str = "lesion") -> torch.Tensor:
@@ -216,7 +281,10 @@ class ImageFolderDataset(Dataset):
         return torch.stack([self.image(i) for i in range(len(self))])
 
     def labels(self) -> torch.Tensor:
-        """All labels as a (N,) int64 tensor."""
+        """All labels as a (N,) int64 tensor, or for multi-label data the (N, num_labels) float32 0/1 targets."""
+        if self.index.multilabel:
+            rows = [self.index.target_rows[j] for j in self.indices]
+            return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(self.index.classes))
         return torch.tensor([self.sample(i).label for i in range(len(self))], dtype=torch.long)
 
     def masks(self, kind: str = "lesion") -> torch.Tensor:

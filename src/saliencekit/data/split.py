@@ -37,16 +37,50 @@ class Split:
 
 
 def stratified_split(
-    labels: Sequence[int], test_fraction: float = 0.15, val_fraction: float = 0.15, seed: int = 42
+    labels: Sequence[int], test_fraction: float = 0.15, val_fraction: float = 0.15, seed: int = 42,
+    groups: Sequence[str] | None = None,
 ) -> Split:
     """Split indices per class: ``test_fraction`` of each class for test, then ``val_fraction``
     of the remainder for validation, the rest for training. Same labels and seed, same split.
 
     Every class with at least 3 images has at least one image in each part.
+
+    Args:
+        labels: a class (or stratum, e.g. a multi-label image's rarest label) per image.
+        test_fraction: share of each class for the test part.
+        val_fraction: share of the rest for validation.
+        seed: the random seed.
+        groups: a group per image (e.g. the patient) kept in one part: groups are split as units, each in
+            the stratum of its rarest class (fewest images in the data), so the fractions count groups.
     """
     if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1:
         raise DataError(f"fractions must lie in (0, 1): test={test_fraction}, val={val_fraction}")
     labels_arr = np.asarray(labels)
+    if groups is not None:
+        if len(groups) != len(labels_arr):
+            raise DataError(f"{len(groups)} groups for {len(labels_arr)} labels")
+        names, member_of = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+        classes, counts = np.unique(labels_arr, return_counts=True)
+        rarity = dict(zip(classes.tolist(), np.argsort(np.argsort(counts, kind="stable"), kind="stable").tolist()))
+        unit_label = np.empty(len(names), dtype=labels_arr.dtype)
+        best = np.full(len(names), len(classes))
+        for i, lab in enumerate(labels_arr.tolist()):
+            g = member_of[i]
+            if rarity[lab] < best[g]:
+                best[g], unit_label[g] = rarity[lab], lab
+        units = _split_units(unit_label, test_fraction, val_fraction, seed)
+        parts = {name: np.flatnonzero(np.isin(member_of, idx)).tolist() for name, idx in units.items()}
+    else:
+        parts = {name: idx.tolist() for name, idx in _split_units(labels_arr, test_fraction, val_fraction,
+                                                                   seed).items()}
+    return Split(
+        train=sorted(parts["train"]), val=sorted(parts["val"]), test=sorted(parts["test"]),
+        seed=seed, test_fraction=test_fraction, val_fraction=val_fraction,
+    )
+
+
+def _split_units(labels_arr: np.ndarray, test_fraction: float, val_fraction: float, seed: int
+                 ) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for cls in np.unique(labels_arr):
@@ -58,10 +92,7 @@ def stratified_split(
         parts["test"] += idx[:n_test].tolist()
         parts["val"] += rest[:n_val].tolist()
         parts["train"] += rest[n_val:].tolist()
-    return Split(
-        train=sorted(parts["train"]), val=sorted(parts["val"]), test=sorted(parts["test"]),
-        seed=seed, test_fraction=test_fraction, val_fraction=val_fraction,
-    )
+    return {k: np.asarray(v, dtype=np.int64) for k, v in parts.items()}
 
 
 def save_split(path: str | Path, split: Split, relpaths: Sequence[str]) -> Path:

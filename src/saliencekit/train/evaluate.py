@@ -7,6 +7,7 @@ are one-vs-rest averages over classes (macro) and the AUC is the macro one-vs-re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from scipy.stats import rankdata
 
 from saliencekit import _atomic
 from saliencekit._filenames import safe_filename
+from saliencekit.errors import DataError
 from saliencekit.predict import predict_proba
 
 if TYPE_CHECKING:
@@ -128,6 +130,54 @@ def compute_metrics(
     return out
 
 
+def compute_multilabel_metrics(
+    targets: np.ndarray | torch.Tensor,
+    proba: np.ndarray | torch.Tensor,
+    label_names: Sequence[str],
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Metrics of per-label probabilities against 0/1 targets (multi-label).
+
+    Args:
+        targets: ``(N, L)`` 0/1 targets.
+        proba: ``(N, L)`` per-label probabilities (sigmoids).
+        label_names: the ``L`` label names.
+        threshold: a label is predicted when its probability is >= threshold.
+
+    Returns:
+        ``n``, ``multilabel`` (True), ``class_names`` (the labels), ``threshold``, ``per_class`` (per label:
+        ``positives``, ``auc``, ``sensitivity``, ``specificity``, ``accuracy``), ``roc_auc`` (mean of the labels'
+        AUCs, those with both outcomes), ``sensitivity`` and ``specificity`` (means), ``accuracy`` (share of the
+        N x L decisions that are right) and ``exact_match`` (share of images with every label right), and
+        ``roc_curves`` (label -> curve).
+    """
+    y = np.asarray(targets, dtype=np.float64) > 0.5
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or p.shape != y.shape or p.shape[1] != len(label_names):
+        raise ValueError(f"proba and targets must both have shape (N, {len(label_names)}), got {p.shape}, {y.shape}")
+    pred = p >= threshold
+    per_class: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(label_names):
+        tp = int((pred[:, k] & y[:, k]).sum())
+        tn = int((~pred[:, k] & ~y[:, k]).sum())
+        pos, neg = int(y[:, k].sum()), int((~y[:, k]).sum())
+        per_class[name] = {"positives": pos, "auc": roc_auc(y[:, k], p[:, k]), "sensitivity": _ratio(tp, pos),
+                           "specificity": _ratio(tn, neg), "accuracy": _ratio(tp + tn, len(y))}
+
+    def mean(key: str) -> float:
+        values = [v[key] for v in per_class.values() if v[key] == v[key]]
+        return float(np.mean(values)) if values else float("nan")
+
+    return {
+        "n": len(y), "multilabel": True, "class_names": list(label_names), "threshold": threshold,
+        "accuracy": float((pred == y).mean()) if y.size else float("nan"),
+        "exact_match": float((pred == y).all(1).mean()) if len(y) else float("nan"),
+        "roc_auc": mean("auc"), "sensitivity": mean("sensitivity"), "specificity": mean("specificity"),
+        "per_class": per_class,
+        "roc_curves": {name: roc_curve(y[:, k], p[:, k]) for k, name in enumerate(label_names)},
+    }
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A plain-text table of a metrics dict (as returned by :func:`evaluate`)."""
 
@@ -136,6 +186,19 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
     names = metrics["class_names"]
     title = f"{metrics.get('split', 'test')} set: {metrics.get('data', '')}".rstrip(": ")
+    if metrics.get("multilabel"):
+        width = max(8, *(len(n) for n in names)) + 2
+        lines = [title, f"  images       {metrics['n']}   ({len(names)} labels, each predicted when its sigmoid "
+                        f">= {metrics['threshold']:g})",
+                 f"  mean ROC AUC {f(metrics['roc_auc'])}",
+                 f"  accuracy     {f(metrics['accuracy'])}   (share of label decisions right)",
+                 f"  exact match  {f(metrics['exact_match'])}   (images with every label right)", "",
+                 "  " + f"{'label':<{width}}{'positives':>10}{'AUC':>8}{'sens.':>8}{'spec.':>8}"]
+        for name in names:
+            v = metrics["per_class"][name]
+            lines.append("  " + f"{name:<{width}}{v['positives']:>10}{f(v['auc']):>8}{f(v['sensitivity']):>8}"
+                                f"{f(v['specificity']):>8}")
+        return "\n".join(lines)
     lines = [title, f"  images       {metrics['n']}", f"  accuracy     {f(metrics['accuracy'])}",
              f"  ROC AUC      {f(metrics['roc_auc'])}"]
     if len(names) == 2:
@@ -159,22 +222,27 @@ def evaluate(
     device: str | torch.device = "cpu",
     write: bool = True,
     progress: bool = False,
+    labels: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on its test split, or on every image of another folder.
 
     Args:
         run_or_path: a :class:`~saliencekit.run.Run` or a run directory.
-        data: another folder with the same class sub-folders; default: the run's test split.
+        data: another folder with the same class sub-folders (for a run trained from a label CSV: the folder
+            its images are under); default: the run's test split.
         device: where to run the model when a path is given.
         write: save ``metrics.json``, ``confusion.png`` and ``roc.png`` in the run directory
             (``metrics_<folder>.json`` etc. for ``data``).
         progress: show a progress bar while loading images.
+        labels: with ``data``, for a run trained from a label CSV: the CSV of that folder's images (default: the
+            run's CSV).
 
     Returns:
         The metrics (see :func:`compute_metrics`) plus ``split``, ``data`` and ``predictions``
         (per file: ``file``, ``label``, ``predicted``, ``probabilities``).
     """
     from saliencekit.data.folder import ImageFolderDataset, check_images, scan_folder
+    from saliencekit.data.labels import read_labels
     from saliencekit.run import CONFUSION, METRICS, ROC, Run, load_run
 
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path, device=device)
@@ -184,26 +252,50 @@ def evaluate(
         names = (METRICS, CONFUSION, ROC)
     else:
         root = Path(data)
-        index = check_images(scan_folder(root, classes=run.class_names), progress=progress)
+        spec = run.labels
+        if labels is not None and spec is None:
+            raise DataError(f"{run.path} was trained on class sub-folders, not a label CSV; evaluate it on a folder "
+                            "with the same class sub-folders (without --labels)")
+        if spec is not None:
+            listed = read_labels(root, spec if labels is None else dataclasses.replace(spec, csv=str(labels)))
+            if list(listed.classes) != run.class_names:
+                raise DataError(f"the labels of {root} give the classes {listed.classes}; the model was trained on "
+                                f"{run.class_names}")
+        else:
+            listed = scan_folder(root, classes=run.class_names)
+        index = check_images(listed, progress=progress)
         ds = ImageFolderDataset(index, run.preprocessing, cache=True, progress=progress)
         split = "folder"
         slug = safe_filename(root.resolve().name, empty="data")
         names = (f"metrics_{slug}.json", f"confusion_{slug}.png", f"roc_{slug}.png")
-    proba = predict_proba(run.model, ds.images(), device=run.device)
-    labels = ds.labels().numpy()
-    metrics = {"split": split, "data": str(Path(root).resolve()), **compute_metrics(labels, proba, run.class_names)}
-    pred = (proba[:, 1] >= metrics["threshold"]).long() if run.binary else proba.argmax(1)
-    metrics["predictions"] = [
-        {"file": ds.sample(i).relpath, "label": int(labels[i]), "predicted": int(pred[i]),
-         "probabilities": [round(float(v), 6) for v in proba[i]]}
-        for i in range(len(ds))
-    ]
+    proba = predict_proba(run.model, ds.images(), device=run.device, multilabel=run.multilabel)
+    truth = ds.labels().numpy()
+    if run.multilabel:
+        threshold = float(run.info.extra.get("threshold", 0.5))
+        metrics = {"split": split, "data": str(Path(root).resolve()),
+                   **compute_multilabel_metrics(truth, proba, run.class_names, threshold)}
+        metrics["predictions"] = [
+            {"file": ds.sample(i).relpath, "labels": [int(v) for v in truth[i]],
+             "predicted": [int(v >= threshold) for v in proba[i]],
+             "probabilities": [round(float(v), 6) for v in proba[i]]}
+            for i in range(len(ds))
+        ]
+    else:
+        metrics = {"split": split, "data": str(Path(root).resolve()),
+                   **compute_metrics(truth, proba, run.class_names)}
+        pred = (proba[:, 1] >= metrics["threshold"]).long() if run.binary else proba.argmax(1)
+        metrics["predictions"] = [
+            {"file": ds.sample(i).relpath, "label": int(truth[i]), "predicted": int(pred[i]),
+             "probabilities": [round(float(v), 6) for v in proba[i]]}
+            for i in range(len(ds))
+        ]
     if write:
         from saliencekit.viz.training import plot_confusion, plot_roc
 
         _atomic.write_json(run.path / names[0], metrics)
-        fig = plot_confusion(metrics["confusion_matrix"], run.class_names, title=f"Confusion matrix ({split})")
-        _atomic.save_figure(fig, run.path / names[1])
+        if not run.multilabel:  # a multi-label run has per-label sensitivity/specificity instead
+            fig = plot_confusion(metrics["confusion_matrix"], run.class_names, title=f"Confusion matrix ({split})")
+            _atomic.save_figure(fig, run.path / names[1])
         fig = plot_roc(metrics, title=f"ROC ({split})")
         _atomic.save_figure(fig, run.path / names[2])
         if data is None:

@@ -7,12 +7,13 @@ process (no DataLoader workers), and the run directory is written atomically at 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import shlex
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 from saliencekit import _atomic
 from saliencekit._threads import torch_threads
 from saliencekit._versions import library_versions
-from saliencekit.data.folder import FolderIndex, scan_folder
+from saliencekit.data.folder import FolderIndex, default_class_order, scan_folder
+from saliencekit.data.labels import LabelSpec, read_labels
 from saliencekit.data.preprocess import Preprocessing
 from saliencekit.data.split import Split, save_split, stratified_split
 from saliencekit.device import resolve_device
@@ -34,9 +36,7 @@ from saliencekit.errors import DataError, InputError
 if TYPE_CHECKING:
     from saliencekit.run import Run
 
-# Folder names that mean "no finding": with two classes such a class becomes class 0, so that the
-# single logit scores the finding (e.g. effusion = class 1, normal = class 0).
-NEGATIVE_CLASS_NAMES = ("normal", "healthy", "negative", "control", "no_finding", "nofinding", "benign")
+MULTILABEL_THRESHOLD = 0.5  # a multi-label model predicts a label when its sigmoid reaches this
 
 
 @dataclass
@@ -67,6 +67,8 @@ class TrainConfig:
         num_threads: CPU threads for torch (None: torch's default).
         classes: class names in label order (default: folder names sorted, except that with two
             classes a "normal"-like folder becomes class 0, the negative class).
+        labels: take the images and labels from a CSV (:class:`~saliencekit.data.labels.LabelSpec`: one label,
+            one finding against the rest, or multi-label) instead of class sub-folders; ``classes`` then is unused.
         model_kwargs: extra arguments of the model factory.
 
     >>> cfg = TrainConfig(epochs=2, image_size=64)
@@ -94,6 +96,7 @@ class TrainConfig:
     skip_bad: bool = False
     num_threads: int | None = None
     classes: list[str] | None = None
+    labels: LabelSpec | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -120,26 +123,11 @@ class TrainConfig:
         aug = self.augment
         d["augment"] = None if aug is None else aug.to_dict() if hasattr(aug, "to_dict") else repr(aug)
         d["classes"] = None if self.classes is None else list(self.classes)
+        d["labels"] = None if self.labels is None else self.labels.to_dict()
         d["model_kwargs"] = dict(self.model_kwargs)
         d["mean"] = None if self.mean is None else list(self.mean)
         d["std"] = None if self.std is None else list(self.std)
         return d
-
-
-def default_class_order(names: Sequence[str]) -> list[str]:
-    """Folder names sorted; with two classes a "normal"-like one (see ``NEGATIVE_CLASS_NAMES``) comes first.
-
-    >>> default_class_order(["normal", "effusion"])
-    ['normal', 'effusion']
-    >>> default_class_order(["cat", "dog"])
-    ['cat', 'dog']
-    """
-    names = sorted(names)
-    if len(names) == 2:
-        neg = [n for n in names if n.lower() in NEGATIVE_CLASS_NAMES]
-        if len(neg) == 1:
-            names = [neg[0], *(n for n in names if n != neg[0])]
-    return names
 
 
 def load_images(
@@ -178,12 +166,17 @@ def load_images(
     return kept, torch.stack(images)
 
 
-def loss_function(num_classes: int) -> nn.Module:
-    """The training loss: binary cross-entropy on the single logit for two classes, else cross-entropy."""
-    return nn.BCEWithLogitsLoss() if num_classes == 2 else nn.CrossEntropyLoss()
+def loss_function(num_classes: int, multilabel: bool = False) -> nn.Module:
+    """The training loss: binary cross-entropy on the single logit for two classes and on each logit of a
+    multi-label model, else cross-entropy."""
+    return nn.BCEWithLogitsLoss() if num_classes == 2 or multilabel else nn.CrossEntropyLoss()
 
 
-def _loss_and_correct(logits: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> tuple[torch.Tensor, int]:
+def _loss_and_correct(logits: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> tuple[torch.Tensor, float]:
+    """The loss and the number of correct images; multi-label (``y`` of 0/1 rows): each image counts the share
+    of its labels decided correctly (logit > 0 for a positive)."""
+    if y.ndim == 2:
+        return loss_fn(logits, y), float(((logits > 0) == (y > 0.5)).float().mean(1).sum())
     if logits.shape[1] == 1:
         z = logits[:, 0]
         return loss_fn(z, y.float()), int(((z > 0).long() == y).sum())
@@ -221,7 +214,7 @@ def fit_model(
     The best epoch is the one with the lowest validation loss (the training loss when there are no
     validation images). Returns the history: ``{"epochs": [...], "best_epoch", "best_val_loss", "stopped_early"}``.
     """
-    loss_fn = loss_function(num_classes)
+    loss_fn = loss_function(num_classes, multilabel=train_y.ndim == 2)
     # channels_last roughly halves the time of the small convolutions on CPU (oneDNN); same results
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model.to(memory_format=fmt)
@@ -328,23 +321,41 @@ def train(
     device = resolve_device(config.device)
     data_dir = Path(data_dir).expanduser()
     out_dir = Path(out_dir).expanduser()
-    index = scan_folder(data_dir)
-    classes = list(config.classes) if config.classes else default_class_order(index.classes)
-    if classes != index.classes:
-        index = scan_folder(data_dir, classes=classes)
+    spec = None if config.labels is None else dataclasses.replace(config.labels,
+                                                                  csv=str(Path(config.labels.csv).resolve()))
+    if spec is not None:
+        index: FolderIndex = read_labels(data_dir, spec)
+        classes = list(index.classes)
+    else:
+        index = scan_folder(data_dir)
+        classes = list(config.classes) if config.classes else default_class_order(index.classes)
+        if classes != index.classes:
+            index = scan_folder(data_dir, classes=classes)
+    listed = index
     preprocessing = config.preprocessing()
     with torch_threads(config.num_threads or None):  # 0 / None: torch's default, as before
         index, images = load_images(index, preprocessing, skip_bad=config.skip_bad, progress=progress)
-        labels = torch.tensor(index.labels, dtype=torch.long)
-        split: Split = stratified_split(labels.tolist(), config.test_fraction, config.val_fraction, config.seed)
-        too_small = [c for k, c in enumerate(classes) if sum(labels[split.train] == k) == 0]
+        multilabel = index.multilabel
+        labels = torch.as_tensor(index.targets, dtype=torch.float32 if multilabel else torch.long)
+        split: Split = stratified_split(index.strata(), config.test_fraction, config.val_fraction, config.seed,
+                                        groups=index.groups)
+        if multilabel:
+            too_small = [c for k, c in enumerate(classes) if labels[split.train, k].sum() == 0]
+            need = "label(s) {} have no positive image in the training split (need >= 3 positives each)"
+        else:
+            too_small = [c for k, c in enumerate(classes) if sum(labels[split.train] == k) == 0]
+            need = "class(es) {} have too few images to train on (need >= 3 each)"
         if too_small:
-            raise DataError(f"class(es) {too_small} in {data_dir} have too few images to train on (need >= 3 each)")
+            raise DataError(f"{need.format(too_small)} in {data_dir}")
         out_dir.mkdir(parents=True, exist_ok=True)
         save_split(out_dir / SPLIT, split, index.relpaths)
 
         torch.manual_seed(config.seed)
         arch_kwargs = {"in_channels": preprocessing.in_channels, "num_classes": len(classes), **config.model_kwargs}
+        if multilabel:  # one logit per label, whatever their number
+            arch_kwargs["num_classes"] = max(2, len(classes))
+            if models.output_units(arch_kwargs["num_classes"]) != len(classes):
+                arch_kwargs["outputs"] = len(classes)
         model = models.create(config.model, **arch_kwargs).to(device)
         tr, va = torch.tensor(split.train), torch.tensor(split.val, dtype=torch.long)
         t_fit = time.perf_counter()
@@ -356,16 +367,24 @@ def train(
     best = history["best_epoch"]
     models.save_checkpoint(
         out_dir / CHECKPOINT, model, config.model, arch_kwargs, preprocessing.to_dict(), classes,
-        extra={"best_epoch": best, "best_val_loss": history["best_val_loss"], "epochs_run": len(history["epochs"])},
+        extra={"best_epoch": best, "best_val_loss": history["best_val_loss"], "epochs_run": len(history["epochs"]),
+               **({"output": "multilabel", "threshold": MULTILABEL_THRESHOLD} if multilabel else {})},
     )
     _atomic.write_json(out_dir / HISTORY, history)
     _atomic.save_figure(plot_history(history, title=f"{config.model} on {data_dir.name}"), out_dir / CURVES)
-    counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
-    skipped = sorted({s.relpath for s in scan_folder(data_dir, classes=classes).samples} - set(index.relpaths))
+    if multilabel:
+        counts = {c: int(labels[:, k].sum()) for k, c in enumerate(classes)}
+    else:
+        counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
+    skipped = sorted(set(listed.relpaths) - set(index.relpaths))
     _atomic.write_json(out_dir / CONFIG, {
         "config": config.to_dict(),
         "data_root": str(data_dir.resolve()),
         "class_names": classes,
+        "task": "multilabel" if multilabel else "single-label",
+        "labels": None if spec is None else {**spec.to_dict(), "summary": index.summary(),
+                                                       "excluded_rows": index.excluded,
+                                                       "missing_rows": index.missing},
         "class_counts": counts,
         "split_sizes": {k: len(v) for k, v in split.parts().items()},
         "skipped_files": skipped,
