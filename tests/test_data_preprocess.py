@@ -130,3 +130,24 @@ def test_stored_form_round_trip_and_old_checkpoints() -> None:
     assert (old.normalize, old.resize) == ("per-image", "stretch")  # the behaviour they were trained with
     assert Preprocessing.from_dict({"grayscale": False, "size": [8, 8], "standardize": "none"}).normalize == "unit"
     assert Preprocessing(standardize="none") == Preprocessing(normalize="unit")
+
+
+def test_explain_reports_an_aspect_change(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from saliencekit.cli import main
+
+    for cls in ("effusion", "normal"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(RNG.integers(0, 256, (40, 90)).astype(np.uint8)).save(tmp_path / "d" / cls / f"{i}.png")
+    run, data = tmp_path / "run", tmp_path / "d"
+    assert main(["train", str(data), "--out", str(run), "--epochs", "1", "--image-size", "64", "--quiet",
+                 "--resize", "stretch"]) == 0
+    capsys.readouterr()
+    image = data / "normal" / "0.png"
+    assert main(["explain", str(run), str(image), "--out", str(tmp_path / "maps"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "note: stretched from 90x40 (aspect 2.25) to 64x64 (aspect 1.00)" in out
+    import json
+
+    summary = json.loads((tmp_path / "maps" / "summary.json").read_text())
+    assert summary["images"][0]["preprocessing_note"].startswith("stretched from 90x40")

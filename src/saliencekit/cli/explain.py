@@ -136,6 +136,8 @@ def _explain(args: argparse.Namespace) -> int:
     print(f"explained {len(results)} image(s) with {len(methods)} method(s); wrote {Path(args.out)}/")
     for r in results:
         print(f"  {r.path} -> {r.folder}/ (predicted {r.predicted})")
+        if r.note:
+            print(f"    note: {r.note}")
     return 0
 
 

@@ -162,6 +162,11 @@ def _run_checks(
         if not isinstance(run, Run):
             run = load_run(run, device=resolve_device(str(s.device)))
         run_dir = str(Path(run.path).resolve())
+        if getattr(run, "multilabel", False):
+            raise InputError(f"{run_dir} is a multi-label run (one sigmoid per label); the trust checks do not take "
+                             "multi-label runs yet. Explain its labels with `saliencekit explain RUN IMAGES --target "
+                             "LABEL`, or train one finding against the rest (train --labels CSV --finding NAME) "
+                             "and check that run")
         model = run.model
         factory = _run_factory(run.info)
         train_config = dict(run.config.get("config", {}))

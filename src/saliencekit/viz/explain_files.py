@@ -43,6 +43,7 @@ class ExplainedImage:
     probabilities: dict[str, float]
     classes: list[str]
     files: list[Path] = field(default_factory=list)
+    note: str | None = None  # what fitting the image to the model input did beyond scaling (stretch, crop)
 
 
 def load_model_file(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
@@ -193,7 +194,8 @@ def explain_files(
         bar = tqdm(total=len(files), desc="explaining", disable=not progress)
         for start in range(0, len(files), images_per_batch):
             chunk = files[start:start + images_per_batch]
-            x = torch.stack([preprocessing.load(f) for f in chunk]).to(device)
+            loaded = [preprocessing.load_with_note(f) for f in chunk]
+            x = torch.stack([t for t, _ in loaded]).to(device)
             with torch.inference_mode():
                 output = _layout.forward(model, x)
             output = output if output.ndim == 2 else output[:, None]
@@ -216,7 +218,7 @@ def explain_files(
                 folder = out / folders[f]
                 pred = int(probs[i].argmax())
                 res = ExplainedImage(f, folder, names[pred], {n: float(probs[i, c]) for c, n in enumerate(names)},
-                                     [names[r[i]] for r in ranked])
+                                     [names[r[i]] for r in ranked], note=loaded[i][1])
                 true = f.parent.name if f.parent.name in names else None
                 maps: dict[str, torch.Tensor] = {}
                 fig_rows, row_titles = [], []
@@ -247,7 +249,7 @@ def explain_files(
             "methods": {label: {"method": type(m).name, "params": m.params} for label, m in built.items()},
             "images": [{"file": str(r.path), "folder": str(r.folder), "predicted": r.predicted,
                         "probabilities": r.probabilities, "explained_classes": r.classes,
-                        "files": [str(p) for p in r.files]} for r in results],
+                        "files": [str(p) for p in r.files], "preprocessing_note": r.note} for r in results],
         })
     return results
 
