@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import shlex
 import sys
@@ -356,6 +357,10 @@ def train(
             arch_kwargs["num_classes"] = max(2, len(classes))
             if models.output_units(arch_kwargs["num_classes"]) != len(classes):
                 arch_kwargs["outputs"] = len(classes)
+                if "outputs" not in inspect.signature(models.create).parameters:
+                    raise InputError(f"multi-label training on exactly {len(classes)} labels needs models.create("
+                                     "outputs=), which this installation lacks; learn 3 or more labels, or one "
+                                     "finding against the rest (--finding NAME)")
         model = models.create(config.model, **arch_kwargs).to(device)
         tr, va = torch.tensor(split.train), torch.tensor(split.val, dtype=torch.long)
         t_fit = time.perf_counter()
