@@ -91,3 +91,30 @@ def test_per_method_expectations_are_declared_on_the_classes() -> None:
     ]
     for name, options, want in table:
         assert expected_invariance({"method": name, "options": options}) is want, (name, options)
+
+
+def test_docs_methods_has_a_true_row_for_every_registered_method() -> None:
+    import importlib
+    import re
+    from pathlib import Path
+
+    from saliencekit.methods import list_methods, method_class
+
+    references = ("ref_gradient", "ref_backprop", "ref_cam", "ref_perturbation")
+    text = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+    rows = {m.group(1): [c.strip() for c in m.group(2).split("|")]
+            for m in re.finditer(r"^\| `([^`]+)` \|(.*)\|$", text, flags=re.M)}
+    for name in list_methods():
+        assert name in rows, f"docs/methods.md has no summary row for {name!r}"
+        family, display, invariant, tested = rows[name][:4]
+        cls = method_class(name)
+        assert family == cls.family and display == cls.display_normalization, name
+        want = {True: "yes", False: "no", None: "-"}[cls.input_shift_invariant]
+        if name == "integrated_gradients":
+            want = "black: yes, zero: no"
+        elif name in ("smoothgrad", "smoothgrad_sq", "vargrad"):
+            want = "as its base"
+        assert invariant == want, name
+        for ref in re.findall(r"`(ref_[a-z_]+)", tested):  # the named literal references exist
+            assert any(hasattr(importlib.import_module(f"reference.{mod}"), ref) for mod in references), ref
+        assert f"**`{name}`**" in text, f"docs/methods.md has no definition of {name!r}"

@@ -1,7 +1,7 @@
 """Gradient family: gradient, gradient x input, integrated gradients and the SmoothGrad wrappers.
 
 Compared in float64 against the literal references in tests/reference/ref_gradient.py, against
-hand-derived maps of linear models, and on the invariants of METHODS.md.
+hand-derived maps of linear models, and on the invariants of docs/methods.md.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def residual_cnn() -> nn.Sequential:
 
 
 def ref_score(out_row: torch.Tensor, cls: int) -> torch.Tensor:
-    """``S`` of one output row: the class logit, or +-z for a single logit (METHODS.md, Targets)."""
+    """``S`` of one output row: the class logit, or +-z for a single logit (docs/methods.md, explained score)."""
     if out_row.numel() == 1:
         return out_row.reshape(()) if cls == 1 else -out_row.reshape(())
     return out_row[cls]

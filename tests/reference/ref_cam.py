@@ -1,4 +1,4 @@
-"""Literal references for the CAM family, written from the equations of METHODS.md.
+"""Literal references for the CAM family, written from the equations of docs/methods.md.
 
 Float64, one image at a time, explicit loops over channels and pixels. The activation ``A`` is
 read with a plain forward hook; the gradient ``g = dS/dA`` is computed by central finite

@@ -1,7 +1,7 @@
 """Literal gradient-family references: one image at a time, explicit loops, straight from the equations.
 
-Score (METHODS.md, Targets): a multi-class model explains the logit of the class; a single-logit
-model explains ``z`` for class 1 and ``-z`` for class 0.
+Score (docs/methods.md, "The explained score S"): a multi-class model explains the logit of the class; a
+single-logit model explains ``z`` for class 1 and ``-z`` for class 0.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ class BaseCAM(Method):
         model: the classifier (never modified).
         layer: the layer to explain at: None (the last spatial feature map, found automatically),
             a dotted module name (``"layer4"``, ``"features.7"``) or a module of the model.
-        relu: apply the final ReLU (METHODS.md's definition); False returns the signed map.
+        relu: apply the final ReLU (docs/methods.md); False returns the signed map.
     """
 
     family = "cam"

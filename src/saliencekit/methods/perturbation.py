@@ -117,7 +117,7 @@ class Occlusion(_PerturbationMethod):
         stride: step between patches (int or pair). Default 8.
         fill: "zero" (default; the mean of a per-image standardised image), "mean" (each image's
             per-channel mean), "black" (each image's minimum) or a number.
-        score: "logit" (default: ``S`` as in METHODS.md) or "probability" of the explained class.
+        score: "logit" (default: ``S`` as in docs/methods.md) or "probability" of the explained class.
         batch_size: occluded images per forward pass, or "auto".
         precision: "fp32", "bf16" or "fp16".
 

@@ -33,7 +33,7 @@ from saliencekit.methods.targets import as_target, predicted_classes
 
 @register_method("scorecam")
 class ScoreCAM(Method):
-    """Score-CAM (Wang et al. 2020) with softmax-normalised channel scores, as METHODS.md defines it.
+    """Score-CAM (Wang et al. 2020) with softmax-normalised channel scores, as docs/methods.md defines it.
 
     Args:
         model: the classifier (never modified).

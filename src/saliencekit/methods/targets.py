@@ -1,4 +1,4 @@
-"""What to explain: the score ``S`` whose saliency is computed (METHODS.md, "Targets").
+"""What to explain: the score ``S`` whose saliency is computed (docs/methods.md, "The explained score S").
 
 - Multi-class (softmax) model: ``S`` is the logit of the chosen class.
 - Single-output binary (sigmoid) model: class 1 is ``S = z`` and class 0 is ``S = -z``, ``z`` the logit.
