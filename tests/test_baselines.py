@@ -65,8 +65,8 @@ def test_faithfulness_accepts_both_spellings() -> None:
         return torch.sigmoid(b.flatten(1).sum(1) - 30)
 
     for curve in (deletion_curve, insertion_curve):
-        one = curve(score, x, maps, steps=4, baseline="blur")
-        two = curve(score, x, maps, steps=4, baseline="blurred")
+        one = curve(score, x, maps, steps=4, baseline="blur", targets="explained")
+        two = curve(score, x, maps, steps=4, baseline="blurred", targets="explained")
         assert torch.equal(one.scores, two.scores)
 
 

@@ -87,8 +87,8 @@ def test_faithfulness_curves_score_each_image_with_its_own_class() -> None:
             z = net(b)[:, 0]
             return torch.sigmoid(z if c == 1 else -z)
 
-        ref_d = deletion_curve(score, x[i : i + 1], maps[i : i + 1], steps=4)
-        ref_i = insertion_curve(score, x[i : i + 1], maps[i : i + 1], steps=4)
+        ref_d = deletion_curve(score, x[i : i + 1], maps[i : i + 1], steps=4, targets="explained")
+        ref_i = insertion_curve(score, x[i : i + 1], maps[i : i + 1], steps=4, targets="explained")
         torch.testing.assert_close(curves["deletion"].scores[i], ref_d.scores[0].double())
         torch.testing.assert_close(curves["insertion"].auc[i], ref_i.auc[0].double())
 

@@ -39,11 +39,13 @@ def _perfect_map(n: int, device: torch.device, size: int = 12) -> torch.Tensor:
 
 def test_deletion_and_insertion_order_perfect_vs_reversed(device):
     x, m = _spot_images(3, device), _perfect_map(3, device)
-    good, bad = deletion_curve(spot_model, x, m, steps=12), deletion_curve(spot_model, x, -m, steps=12)
+    good = deletion_curve(spot_model, x, m, steps=12, targets="explained")
+    bad = deletion_curve(spot_model, x, -m, steps=12, targets="explained")
     assert good.scores.shape == (3, 13) and good.fractions.shape == (13,)
     assert (good.auc < 0.2).all() and (bad.auc > 0.8).all()
     assert (good.auc < bad.auc).all()
-    ins_good, ins_bad = insertion_curve(spot_model, x, m, steps=12), insertion_curve(spot_model, x, -m, steps=12)
+    ins_good = insertion_curve(spot_model, x, m, steps=12, targets="explained")
+    ins_bad = insertion_curve(spot_model, x, -m, steps=12, targets="explained")
     assert (ins_good.auc > ins_bad.auc + 0.5).all()
     # ends: deletion goes from the image to the baseline, insertion from the blurred image to the image
     assert torch.allclose(good.scores[:, 0], spot_model(x).double())
@@ -67,7 +69,7 @@ def test_deletion_matches_reference(device, baseline):
     def score(b: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid((b * w).sum(dim=(1, 2, 3)))
 
-    got = deletion_curve(score, x, m, steps=7, baseline=baseline, batch_size=5)
+    got = deletion_curve(score, x, m, steps=7, baseline=baseline, batch_size=5, targets="explained")
     end = make_baseline(x, baseline)
     for i in range(2):
         fr, sc, auc = ref.deletion_curve(lambda a: score(torch.as_tensor(a, device=device)[None]).item(),
@@ -76,20 +78,21 @@ def test_deletion_matches_reference(device, baseline):
         np.testing.assert_allclose(got.scores[i].cpu().numpy(), sc, atol=1e-12)
         assert got.auc[i].item() == pytest.approx(auc, abs=1e-12)
     # the batch size changes nothing
-    assert torch.equal(deletion_curve(score, x, m, steps=7, baseline=baseline, batch_size=1).scores, got.scores)
+    again = deletion_curve(score, x, m, steps=7, baseline=baseline, batch_size=1, targets="explained")
+    assert torch.equal(again.scores, got.scores)
     assert got.to_dict()["kind"] == "deletion"
 
 
 def test_curve_input_errors(device):
     x, m = _spot_images(2, device), _perfect_map(2, device)
     with pytest.raises(InputError, match="maps must have shape"):
-        deletion_curve(spot_model, x, m[:, :5])
+        deletion_curve(spot_model, x, m[:, :5], targets="explained")
     with pytest.raises(UnknownNameError, match="baseline"):
-        deletion_curve(spot_model, x, m, baseline="grey")
+        deletion_curve(spot_model, x, m, baseline="grey", targets="explained")
     with pytest.raises(InputError, match="one probability per image"):
-        deletion_curve(lambda b: b.sum(dim=1), x, m, steps=2)
+        deletion_curve(lambda b: b.sum(dim=1), x, m, steps=2, targets="explained")
     with pytest.raises(UnknownNameError):
-        road(spot_model, x, m, order="random")
+        road(spot_model, x, m, order="random", targets="explained")
 
 
 # ------------------------------------------------------------------------------------------ per-image targets
@@ -131,7 +134,7 @@ def test_per_image_targets_equal_separate_calls_per_class(device, classes):
         # one class for every image (an int target) on the same batch: the ROAD noise streams match, values equal
         same_batch = _runs(model, x, m, targets=c)
         # the old way: each class's images alone, scored by a hand-written probability of that class
-        alone = _runs(_class_prob(model, c), x[rows], m[rows])
+        alone = _runs(_class_prob(model, c), x[rows], m[rows], targets="explained")
         for kind, r in got.items():
             assert torch.equal(r.scores[rows], same_batch[kind].scores[rows]), kind
             assert torch.equal(r.auc[rows], same_batch[kind].auc[rows]), kind
@@ -142,7 +145,7 @@ def test_per_image_targets_equal_separate_calls_per_class(device, classes):
     for c in range(k):
         rows = torch.tensor([i for i, t in enumerate(targets) if t == c], device=device)
         a = road(model, x, m, (0.2, 0.6), noise=0.0, targets=torch.tensor(targets)).scores[rows]
-        b = road(_class_prob(model, c), x[rows], m[rows], (0.2, 0.6), noise=0.0).scores
+        b = road(_class_prob(model, c), x[rows], m[rows], (0.2, 0.6), noise=0.0, targets="explained").scores
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     # the values depend on the class: a per-image target is really used
     other = _runs(model, x, m, targets=[(t + 1) % k for t in targets])
@@ -264,20 +267,20 @@ def test_imputation_large_hole_converges(device):
 
 def test_road_morf_vs_lerf(device):
     x, m = _spot_images(3, device), _perfect_map(3, device)
-    morf = road(spot_model, x, m, order="morf")
-    lerf = road(spot_model, x, m, order="lerf")
+    morf = road(spot_model, x, m, order="morf", targets="explained")
+    lerf = road(spot_model, x, m, order="lerf", targets="explained")
     assert morf.scores.shape == (3, 9) and morf.kind == "road_morf"
     assert (morf.scores < 0.05).all()  # the spot is imputed away first
     assert (lerf.scores[:, :-1] > 0.95).all()  # kept until only the 10% most relevant pixels remain... and then
     assert (morf.auc < lerf.auc).all()
-    again = road(spot_model, x, m, order="morf", generator=0, batch_size=4)
+    again = road(spot_model, x, m, order="morf", generator=0, batch_size=4, targets="explained")
     assert torch.equal(again.scores, morf.scores)  # same seed, other batch size: same noise
-    assert not torch.equal(road(spot_model, x, m, order="morf", generator=1).scores, morf.scores)
+    assert not torch.equal(road(spot_model, x, m, order="morf", generator=1, targets="explained").scores, morf.scores)
     # the imputation leaks no shape: with zero noise, removing the 10% least relevant keeps the score
-    zero = road(spot_model, x, m, fractions=[0.0, 0.1], order="lerf", noise=0.0)
+    zero = road(spot_model, x, m, fractions=[0.0, 0.1], order="lerf", noise=0.0, targets="explained")
     assert torch.allclose(zero.scores[:, 0], spot_model(x).double())
     with pytest.raises(InputError, match="fractions"):
-        road(spot_model, x, m, fractions=[0.5, 1.5])
+        road(spot_model, x, m, fractions=[0.5, 1.5], targets="explained")
 
 
 @pytest.mark.gpu
@@ -291,6 +294,39 @@ def test_cuda_matches_cpu():
     assert b.device.type == "cuda"
     assert torch.allclose(a, b.to(cpu), atol=1e-8)
     x, m = _spot_images(2, cpu), _perfect_map(2, cpu)
-    r_cpu = road(spot_model, x, m)
-    r_gpu = road(spot_model, x.to(cuda), m.to(cuda))
+    r_cpu = road(spot_model, x, m, targets="explained")
+    r_gpu = road(spot_model, x.to(cuda), m.to(cuda), targets="explained")
     assert torch.allclose(r_cpu.scores, r_gpu.scores.cpu(), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ the model argument, unambiguously
+
+
+def test_a_function_must_say_what_it_returns():
+    x, m = _spot_images(2, torch.device("cpu")), _perfect_map(2, torch.device("cpu"))
+    for fn in (deletion_curve, insertion_curve, road):
+        with pytest.raises(InputError, match="targets='explained' when it returns the probability"):
+            fn(spot_model, x, m)
+
+
+def test_a_classifier_module_needs_no_targets_runs_in_eval_mode_and_by_its_output_rule():
+    from toy_models import make
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(4, 1, 10, 10, generator=gen, dtype=torch.float64)
+    m = torch.rand(4, 10, 10, generator=gen, dtype=torch.float64)
+    logits_model = make("plain", classes=1, seed=2)
+    want = {kind: r.scores for kind, r in _runs(logits_model, x, m, targets=None).items()}
+    for kind, r in _runs(logits_model, x, m).items():  # no targets: the predicted class
+        assert torch.equal(r.scores, want[kind]), kind
+    # the same network ending in a Sigmoid module: its probabilities are not read as logits
+    with_sigmoid = torch.nn.Sequential(logits_model, torch.nn.Sigmoid())
+    with_sigmoid.train()
+    for kind, r in _runs(with_sigmoid, x, m).items():
+        torch.testing.assert_close(r.scores, want[kind], rtol=0, atol=1e-12)
+    assert with_sigmoid.training and all(mod.training for mod in with_sigmoid.modules())  # restored
+    assert not any(mod._forward_hooks for mod in with_sigmoid.modules())  # the bypass hook is gone
+    # a module that returns the explained class's probability itself says so, as a function does
+    prob = torch.nn.Sequential(logits_model, torch.nn.Flatten(0), torch.nn.Sigmoid())
+    r = deletion_curve(prob, x, m, steps=5, batch_size=7, targets="explained")
+    assert r.scores.shape == (4, 6)

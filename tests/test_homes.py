@@ -11,6 +11,7 @@ import torch
 
 from saliencekit._filenames import safe_filename
 from saliencekit._versions import library_versions
+from saliencekit.errors import UnknownNameError
 from saliencekit.methods.normalize import minmax_scale, minmax_scale_, normalize
 
 
@@ -118,3 +119,44 @@ def test_docs_methods_has_a_true_row_for_every_registered_method() -> None:
         for ref in re.findall(r"`(ref_[a-z_]+)", tested):  # the named literal references exist
             assert any(hasattr(importlib.import_module(f"reference.{mod}"), ref) for mod in references), ref
         assert f"**`{name}`**" in text, f"docs/methods.md has no definition of {name!r}"
+
+
+def test_readme_explain_your_own_model_runs_as_written() -> None:
+    import re
+    from pathlib import Path
+
+    from saliencekit.methods.normalize import normalize
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("**Explain your own model**"):]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    assert len(code.strip().splitlines()) == 3
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    maps = scope["maps"]
+    assert set(maps) == {"gradcam", "gradient"}
+    assert maps["gradcam"].maps.shape == (2, 224, 224)
+    # what the README says about normalized("auto"): the CLI's and the report's display of each method
+    torch.testing.assert_close(maps["gradcam"].normalized("auto"), normalize(maps["gradcam"].maps, "minmax"))
+    torch.testing.assert_close(maps["gradient"].normalized("auto"), normalize(maps["gradient"].maps, "percentile"))
+
+
+def test_normalized_auto_is_what_the_cli_draws() -> None:
+    import saliencekit as sk
+    from saliencekit.methods.normalize import display_normalization
+    from saliencekit.viz.overlay import map_for_display
+    from toy_models import make
+
+    model = make("plain", classes=3)
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    specs = {"gradient": {}, "smoothgrad": {"samples": 3}, "gradcam": {}, "guided_gradcam": {},
+             "occlusion": {"patch": 4, "stride": 4}}
+    for name, opts in specs.items():
+        method = sk.create_method(name, model, **opts)
+        e = method.attribute(x)
+        how = display_normalization(method)  # what explain_files hands to the overlay for this method
+        for i in range(2):
+            np.testing.assert_allclose(e.normalized("auto")[i].numpy(), map_for_display(e.maps[i].numpy(), how),
+                                       rtol=1e-6, atol=1e-7)
+    with pytest.raises(UnknownNameError, match="unknown method .not_registered."):
+        sk.Explanation("not_registered", torch.zeros(1, 2, 2)).normalized("auto")

@@ -1,31 +1,42 @@
 """Faithfulness of saliency maps: deletion / insertion curves (Petsiuk et al. 2018) and ROAD (Rong et al. 2022).
 
-All functions take ``model_score``, the inputs (N, C, H, W) and their maps (N, H, W). By default
-(``targets="explained"``) ``model_score`` maps a batch of inputs (B, C, H, W) to the probability (B,) of the
-explained class of each image. With ``targets=`` a class per image, one class for all, a target object or None
-(the predicted class), ``model_score`` is the classifier itself (batch -> logits (B, K), or one logit (B,) /
-(B, 1) for a binary sigmoid model) and each perturbed copy is scored with the probability of its own image's
-class, resolved as :mod:`saliencekit.methods.targets` resolves the targets of the saliency methods. Perturbed
-copies are evaluated in batches of ``batch_size`` under ``torch.inference_mode()`` on the inputs' device.
+All functions take the model, the inputs (N, C, H, W), their maps (N, H, W) and ``targets=``, which says what
+the model returns and which class each image is scored by:
+
+- **The classifier** (the usual case): ``model`` returns logits (B, K), or one logit (B,) / (B, 1) for a binary
+  sigmoid model, and ``targets`` is None (each image's predicted class), a class index for every image, one class
+  index per image (a sequence or an integer tensor), a :class:`~saliencekit.methods.targets.Target` or a callable
+  ``logits -> (N,)`` scores, resolved on the clean images as the saliency methods resolve their targets. Each
+  perturbed copy is scored with the probability of its own image's class. An ``nn.Module`` needs no ``targets``
+  (default None); it runs in eval mode (restored afterwards) and by its output rule (a final Sigmoid / Softmax
+  module is read as the methods read it: :mod:`saliencekit.methods.outputs`).
+- **A probability function**: ``targets="explained"`` says that ``model`` already returns the probability (B,)
+  of the explained class of each image.
+
+A plain function without ``targets=`` is refused: its output could be either. Perturbed copies are evaluated in
+batches of ``batch_size`` under ``torch.inference_mode()`` on the inputs' device.
 
 >>> import torch
 >>> x = torch.rand(2, 1, 8, 8)
->>> score = lambda b: torch.sigmoid(b[:, 0, 3, 3] * 10)
 >>> maps = torch.zeros(2, 8, 8); maps[:, 3, 3] = 1
->>> deletion_curve(score, x, maps, steps=4).auc.shape
-torch.Size([2])
 >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+>>> deletion_curve(net, x, maps, steps=4).scores.shape  # each image's predicted class
+torch.Size([2, 5])
 >>> deletion_curve(net, x, maps, steps=4, targets=[0, 2]).scores.shape  # image 0: class 0, image 1: class 2
 torch.Size([2, 5])
+>>> score = lambda b: torch.sigmoid(b[:, 0, 3, 3] * 10)
+>>> deletion_curve(score, x, maps, steps=4, targets="explained").auc.shape
+torch.Size([2])
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from saliencekit.baselines import DEFAULT_BLUR_SIGMA, make_baseline
 from saliencekit.errors import InputError, UnknownNameError
@@ -33,7 +44,15 @@ from saliencekit.trust._imputation import noisy_linear_impute
 from saliencekit.trust._ops import as_inputs, as_maps, make_generator
 
 ModelScore = Callable[[Tensor], Tensor]
-EXPLAINED = "explained"  # targets= default: model_score already returns the explained class's probability
+EXPLAINED = "explained"  # targets="explained": the model function already returns the explained class's probability
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<None for an nn.Module; required for a function>"
+
+
+UNSET: object = _Unset()  # targets= not given
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -96,30 +115,37 @@ def _scores(model_score: ModelScore, batch: Tensor) -> Tensor:
 RowScorer = Callable[[Tensor, Tensor], Tensor]
 
 
-def _row_scorer(model_score: ModelScore, inputs: Tensor, targets: object, batch_size: int) -> RowScorer:
+def _row_scorer(model: ModelScore, inputs: Tensor, targets: object, batch_size: int) -> RowScorer:
     """``(batch, image index of each row) -> probability (B,) of each row's explained class``.
 
-    ``targets="explained"``: ``model_score`` returns that probability itself. Anything else is resolved once
-    on the clean inputs by :func:`saliencekit.methods.targets.as_target` (None: the predicted class), and
-    ``model_score`` is the classifier whose logits are turned into the probability of each row's class.
+    ``targets="explained"``: ``model`` returns that probability itself. Anything else is resolved once on the
+    clean inputs by :func:`saliencekit.methods.targets.as_target` (None: the predicted class), and ``model`` is
+    the classifier whose logits are turned into the probability of each row's class.
     """
+    if targets is UNSET:
+        if not isinstance(model, nn.Module):
+            raise InputError(
+                "the model is a function, so say what it returns: targets='explained' when it returns the probability "
+                "(B,) of each image's explained class; targets=None (the predicted class), a class index, one index "
+                "per image or a Target when it returns logits (B, classes)")
+        targets = None
     if isinstance(targets, str):
         if targets != EXPLAINED:
-            raise InputError(f"targets must be {EXPLAINED!r} (model_score returns the explained class's "
+            raise InputError(f"targets must be {EXPLAINED!r} (the model returns the explained class's "
                              "probability), None (the predicted class), a class index, one index per image, or a "
                              f"target object; got {targets!r}")
-        return lambda batch, img: _scores(model_score, batch)
+        return lambda batch, img: _scores(model, batch)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     from saliencekit.methods.targets import as_target
 
     with torch.inference_mode():
-        clean = torch.cat([_logits(model_score, inputs[lo:lo + batch_size])
+        clean = torch.cat([_logits(model, inputs[lo:lo + batch_size])
                            for lo in range(0, inputs.shape[0], batch_size)])
     resolved = as_target(targets).resolve(clean)
 
     def score(batch: Tensor, img: Tensor) -> Tensor:
-        out = _logits(model_score, batch)
+        out = _logits(model, batch)
         return resolved.subset(img.to(clean.device)).probability(out).to(torch.float64)
 
     return score
@@ -129,9 +155,22 @@ def _logits(model: ModelScore, batch: Tensor) -> Tensor:
     out = model(batch)
     if not isinstance(out, Tensor) or out.ndim not in (1, 2) or out.shape[0] != batch.shape[0]:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise InputError(f"with targets=, model_score must be the classifier, returning logits of shape "
-                         f"({batch.shape[0]}, classes) or ({batch.shape[0]},); got {shape}")
+        raise InputError(f"with targets= other than 'explained', the model must be the classifier, returning logits "
+                         f"of shape ({batch.shape[0]}, classes) or ({batch.shape[0]},); got {shape}")
     return out
+
+
+@contextlib.contextmanager
+def _model_scope(model: ModelScore, inputs: Tensor, targets: object) -> Iterator[None]:
+    """A classifier module runs in eval mode and by its output rule for the block (both restored after)."""
+    if not isinstance(model, nn.Module) or isinstance(targets, str):
+        yield
+        return
+    from saliencekit.methods._capture import eval_mode
+    from saliencekit.methods.outputs import output_scope
+
+    with eval_mode(model), output_scope(model, example=inputs[:1]):
+        yield
 
 
 def _curve(kind: str, score: RowScorer, start: Tensor, end: Tensor, maps: Tensor, steps: int,
@@ -169,10 +208,10 @@ def _curve(kind: str, score: RowScorer, start: Tensor, end: Tensor, maps: Tensor
     return CurveResult(kind, fractions, scores, torch.trapezoid(scores, fractions, dim=1))
 
 
-def deletion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps: int = 50,
+def deletion_curve(model: ModelScore, inputs: Tensor, maps: Tensor, steps: int = 50,
                    baseline: str | Tensor | float = "zero", batch_size: int = 64,
                    blur_sigma: float = DEFAULT_BLUR_SIGMA, progress: bool = False,
-                   targets: object = EXPLAINED) -> CurveResult:
+                   targets: object = UNSET) -> CurveResult:
     """Deletion curve (Petsiuk et al. 2018): replace pixels by the baseline from most to least salient.
 
     At step ``s`` of ``steps`` the ``round(s / steps * H * W)`` most salient pixels (highest map value; ties by
@@ -180,36 +219,37 @@ def deletion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps:
     Lower area = more faithful map.
 
     Args:
-        model_score: batch (B, C, H, W) -> probability of the explained class (B,); with ``targets``, the
-            classifier (batch -> logits).
+        model: the classifier (batch (B, C, H, W) -> logits), or with ``targets="explained"`` a function
+            batch -> probability (B,) of each image's explained class.
         inputs: (N, C, H, W).
         maps: (N, H, W) at the input's resolution.
         steps: number of equal steps (the curve has ``steps + 1`` points).
         baseline: ``"zero"`` (default), ``"mean"``, ``"blur"`` / ``"blurred"``, any other name of
             :func:`saliencekit.baselines.make_baseline`, a number or a tensor broadcastable to the inputs.
-        batch_size: perturbed images per call of ``model_score``.
+        batch_size: perturbed images per call of ``model``.
         blur_sigma: blur std in pixels for the ``"blur"`` baseline (kernel radius ``int(4 sigma + 0.5)``, mirrored
             edges; Petsiuk et al. also blur with sigma 5).
         progress: show a progress bar.
-        targets: ``"explained"`` (default: ``model_score`` returns the explained class's probability); or, with
-            ``model_score`` the classifier, None (each image's predicted class), a class index for every image,
-            one class index per image (a sequence or an integer tensor), a
+        targets: for the classifier, None (each image's predicted class; the default for an ``nn.Module``), a
+            class index for every image, one class index per image (a sequence or an integer tensor), a
             :class:`~saliencekit.methods.targets.Target` or a callable ``logits -> (N,)`` scores (probability:
-            their sigmoid), resolved as for the saliency methods.
+            their sigmoid), resolved as for the saliency methods; ``"explained"`` when ``model`` returns the
+            explained class's probability itself. Required when ``model`` is a plain function.
 
     Returns:
         :class:`CurveResult` with kind ``"deletion"``.
     """
     inputs, maps = _check(inputs, maps)
-    score = _row_scorer(model_score, inputs, targets, batch_size)
-    return _curve("deletion", score, inputs, make_baseline(inputs, baseline, blur_sigma=blur_sigma), maps, steps,
-                  batch_size, progress)
+    with _model_scope(model, inputs, targets):
+        score = _row_scorer(model, inputs, targets, batch_size)
+        return _curve("deletion", score, inputs, make_baseline(inputs, baseline, blur_sigma=blur_sigma), maps,
+                      steps, batch_size, progress)
 
 
-def insertion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps: int = 50,
+def insertion_curve(model: ModelScore, inputs: Tensor, maps: Tensor, steps: int = 50,
                     baseline: str | Tensor | float = "blur", batch_size: int = 64,
                     blur_sigma: float = DEFAULT_BLUR_SIGMA, progress: bool = False,
-                    targets: object = EXPLAINED) -> CurveResult:
+                    targets: object = UNSET) -> CurveResult:
     """Insertion curve (Petsiuk et al. 2018): start from the blurred image, insert original pixels, most salient first.
 
     Arguments (``targets`` included) as :func:`deletion_curve`; the default start is the ``"blur"`` baseline.
@@ -219,14 +259,15 @@ def insertion_curve(model_score: ModelScore, inputs: Tensor, maps: Tensor, steps
         :class:`CurveResult` with kind ``"insertion"``.
     """
     inputs, maps = _check(inputs, maps)
-    score = _row_scorer(model_score, inputs, targets, batch_size)
-    return _curve("insertion", score, make_baseline(inputs, baseline, blur_sigma=blur_sigma), inputs, maps, steps,
-                  batch_size, progress)
+    with _model_scope(model, inputs, targets):
+        score = _row_scorer(model, inputs, targets, batch_size)
+        return _curve("insertion", score, make_baseline(inputs, baseline, blur_sigma=blur_sigma), inputs, maps,
+                      steps, batch_size, progress)
 
 
-def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Sequence[float] = ROAD_FRACTIONS,
+def road(model: ModelScore, inputs: Tensor, maps: Tensor, fractions: Sequence[float] = ROAD_FRACTIONS,
          order: str = "morf", noise: float = 0.01, generator: torch.Generator | int | None = None,
-         batch_size: int = 64, progress: bool = False, targets: object = EXPLAINED) -> CurveResult:
+         batch_size: int = 64, progress: bool = False, targets: object = UNSET) -> CurveResult:
     """ROAD (Rong et al. 2022): remove a share of pixels and impute them by noisy linear imputation.
 
     For each fraction ``f`` the ``round(f * H * W)`` most (``order="morf"``) or least (``"lerf"``) salient
@@ -235,8 +276,8 @@ def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Seque
     probability fall fast with MoRF (low area) and slowly with LeRF (high area).
 
     Args:
-        model_score: batch (B, C, H, W) -> probability of the explained class (B,); with ``targets``, the
-            classifier (batch -> logits).
+        model: the classifier (batch (B, C, H, W) -> logits), or with ``targets="explained"`` a function
+            batch -> probability (B,) of each image's explained class.
         inputs: (N, C, H, W).
         maps: (N, H, W) at the input's resolution.
         fractions: shares of pixels removed, each in [0, 1].
@@ -246,11 +287,11 @@ def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Seque
             stream derived from it, so the scores do not depend on ``batch_size`` or the device.
         batch_size: images imputed and scored together.
         progress: show a progress bar.
-        targets: ``"explained"`` (default: ``model_score`` returns the explained class's probability); or, with
-            ``model_score`` the classifier, None (each image's predicted class), a class index for every image,
-            one class index per image (a sequence or an integer tensor), a
+        targets: for the classifier, None (each image's predicted class; the default for an ``nn.Module``), a
+            class index for every image, one class index per image (a sequence or an integer tensor), a
             :class:`~saliencekit.methods.targets.Target` or a callable ``logits -> (N,)`` scores (probability:
-            their sigmoid), resolved as for the saliency methods.
+            their sigmoid), resolved as for the saliency methods; ``"explained"`` when ``model`` returns the
+            explained class's probability itself. Required when ``model`` is a plain function.
 
     Returns:
         :class:`CurveResult` with kind ``"road_morf"`` / ``"road_lerf"``; ``auc`` is the trapezoid area over the
@@ -262,38 +303,39 @@ def road(model_score: ModelScore, inputs: Tensor, maps: Tensor, fractions: Seque
     fr = torch.as_tensor(list(fractions), dtype=torch.float64)
     if fr.numel() == 0 or bool(((fr < 0) | (fr > 1)).any()):
         raise InputError(f"road fractions must be a non-empty list of shares in [0, 1], got {list(fractions)}")
-    score = _row_scorer(model_score, inputs, targets, batch_size)
-    gen = make_generator(generator)
-    base = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item())
-    n, _, h, w = inputs.shape
-    ranks = salience_ranks(maps, descending=(order == "morf"))
-    counts = torch.round(fr * h * w).long().to(inputs.device)
-    jobs = [(i, s) for i in range(n) for s in range(fr.numel())]
-    scores = torch.empty(n, fr.numel(), dtype=torch.float64, device=inputs.device)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    with _model_scope(model, inputs, targets):
+        score = _row_scorer(model, inputs, targets, batch_size)
+        gen = make_generator(generator)
+        base = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item())
+        n, _, h, w = inputs.shape
+        ranks = salience_ranks(maps, descending=(order == "morf"))
+        counts = torch.round(fr * h * w).long().to(inputs.device)
+        jobs = [(i, s) for i in range(n) for s in range(fr.numel())]
+        scores = torch.empty(n, fr.numel(), dtype=torch.float64, device=inputs.device)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc=f"road {order}", unit="img")
-    with torch.inference_mode():
-        for lo in range(0, len(jobs), batch_size):
-            chunk = jobs[lo:lo + batch_size]
-            img = torch.tensor([j[0] for j in chunk], device=inputs.device)
-            step = torch.tensor([j[1] for j in chunk], device=inputs.device)
-            removed = (ranks[img] < counts[step].unsqueeze(1)).view(-1, h, w)
-            batch = noisy_linear_impute(inputs[img], removed, noise=0.0)
-            if noise > 0:
-                # one noise draw per (image, fraction), seeded from the job's index: the result does not depend on
-                # batch_size
-                eps = torch.stack([torch.randn(inputs.shape[1:], generator=torch.Generator().manual_seed(base + j),
-                                               dtype=torch.float64) for j in range(lo, lo + len(chunk))])
-                eps = eps.to(inputs.device, batch.dtype)
-                batch = torch.where(removed.unsqueeze(1), batch + noise * eps, batch)
-            scores[img, step] = score(batch, img)
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    fr = fr.to(inputs.device)
-    auc = torch.trapezoid(scores, fr, dim=1) if fr.numel() > 1 else scores[:, 0].clone()
-    return CurveResult(f"road_{order}", fr, scores, auc)
+            bar = tqdm(total=len(jobs), desc=f"road {order}", unit="img")
+        with torch.inference_mode():
+            for lo in range(0, len(jobs), batch_size):
+                chunk = jobs[lo:lo + batch_size]
+                img = torch.tensor([j[0] for j in chunk], device=inputs.device)
+                step = torch.tensor([j[1] for j in chunk], device=inputs.device)
+                removed = (ranks[img] < counts[step].unsqueeze(1)).view(-1, h, w)
+                batch = noisy_linear_impute(inputs[img], removed, noise=0.0)
+                if noise > 0:
+                    # one noise draw per (image, fraction), seeded from the job's index: the result does not depend on
+                    # batch_size
+                    eps = torch.stack([torch.randn(inputs.shape[1:], generator=torch.Generator().manual_seed(base + j),
+                                                   dtype=torch.float64) for j in range(lo, lo + len(chunk))])
+                    eps = eps.to(inputs.device, batch.dtype)
+                    batch = torch.where(removed.unsqueeze(1), batch + noise * eps, batch)
+                scores[img, step] = score(batch, img)
+                if bar is not None:
+                    bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        fr = fr.to(inputs.device)
+        auc = torch.trapezoid(scores, fr, dim=1) if fr.numel() > 1 else scores[:, 0].clone()
+        return CurveResult(f"road_{order}", fr, scores, auc)
