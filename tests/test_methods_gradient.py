@@ -430,3 +430,38 @@ def test_smoothgrad_wraps_a_method_through_its_public_entry_point(monkeypatch: p
     ref = ref_noise_tunnel(lambda xi, i: (ref_gradient(model, xi, [cls[i]])[0] ** 2).sum(0, keepdim=True),
                            x, 4, 0.3, 0, "var")
     torch.testing.assert_close(e.maps, ref[:, 0], atol=ATOL, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+@pytest.mark.parametrize(("base", "options"), [("gradient", {}), ("integrated_gradients", {"steps": 3}),
+                                               ("guided_backprop", {}), ("gradcam", {"layer": "2"})])
+def test_noise_tunnel_takes_a_method_instance_as_its_base(name: str, base: str, options: dict) -> None:
+    model = make("plain", classes=3)
+    x = _x(n=2)
+    by_name = sk.create_method(name, model, base=base, base_options=options, samples=3, noise=0.1)
+    instance = sk.create_method(base, model, **options)
+    by_instance = sk.create_method(name, model, base=instance, samples=3, noise=0.1)
+    a, b = by_name.attribute(x), by_instance.attribute(x)
+    torch.testing.assert_close(b.maps, a.maps, rtol=0, atol=0)
+    assert by_instance.base is instance and by_instance.params["base"] == base
+    assert type(by_instance).expected_input_invariance({"base": instance}) == \
+        type(by_name).expected_input_invariance({"base": base})
+    # variants over one instance share one set of noisy passes, as the name form does
+    assert sk.create_method("vargrad", model, base=instance, samples=3, noise=0.1).share_key() == \
+        sk.create_method("smoothgrad", model, base=instance, samples=3, noise=0.1).share_key()
+
+
+def test_noise_tunnel_instance_base_errors() -> None:
+    model, other = make("plain", classes=3), make("plain", classes=3, seed=1)
+    grad = sk.create_method("gradient", other)
+    with pytest.raises(InputError, match="built for another model"):
+        sk.create_method("smoothgrad", model, base=grad)
+    ig = sk.create_method("integrated_gradients", model)
+    with pytest.raises(InputError, match="base_options cannot be combined with a method instance"):
+        sk.create_method("smoothgrad", model, base=ig, base_options={"steps": 4})
+    with pytest.raises(InputError, match="precision cannot be combined"):
+        sk.create_method("smoothgrad", model, base=ig, precision="bf16")
+    with pytest.raises(InputError, match="does not use gradients"):
+        sk.create_method("smoothgrad", model, base=sk.create_method("occlusion", model))
+    with pytest.raises(InputError, match="base must be a method name .* or a method instance, got int"):
+        sk.create_method("smoothgrad", model, base=3)

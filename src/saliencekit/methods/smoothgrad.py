@@ -51,16 +51,29 @@ class _NoiseTunnel(Method):
 
     Args:
         model: the classifier.
-        base: registry name of the wrapped gradient method (any method with ``uses_gradients``).
-        base_options: options of the wrapped method, e.g. ``{"steps": 16}`` for integrated gradients.
+        base: the wrapped gradient method (any method with ``uses_gradients``): its registry name, or a method
+            instance built for the same model (``create_method("integrated_gradients", model, steps=16)``), which
+            gives the same maps as the name with those options.
+        base_options: options of the wrapped method when ``base`` is a name, e.g. ``{"steps": 16}`` for
+            integrated gradients (an instance carries its own).
         samples: number of noisy copies ``n`` (default 25).
         noise: noise level; the std is ``noise * (max(x) - min(x))`` per image (default 0.15).
             ``noise=0`` returns exactly the wrapped method.
         seed: seed of the noise generator (on the input's device); ``None`` draws a fresh seed.
         batch_size: noisy images per pass, or "auto".
         reduce: channel reduction of the (N, C, H, W) result: "sum", "abs_sum", "max_abs", "mean".
-        precision: given to the wrapped method when it takes a ``precision`` option (default: its own default).
-        layer: given to the wrapped method when it takes a ``layer`` option (e.g. SmoothGrad of a CAM).
+        precision: given to the wrapped method when it takes a ``precision`` option (default: its own default);
+            with an instance, set it on the instance.
+        layer: given to the wrapped method when it takes a ``layer`` option (e.g. SmoothGrad of a CAM); with an
+            instance, set it on the instance.
+
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 1))
+    >>> from saliencekit.methods import create_method
+    >>> ig = create_method("integrated_gradients", net, steps=4)
+    >>> by_instance = SmoothGrad(net, base=ig, samples=2).attribute(torch.ones(1, 1, 2, 2)).maps
+    >>> by_name = SmoothGrad(net, base="integrated_gradients", base_options={"steps": 4}, samples=2)
+    >>> torch.equal(by_instance, by_name.attribute(torch.ones(1, 1, 2, 2)).maps)
+    True
     """
 
     family = "gradient"
@@ -80,7 +93,7 @@ class _NoiseTunnel(Method):
         self,
         model: nn.Module,
         *,
-        base: str = "gradient",
+        base: str | Method = "gradient",
         base_options: Mapping[str, Any] | None = None,
         samples: int = 25,
         noise: float = 0.15,
@@ -91,13 +104,21 @@ class _NoiseTunnel(Method):
         layer: str | nn.Module | None = None,
     ):
         super().__init__(model)
-        base_options = dict(base_options or {})
-        # Options that ``explain`` hands to every method reach the wrapped method when it takes them.
-        accepted = method_options(base) if isinstance(base, str) else {}
-        for key, value in (("precision", precision), ("layer", layer)):
-            if value is not None and key in accepted and key not in base_options:
-                base_options[key] = value
-        self.base: Method = create_method(base, model, **base_options)
+        self._base_given = isinstance(base, Method)
+        if isinstance(base, Method):
+            self.base: Method = _checked_instance(base, model, base_options, precision, layer)
+            base_options = dict(base.params)
+        elif isinstance(base, str):
+            base_options = dict(base_options or {})
+            # Options that ``explain`` hands to every method reach the wrapped method when it takes them.
+            accepted = method_options(base)
+            for key, value in (("precision", precision), ("layer", layer)):
+                if value is not None and key in accepted and key not in base_options:
+                    base_options[key] = value
+            self.base = create_method(base, model, **base_options)
+        else:
+            raise InputError(f"base must be a method name (see saliencekit.list_methods()) or a method instance, "
+                             f"got {type(base).__name__}")
         if not type(self.base).uses_gradients:
             raise InputError(f"{self.name or 'smoothgrad'} wraps gradient methods; {base!r} does not use gradients "
                              "(choose e.g. gradient, gradient_x_input, integrated_gradients, guided_backprop)")
@@ -108,12 +129,12 @@ class _NoiseTunnel(Method):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise InputError(f"seed must be an int or None, got {seed!r}")
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
-        self.base_name = base
+        self.base_name = self.base.name or type(self.base).__name__
         self.base_options = base_options
         self.samples, self.noise, self.seed = samples, float(noise), seed
         self.batch_size = check_batch_size(batch_size)
         self.reduce = reduce
-        self._store_params(base=base, base_options=base_options, samples=samples, noise=noise, seed=seed,
+        self._store_params(base=self.base_name, base_options=base_options, samples=samples, noise=noise, seed=seed,
                            batch_size=batch_size, reduce=reduce)
         # Inherit what holds of the statistic of the wrapped method.
         self.multiplies_by_inputs = type(self.base).multiplies_by_inputs  # type: ignore[misc]
@@ -121,8 +142,8 @@ class _NoiseTunnel(Method):
         self.works_on_torchscript = type(self.base).works_on_torchscript  # type: ignore[misc]
 
     def share_key(self) -> Hashable | None:
-        return ("noise_tunnel", self.base_name, _freeze(self.base_options), self.samples, self.noise, self.seed,
-                self.batch_size)
+        base = ("instance", id(self.base)) if self._base_given else (self.base_name, _freeze(self.base_options))
+        return ("noise_tunnel", *base, self.samples, self.noise, self.seed, self.batch_size)
 
     def attribute(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
         return self.attribute_shared([self], inputs, target)[0]
@@ -191,6 +212,20 @@ class _NoiseTunnel(Method):
             "mean": mean.to(inputs.dtype), "mean_sq": mean_sq.to(inputs.dtype), "var": var.to(inputs.dtype),
             "scores": clean_scores, "targets": resolved.class_indices().to(inputs.device), "predictions": predictions,
         }
+
+
+def _checked_instance(base: Method, model: nn.Module, base_options: Mapping[str, Any] | None, precision: Any,
+                      layer: Any) -> Method:
+    """A method instance given as the base: built for ``model``, with its options on itself."""
+    if base.model is not model:
+        raise InputError(f"the base method {type(base).__name__} was built for another model; build it for the model "
+                         "SmoothGrad explains (create_method(name, model, ...)) or give its name")
+    given = [k for k, v in (("base_options", base_options or None), ("precision", precision), ("layer", layer))
+             if v is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} cannot be combined with a method instance as the base; set them on "
+                         "the instance (create_method(name, model, **options)) or give the base by name")
+    return base
 
 
 def _wrapped_attributions(
