@@ -109,8 +109,25 @@ class _RuleShared:
         return out
 
 
+class _ReluRuleMethod(PixelGradientMethod):
+    """An input gradient with a backward rule at every ``nn.ReLU`` module (``relu_rule``); warns without any."""
+
+    family = "backprop"
+    works_on_torchscript = False
+    input_shift_invariant = True
+
+    def __init__(self, model: nn.Module, *, reduce: str = "sum"):
+        super().__init__(model, reduce=reduce)
+        _warn_without_relu_modules(model, self.name)
+
+    def _explanation(self, gx: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor,
+                     predictions: torch.Tensor) -> Explanation:
+        return Explanation(method=self.name, maps=reduce_channels(gx, self.reduce), attributions=gx, scores=scores,
+                           targets=targets, predictions=predictions, params=self.params)
+
+
 @register_method("guided_backprop")
-class GuidedBackprop(_RuleShared, PixelGradientMethod):
+class GuidedBackprop(_RuleShared, _ReluRuleMethod):
     """Guided backpropagation (Springenberg et al. 2015, Sec. 3 / Fig. 1).
 
     At every ``nn.ReLU`` the backward pass lets the gradient through only where the forward input
@@ -129,26 +146,14 @@ class GuidedBackprop(_RuleShared, PixelGradientMethod):
 
     description = f"Guided backprop: ReLUs pass only positive gradients at positive inputs (Springenberg 2015; " \
                   f"{_FUNCTIONAL_NOTE})."
-    family = "backprop"
-    works_on_torchscript = False
-    input_shift_invariant = True
     relu_rule: ReluRule | None = "guided"
-
-    def __init__(self, model: nn.Module, *, reduce: str = "sum"):
-        super().__init__(model, reduce=reduce)
-        _warn_without_relu_modules(model, "guided_backprop")
-
-    def _explanation(self, gx: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor,
-                     predictions: torch.Tensor) -> Explanation:
-        return Explanation(method=self.name, maps=reduce_channels(gx, self.reduce), attributions=gx, scores=scores,
-                           targets=targets, predictions=predictions, params=self.params)
 
     def attribute(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
         return self.attribute_shared([self], inputs, target)[0]
 
 
 @register_method("deconvnet")
-class DeconvNet(PixelGradientMethod):
+class DeconvNet(_ReluRuleMethod):
     """DeconvNet (Zeiler & Fergus 2014, Sec. 2.1): at every ``nn.ReLU`` the backward pass is
     ``relu(incoming gradient)``, ignoring the forward mask.
 
@@ -166,21 +171,12 @@ class DeconvNet(PixelGradientMethod):
 
     description = f"DeconvNet: ReLUs pass relu(gradient) backwards, ignoring the forward mask (Zeiler 2014; " \
                   f"{_FUNCTIONAL_NOTE})."
-    family = "backprop"
-    works_on_torchscript = False
-    input_shift_invariant = True
     relu_rule: ReluRule | None = "deconv"
-
-    def __init__(self, model: nn.Module, *, reduce: str = "sum"):
-        super().__init__(model, reduce=reduce)
-        _warn_without_relu_modules(model, "deconvnet")
 
     def attribute(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
         check_inputs(self.model, inputs)
         gx, _, scores, resolved, predictions = rule_pass(self.model, inputs, target, "deconv")
-        return Explanation(method=self.name, maps=reduce_channels(gx, self.reduce), attributions=gx, scores=scores,
-                           targets=resolved.class_indices().to(inputs.device), predictions=predictions,
-                           params=self.params)
+        return self._explanation(gx, scores, resolved.class_indices().to(inputs.device), predictions)
 
 
 @register_method("guided_gradcam")

@@ -178,34 +178,49 @@ def _curve(kind: str, score: RowScorer, start: Tensor, end: Tensor, maps: Tensor
     """Move pixels from ``start`` to ``end`` from most to least salient in ``steps`` equal steps."""
     if steps < 1:
         raise InputError(f"{kind} curve needs steps >= 1, got {steps}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     n, _, h, w = start.shape
-    p = h * w
     ranks = salience_ranks(maps)  # (N, P)
     fractions = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    counts = torch.round(fractions * p).long().to(start.device)  # pixels moved at each step
-    jobs = [(i, s) for i in range(n) for s in range(steps + 1)]
-    scores = torch.empty(n, steps + 1, dtype=torch.float64, device=start.device)
+    counts = torch.round(fractions * h * w).long().to(start.device)  # pixels moved at each step
+
+    def perturbed(img: Tensor, step: Tensor, first_job: int) -> Tensor:
+        moved = (ranks[img] < counts[step].unsqueeze(1)).view(-1, 1, h, w)
+        return torch.where(moved, end[img], start[img])
+
+    scores = _score_jobs(score, perturbed, n, steps + 1, start.device, batch_size, kind, progress)
+    fractions = fractions.to(start.device)
+    return CurveResult(kind, fractions, scores, torch.trapezoid(scores, fractions, dim=1))
+
+
+def _score_jobs(score: RowScorer, perturbed: Callable[[Tensor, Tensor, int], Tensor], n: int, points: int,
+                device: torch.device, batch_size: int, desc: str, progress: bool) -> Tensor:
+    """Scores (N, points) of every (image, point) job, image-major, in batches of ``batch_size`` jobs.
+
+    ``perturbed(img, point, first_job)`` builds the batch of the jobs ``first_job ..`` (their image and point
+    indices given), which ``score`` rates under ``torch.inference_mode()``.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    jobs = [(i, s) for i in range(n) for s in range(points)]
+    scores = torch.empty(n, points, dtype=torch.float64, device=device)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc=kind, unit="img")
-    with torch.inference_mode():
-        for lo in range(0, len(jobs), batch_size):
-            chunk = jobs[lo:lo + batch_size]
-            img = torch.tensor([j[0] for j in chunk], device=start.device)
-            step = torch.tensor([j[1] for j in chunk], device=start.device)
-            moved = (ranks[img] < counts[step].unsqueeze(1)).view(-1, 1, h, w)
-            batch = torch.where(moved, end[img], start[img])
-            scores[img, step] = score(batch, img)
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    fractions = fractions.to(start.device)
-    return CurveResult(kind, fractions, scores, torch.trapezoid(scores, fractions, dim=1))
+        bar = tqdm(total=len(jobs), desc=desc, unit="img")
+    try:
+        with torch.inference_mode():
+            for lo in range(0, len(jobs), batch_size):
+                chunk = jobs[lo:lo + batch_size]
+                img = torch.tensor([j[0] for j in chunk], device=device)
+                step = torch.tensor([j[1] for j in chunk], device=device)
+                scores[img, step] = score(perturbed(img, step, lo), img)
+                if bar is not None:
+                    bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    return scores
 
 
 def deletion_curve(model: ModelScore, inputs: Tensor, maps: Tensor, steps: int = 50,
@@ -275,23 +290,15 @@ def road(model: ModelScore, inputs: Tensor, maps: Tensor, fractions: Sequence[fl
     :mod:`saliencekit.trust._imputation`), so the removal itself leaks no shape. A faithful map makes the
     probability fall fast with MoRF (low area) and slowly with LeRF (high area).
 
+    Arguments ``model``, ``inputs``, ``maps``, ``progress`` and ``targets`` as :func:`deletion_curve`.
+
     Args:
-        model: the classifier (batch (B, C, H, W) -> logits), or with ``targets="explained"`` a function
-            batch -> probability (B,) of each image's explained class.
-        inputs: (N, C, H, W).
-        maps: (N, H, W) at the input's resolution.
         fractions: shares of pixels removed, each in [0, 1].
         order: ``"morf"`` (most relevant first) or ``"lerf"`` (least relevant first).
         noise: std of the imputation noise, in input units.
         generator: torch.Generator or seed for the noise (None: seed 0). Each (image, fraction) gets its own noise
             stream derived from it, so the scores do not depend on ``batch_size`` or the device.
         batch_size: images imputed and scored together.
-        progress: show a progress bar.
-        targets: for the classifier, None (each image's predicted class; the default for an ``nn.Module``), a
-            class index for every image, one class index per image (a sequence or an integer tensor), a
-            :class:`~saliencekit.methods.targets.Target` or a callable ``logits -> (N,)`` scores (probability:
-            their sigmoid), resolved as for the saliency methods; ``"explained"`` when ``model`` returns the
-            explained class's probability itself. Required when ``model`` is a plain function.
 
     Returns:
         :class:`CurveResult` with kind ``"road_morf"`` / ``"road_lerf"``; ``auc`` is the trapezoid area over the
@@ -310,32 +317,20 @@ def road(model: ModelScore, inputs: Tensor, maps: Tensor, fractions: Sequence[fl
         n, _, h, w = inputs.shape
         ranks = salience_ranks(maps, descending=(order == "morf"))
         counts = torch.round(fr * h * w).long().to(inputs.device)
-        jobs = [(i, s) for i in range(n) for s in range(fr.numel())]
-        scores = torch.empty(n, fr.numel(), dtype=torch.float64, device=inputs.device)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(jobs), desc=f"road {order}", unit="img")
-        with torch.inference_mode():
-            for lo in range(0, len(jobs), batch_size):
-                chunk = jobs[lo:lo + batch_size]
-                img = torch.tensor([j[0] for j in chunk], device=inputs.device)
-                step = torch.tensor([j[1] for j in chunk], device=inputs.device)
-                removed = (ranks[img] < counts[step].unsqueeze(1)).view(-1, h, w)
-                batch = noisy_linear_impute(inputs[img], removed, noise=0.0)
-                if noise > 0:
-                    # one noise draw per (image, fraction), seeded from the job's index: the result does not depend on
-                    # batch_size
-                    eps = torch.stack([torch.randn(inputs.shape[1:], generator=torch.Generator().manual_seed(base + j),
-                                                   dtype=torch.float64) for j in range(lo, lo + len(chunk))])
-                    eps = eps.to(inputs.device, batch.dtype)
-                    batch = torch.where(removed.unsqueeze(1), batch + noise * eps, batch)
-                scores[img, step] = score(batch, img)
-                if bar is not None:
-                    bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
+        def perturbed(img: Tensor, step: Tensor, first_job: int) -> Tensor:
+            removed = (ranks[img] < counts[step].unsqueeze(1)).view(-1, h, w)
+            batch = noisy_linear_impute(inputs[img], removed, noise=0.0)
+            if noise > 0:
+                # one noise draw per (image, fraction), seeded from the job's index: the result does not depend on
+                # batch_size
+                eps = torch.stack([torch.randn(inputs.shape[1:], generator=torch.Generator().manual_seed(base + j),
+                                               dtype=torch.float64) for j in range(first_job, first_job + len(img))])
+                eps = eps.to(inputs.device, batch.dtype)
+                batch = torch.where(removed.unsqueeze(1), batch + noise * eps, batch)
+            return batch
+
+        scores = _score_jobs(score, perturbed, n, fr.numel(), inputs.device, batch_size, f"road {order}", progress)
         fr = fr.to(inputs.device)
         auc = torch.trapezoid(scores, fr, dim=1) if fr.numel() > 1 else scores[:, 0].clone()
         return CurveResult(f"road_{order}", fr, scores, auc)
