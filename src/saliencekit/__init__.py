@@ -7,7 +7,7 @@ True
 
 from __future__ import annotations
 
-from typing import Any
+from saliencekit._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -19,13 +19,7 @@ _LAZY = {
     "Explanation": "saliencekit.methods",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'saliencekit' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = ["Explanation", "__version__", "create_method", "explain", "list_methods"]

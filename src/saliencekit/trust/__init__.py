@@ -9,8 +9,7 @@ True
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from saliencekit._lazy import lazy_attributes
 
 # public name -> module (under saliencekit.trust) that defines it
 _LAZY: dict[str, str] = {
@@ -73,17 +72,7 @@ _LAZY: dict[str, str] = {
     "AgreementResult": "method_agreement",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, {name: f"{__name__}.{module}" for name, module in _LAZY.items()})
 
 
 __all__ = sorted(_LAZY)
