@@ -199,7 +199,9 @@ def test_explain_run_directory_path(images: Path, tmp_path: Path, monkeypatch: p
     (["--methods", "gradient", "--target", "5"], "target class 5 is out of range"),
     (["--methods", "{bad json"], "not valid JSON"),
     (["--methods", '{"ig": {"method": "integrated_gradients", "stepz": 3}}'], "stepz"),
-    (["--methods", "gradient", "--top-k", "0"], "top_k must be a positive int"),
+    (["--methods", "gradient", "--top-k", "0"], "top_k must be an int from 1 to 20"),
+    (["--methods", "gradient", "--top-k", "1001"], "top_k must be an int from 1 to 20"),
+    (["--methods", "gradient", "--top-k", "2", "--target", "1"], "give a target or top_k, not both"),
 ])
 def test_explain_errors_exit_2_with_a_message(
     images: Path, model_file: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -40,27 +40,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "images/ --methods gradient,integrated_gradients --out maps\n\n" + _TORCHSCRIPT_NOTE
         ),
     )
-    p.add_argument("inputs", nargs="+", metavar="RUN_DIR IMAGE_OR_FOLDER",
+    p.add_argument("inputs", nargs="*", metavar="RUN_DIR IMAGE_OR_FOLDER",
                    help="a run directory written by `saliencekit train`, then image files and/or folders (searched "
                         "recursively; mask folders skipped). With --model-file, give only images and folders.")
     p.add_argument("--methods", default="gradient",
                    help="comma-separated method names (see `saliencekit methods`), or a JSON object "
                         "label -> options, e.g. '{\"ig\": {\"method\": \"integrated_gradients\", \"steps\": 32}}'. "
                         "Default: gradient.")
-    p.add_argument("--out", required=True, help="output folder (created if needed)")
-    p.add_argument("--target", default=None,
-                   help="class to explain, by name or index (default: the predicted class). For a single-logit "
-                        "binary model, class 1 explains the logit z and class 0 explains -z.")
+    p.add_argument("--out", default=None, help="output folder (created if needed); required unless --list-classes")
+    p.add_argument("--target", default=None, metavar="CLASS[,CLASS...]",
+                   help="class(es) or label(s) to explain, by name or index, comma-separated (default: the predicted "
+                        "class; for a multi-label model every positive label, or the most probable one when none is "
+                        "positive). For a single-logit binary model, class 1 explains the logit z and class 0 "
+                        "explains -z. Not with --top-k.")
     p.add_argument("--layer", default=None,
                    help="layer for CAM methods, a module name such as 'features.7' (default: the last convolutional "
                         "stage, found automatically)")
-    p.add_argument("--top-k", type=int, default=1, metavar="K",
-                   help="explain the K most probable classes of each image, one row each (default 1: the prediction)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="explain the K most probable classes of each image, one row each (by sigmoid per label for a "
+                        "multi-label model); 1 to 20 and at most the number of classes. Not with --target.")
+    p.add_argument("--output", default=None, metavar="KIND",
+                   help="what the model returns: auto (default: a final Sigmoid/Softmax module is detected and "
+                        "bypassed, so that its logit is explained), logits, probabilities, multilabel (independent "
+                        "labels: sigmoid per label) or multilabel_probabilities; see docs/outputs.md")
+    p.add_argument("--threshold", type=float, default=None, metavar="P",
+                   help="multi-label models: a label is positive when its probability is >= P (default 0.5)")
+    p.add_argument("--list-classes", action="store_true",
+                   help="print the model's class (or label) names, one per line, and stop (with --model-file and no "
+                        "--classes, give an image: the model's outputs are counted on it)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
-    p.add_argument("--batch-size", default="auto",
+    p.add_argument("--batch-size", default=None,
                    help="images per forward/backward pass of the multi-pass methods, or 'auto' (sized to the device, "
                         "halved on out-of-memory). Default auto.")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
                    help="fp32 (default) or mixed precision for the many-pass methods (fp16 needs CUDA)")
     p.add_argument("--normalization", default="auto", choices=("auto", "minmax", "abs", "percentile", "signed"),
                    help="how the pictures scale each map (maps.npz always keeps the raw values): auto (default: "
@@ -107,7 +119,7 @@ def _explain(args: argparse.Namespace) -> int:
     from saliencekit.data.preprocess import Preprocessing
     from saliencekit.errors import InputError
     from saliencekit.methods.specs import parse_methods_text
-    from saliencekit.viz.explain_files import explain_files, load_model_file
+    from saliencekit.viz.explain_files import explain_files, list_classes, load_model_file
 
     device = args.device
     if device == "auto":
@@ -121,18 +133,27 @@ def _explain(args: argparse.Namespace) -> int:
         class_names = [c.strip() for c in args.classes.split(",")] if args.classes else None
         images = args.inputs
     else:
-        if len(args.inputs) < 2:
+        if not args.inputs or (len(args.inputs) < 2 and not args.list_classes):
             raise InputError("give a run directory and at least one image or folder (or use --model-file)")
         run = _load_run(args.inputs[0], device)
         model, preprocessing, class_names = run.model, run.preprocessing, list(run.class_names)
         images = args.inputs[1:]
+    if args.list_classes:
+        for name in list_classes(model, preprocessing, images, class_names, device=device, output=args.output,
+                                 threshold=args.threshold):
+            print(name)
+        return 0
+    if not images:
+        raise InputError("give at least one image or folder to explain")
+    if args.out is None:
+        raise InputError("give the output folder with --out")
     methods = parse_methods_text(args.methods)
-    batch_size: int | str = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
-    target = int(args.target) if args.target is not None and args.target.isdigit() else args.target
-    results = explain_files(model, preprocessing, images, methods, args.out, class_names=class_names, target=target,
-                            layer=args.layer, top_k=args.top_k, batch_size=batch_size, precision=args.precision,
-                            device=device, progress=not args.no_progress, normalization=args.normalization,
-                            num_threads=args.threads)
+    batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+    results = explain_files(model, preprocessing, images, methods, args.out, class_names=class_names,
+                            target=args.target, layer=args.layer, top_k=args.top_k, batch_size=batch_size,
+                            precision=args.precision, device=device, progress=not args.no_progress,
+                            normalization=args.normalization, num_threads=args.threads, output=args.output,
+                            threshold=args.threshold)
     print(f"explained {len(results)} image(s) with {len(methods)} method(s); wrote {Path(args.out)}/")
     for r in results:
         print(f"  {r.path} -> {r.folder}/ (predicted {r.predicted})")
