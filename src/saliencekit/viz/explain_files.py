@@ -245,17 +245,18 @@ def explain_files(
             else:
                 per_image, counts = rule.default_targets(output_rows, MAX_TARGETS)
                 truncated = [max(0, c - MAX_TARGETS) for c in counts]
-            n_rows = max(len(t) for t in per_image)
             # File and npz names carry the class whenever an image may get several rows (the same names for every
             # image of the call, whatever its number of positive labels).
             several = (top_k or 1) > 1 or len(wanted or []) > 1 or (rule.multilabel and wanted is None and not top_k)
-            rows: list[tuple[list[int], dict[str, Any]]] = []  # (images in the row, results)
-            for r in range(n_rows):
-                idx = [i for i, t in enumerate(per_image) if len(t) > r]
-                cls = [per_image[i][r] for i in idx]
-                res_r = explain(model, x[idx], engine_specs(specs), target=cls, layer=layer, output=output,
-                                threshold=threshold, **common)
-                rows.append((idx, res_r))
+            # Every (image, class) pair is one row of the batch given to the methods, images_per_batch rows a call.
+            pairs = [(i, c) for i, t in enumerate(per_image) for c in t]
+            found: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+            for lo in range(0, len(pairs), images_per_batch):
+                part = pairs[lo:lo + images_per_batch]
+                res_p = explain(model, x[[i for i, _ in part]], engine_specs(specs), target=[c for _, c in part],
+                                layer=layer, output=output, threshold=threshold, **common)
+                for j, pair in enumerate(part):
+                    found[pair] = {label: res_p[label].maps[j] for label in labels}
             for i, f in enumerate(chunk):
                 folder = out / folders[f]
                 p_i = probs[i]
@@ -267,14 +268,12 @@ def explain_files(
                 true = f.parent.name if f.parent.name in names else None
                 maps: dict[str, torch.Tensor] = {}
                 fig_rows, row_titles = [], []
-                for r, c in enumerate(per_image[i]):
-                    idx, res_r = rows[r]
-                    j = idx.index(i)
+                for c in per_image[i]:
                     cname = names[c]
                     suffix = f"_{safe_filename(cname)}" if several else ""
                     row = {}
                     for label in labels:
-                        m = res_r[label].maps[j]
+                        m = found[(i, c)][label]
                         row[label] = m
                         maps[f"{label}/{cname}" if several else label] = m
                         caption = f"{label}: explaining {cname} (p={float(p_i[c]):.2f})\n{title_pred}"
