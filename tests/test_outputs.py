@@ -258,3 +258,21 @@ def test_model_unchanged_by_detection_and_scopes_in_train_mode() -> None:
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # batch-norm statistics kept
     assert model.training and len(user_hook_calls) == 1  # the probe set the user's hook aside; the run did not
     handle.remove()
+
+
+def test_predict_proba_follows_the_rule() -> None:
+    from saliencekit.predict import logits_to_proba, predict_proba
+
+    net = make("plain", classes=3, dtype=torch.float32)
+    x = torch.randn(5, 1, 12, 12)
+    with torch.no_grad():
+        z = net(x)
+    torch.testing.assert_close(predict_proba(nn.Sequential(net, nn.Softmax(dim=1)), x), torch.softmax(z, 1))
+    torch.testing.assert_close(predict_proba(nn.Sequential(net, nn.Sigmoid()), x), torch.sigmoid(z))  # 3 labels
+    torch.testing.assert_close(predict_proba(net, x, multilabel=True), torch.sigmoid(z))
+    torch.testing.assert_close(predict_proba(net, x), torch.softmax(z, 1))
+    binary = make("plain", classes=1, dtype=torch.float32)
+    with torch.no_grad():
+        p = torch.sigmoid(binary(x))[:, 0]
+    torch.testing.assert_close(predict_proba(nn.Sequential(binary, nn.Sigmoid()), x), torch.stack([1 - p, p], 1))
+    torch.testing.assert_close(logits_to_proba(z, multilabel=True), torch.sigmoid(z))

@@ -2,7 +2,7 @@
 
 A model trained on 3-channel 224 x 224 images fails deep inside its forward pass on a greyscale 256 x 256
 batch, with a message about a convolution's weight or a patch grid. :func:`run_model` runs the model; on
-failure it tries, with zero images (eval mode, no gradient, the model's hooks set aside), the other channel
+failure it tries, with zero images (eval mode, no gradient), the other channel
 count and the common input sizes, and raises an :class:`~saliencekit.errors.InputError` that says what the
 model was given, what it said, and the input it does run on (``--color``, ``--image-size 224``).
 """
@@ -74,11 +74,10 @@ def _working_input(model: nn.Module, x: torch.Tensor) -> tuple[int, tuple[int, i
 
 
 def _runs(model: nn.Module, x: torch.Tensor) -> bool:
-    from saliencekit._layout import _hooks_set_aside
     from saliencekit.methods._capture import eval_mode
 
     try:
-        with _hooks_set_aside(model), eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = model(x)
     except torch.OutOfMemoryError:
         return False

@@ -295,9 +295,10 @@ def final_activation(model: nn.Module, example: torch.Tensor | None = None) -> F
 
     A module counts only if the model returns its output (the same tensor, or a view of it such as a
     ``squeeze``): a Sigmoid inside a squeeze-and-excitation block does not. Finding it takes one forward pass
-    of ``example[:1]`` (eval mode, no gradient, the model's own hooks set aside), once per model, and only when
-    the model has such modules at all. Models wrapped by saliencekit (Keras) answer through their
-    ``saliencekit_final_activation()`` method. TorchScript models answer None (hooks cannot reach inside them).
+    of ``example[:1]`` (eval mode, no gradient, the model's own hooks set aside unless it fails without them),
+    once per model, and only when the model has such modules at all. Models wrapped by saliencekit (Keras) answer
+    through their ``saliencekit_final_activation()`` method. TorchScript models answer None (hooks cannot reach
+    inside them).
 
     Raises:
         InputError: the model has such modules and no ``example`` was given.
@@ -322,11 +323,14 @@ def final_activation(model: nn.Module, example: torch.Tensor | None = None) -> F
 
 
 def _probe(model: nn.Module, cands: Sequence[tuple[str, nn.Module, str]], x: torch.Tensor) -> FinalActivation | None:
+    """One forward pass (eval mode, no gradient) recording the candidates' outputs: the model's own hooks are set
+    aside, unless the model fails without them (a hook that is part of its computation, e.g. a padding pre-hook)."""
     from saliencekit._layout import _hooks_set_aside
     from saliencekit.methods._capture import eval_mode
 
     seen: dict[str, torch.Tensor] = {}
-    with _hooks_set_aside(model), eval_mode(model), torch.no_grad():
+
+    def run() -> Any:
         handles = []
         try:
             for name, m, _ in cands:
@@ -334,10 +338,20 @@ def _probe(model: nn.Module, cands: Sequence[tuple[str, nn.Module, str]], x: tor
                     if isinstance(out, torch.Tensor):
                         seen[_name] = out
                 handles.append(m.register_forward_hook(record))
-            out = model(x)
+            return model(x)
         finally:
             for h in handles:
                 h.remove()
+
+    with eval_mode(model), torch.no_grad():
+        try:
+            with _hooks_set_aside(model):
+                out = run()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception:
+            seen.clear()
+            out = run()
     columns = as_rows(out).shape[1]
     for name, m, kind in reversed(cands):
         t = seen.get(name)
@@ -427,10 +441,9 @@ def resolve_output(model: nn.Module, output: str = "auto", threshold: float = 0.
 def _count_columns(model: nn.Module, example: torch.Tensor | None) -> int:
     if example is None:
         raise InputError("finding the number of outputs needs an example input")
-    from saliencekit._layout import _hooks_set_aside
     from saliencekit.methods._capture import eval_mode
 
-    with _hooks_set_aside(model), eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         return as_rows(model(example[:1].detach())).shape[1]
 
 

@@ -251,10 +251,11 @@ def input_invariance(
     comp_logits, _ = predicted(comp_model, shifted)
     unc_logits, unc_preds = predicted(base, shifted)
 
-    from saliencekit.methods.targets import class_probabilities
+    from saliencekit.methods.outputs import output_scope
 
-    p0 = class_probabilities(logits, preds)
-    p1 = class_probabilities(unc_logits, preds)
+    with output_scope(base, example=x[:1]) as rule:  # the model's output rule (inherits run_checks' declaration)
+        p0 = rule.class_probabilities(logits, preds)
+        p1 = rule.class_probabilities(unc_logits, preds)
     orig = compute_maps(base, x, specs, target, layer, batch_size)
     comp = compute_maps(comp_model, shifted, specs, target, layer, batch_size)
     unc = compute_maps(base, shifted, specs, target, layer, batch_size)

@@ -14,6 +14,7 @@ and help.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import time
@@ -108,8 +109,8 @@ def run_checks(
         raise TypeError(f"run_checks() got unexpected option(s) {unknown}; options are the fields of CheckSettings: "
                         f"{', '.join(sorted(fields))}")
     settings = dataclasses.replace(settings or CheckSettings(), **options)
-    with torch_threads(settings.num_threads):
-        return _run_checks(run, settings, model=model, images=images, labels=labels, masks=masks, files=files,
+    with torch_threads(settings.num_threads), contextlib.ExitStack() as scope:
+        return _run_checks(run, settings, scope, model=model, images=images, labels=labels, masks=masks, files=files,
                            class_names=class_names, train_data=train_data, random_model=random_model, out_dir=out_dir,
                            progress=progress, command=command)
 
@@ -131,6 +132,7 @@ def _run_factory(info: Any) -> Callable[[], nn.Module]:
 def _run_checks(
     run: Any,
     settings: CheckSettings,
+    scope: contextlib.ExitStack,
     *,
     model: nn.Module | None,
     images: torch.Tensor | None,
@@ -144,8 +146,9 @@ def _run_checks(
     progress: bool,
     command: str | None,
 ) -> CheckResults:
-    """:func:`run_checks` under its thread count."""
+    """:func:`run_checks` under its thread count; ``scope`` holds the model's output scope once it is entered."""
     from saliencekit import __version__
+    from saliencekit.methods.outputs import output_scope
     from saliencekit.methods.targets import class_probabilities
 
     s = settings
@@ -197,6 +200,10 @@ def _run_checks(
     if param is not None:
         images = images.to(param.device)
     masks = {k: (v > 0.5).cpu() for k, v in masks.items()}
+    # Every forward pass of the model in the checks reads its outputs by one rule (a final Sigmoid/Softmax bypassed).
+    declared = s.output if (s.output != "auto" or run is None) else run.info.extra.get("output", "auto")
+    threshold = s.threshold if (s.output != "auto" or run is None) else run.info.extra.get("threshold", s.threshold)
+    rule = scope.enter_context(output_scope(model, declared, threshold, images[:1]))
 
     logits, preds = predicted(model, images)
     probs = class_probabilities(logits, preds)
@@ -204,7 +211,7 @@ def _run_checks(
     ctx = CheckContext(model=model, images=images, labels=labels, preds=preds, probs=probs, specs=specs, maps={},
                        masks=masks, layer=s.layer, seed=s.seed, settings=s, out_dir=out_path, figures=s.figures,
                        progress=progress, train_data=train_data, random_model=random_model,
-                       num_classes=2 if logits.shape[1] == 1 else logits.shape[1], factory=factory,
+                       num_classes=rule.num_classes(logits), factory=factory,
                        train_config=train_config)
     skipped: dict[str, str] = {}
     todo = []
@@ -241,7 +248,7 @@ def _run_checks(
         run_dir=run_dir,
         settings={"images": int(images.shape[0]), "seed": s.seed, "device": str(images.device),
                   "num_threads": torch.get_num_threads(), "checks": [c.name for c in todo if c.name in results],
-                  "skipped": skipped, "layer": s.layer, **s.to_dict()},
+                  "skipped": skipped, "layer": s.layer, "output": rule.describe(), **s.to_dict()},
         methods={lb: {"method": spec["method"], "options": dict(spec["options"])} for lb, spec in specs.items()},
         images=image_rows(files, labels, preds, probs, class_names),
         checks=results,

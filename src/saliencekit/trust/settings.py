@@ -42,6 +42,10 @@ class CheckSettings:
         layer: CAM layer (None: the engine's choice).
         figures: draw the figures (needs an output folder).
         num_threads: CPU threads for torch during the checks (None: torch's default).
+        output: what the model returns (``"auto"``, ``"logits"``, ``"probabilities"``, ``"multilabel"``,
+            ``"multilabel_probabilities"``; see :mod:`saliencekit.methods.outputs`); for a run directory ``"auto"``
+            means the run's own declaration.
+        threshold: probability at or above which a label is positive (multi-label models).
         shift: constant of the input-shift check.
         deletion_steps: steps of the deletion / insertion curves.
         road_fractions: shares of pixels removed by ROAD.
@@ -79,6 +83,12 @@ class CheckSettings:
     figures: bool = field(default=True, metadata=option(run=True, flag="--no-figures", help="write checks.json only"))
     num_threads: int | None = field(default=None, metadata=option(
         run=True, flag="--threads", metavar="THREADS", positive=True, help="CPU threads for torch (default: all)"))
+    output: str = field(default="auto", metadata=option(
+        run=True, flag="--output", metavar="KIND",
+        help="what the model returns: auto (a final Sigmoid/Softmax module is detected and bypassed, so that its "
+             "logit is explained), logits, probabilities, multilabel or multilabel_probabilities (docs/outputs.md)"))
+    threshold: float = field(default=0.5, metadata=option(
+        run=True, flag="--threshold", metavar="P", help="multi-label models: a label is positive at probability >= P"))
     shift: float = field(default=1.0, metadata=option(
         flag="--shift", help="constant added to the model input by the input-shift check"))
     deletion_steps: int = 20
