@@ -11,3 +11,4 @@ import saliencekit.methods.backprop  # guided_backprop, deconvnet, guided_gradca
 import saliencekit.methods.cam  # gradcam, gradcam++, xgradcam, hirescam, layercam
 import saliencekit.methods.scorecam  # scorecam
 import saliencekit.methods.perturbation  # occlusion, rise
+import saliencekit.methods.lrp  # lrp
