@@ -12,3 +12,4 @@ import saliencekit.methods.cam  # gradcam, gradcam++, xgradcam, hirescam, layerc
 import saliencekit.methods.scorecam  # scorecam
 import saliencekit.methods.perturbation  # occlusion, rise
 import saliencekit.methods.lrp  # lrp
+import saliencekit.methods.deeplift  # deeplift, deeplift_shap
