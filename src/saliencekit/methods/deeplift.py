@@ -266,6 +266,7 @@ class DeepLift(PixelGradientMethod):
     multiplies_by_inputs = True
     satisfies_completeness = True
     works_on_torchscript = False
+    input_shift_invariant = True  # with the default baseline, "black"
 
     @classmethod
     def expected_input_invariance(cls, options: Mapping[str, Any]) -> bool | None:
@@ -337,6 +338,7 @@ class DeepLiftShap(PixelGradientMethod):
     satisfies_completeness = True
     works_on_torchscript = False
     batches_itself = True
+    input_shift_invariant = True  # with the default distribution, "uniform"
 
     @classmethod
     def expected_input_invariance(cls, options: Mapping[str, Any]) -> bool | None:

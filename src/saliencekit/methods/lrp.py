@@ -532,6 +532,7 @@ class LRP(PixelGradientMethod):
     family = "backprop"
     multiplies_by_inputs = True
     works_on_torchscript = False
+    input_shift_invariant = False  # the default composite's z+ first layer weighs the input values
 
     @classmethod
     def expected_input_invariance(cls, options: Mapping[str, Any]) -> bool | None:
