@@ -12,6 +12,7 @@ from typing import Any
 
 from saliencekit.trust.checks import register_check
 from saliencekit.trust.checks.base import Check, CheckContext, Column, method_figures, rank
+from saliencekit.trust.checks.model_randomization import summary_level, verdict_tables
 
 
 @register_check
@@ -61,26 +62,43 @@ class DataRandomization(Check):
         return d
 
     def summary_row(self, entry: Mapping[str, Any], label: str) -> dict[str, Any]:
-        return {"data_randomization": entry["methods"][label].get("passed")}
+        return {"data_randomization": summary_level(entry["methods"][label])}
 
     def evidence(self, row: Mapping[str, Any]) -> str | None:
-        return "differ from a random-label model's" if row.get("data_randomization") else None
+        level = row.get("data_randomization")
+        if level == "passes":
+            return "differ from a random-label model's"
+        if level == "partly":
+            return "only partly differ from a random-label model's"
+        return None
 
     def gather(self, entry: Mapping[str, Any], report: Any) -> dict[str, Any]:
         training = entry.get("training") if isinstance(entry.get("training"), Mapping) else {}
-        info = {"random-label model's training accuracy": entry.get("random_model_train_accuracy"),
+        info = {"random-label model's training accuracy (on its permuted labels)":
+                entry.get("random_model_train_accuracy"),
                 "its target training accuracy": training.get("target_accuracy"),
-                "epochs": entry.get("epochs"), "training images": training.get("images")}
+                "epochs": entry.get("epochs"), "training images": training.get("images"),
+                "share of permuted labels equal to the true ones": training.get("label_agreement")}
         methods = {label: v or {} for label, v in (entry.get("methods") or {}).items()}
-        metrics = list(dict.fromkeys(k for v in methods.values() for k in v.get("similarity") or {}))
-        rows = [[label, report.verdict(v.get("passed")), *(report.num((v.get("similarity") or {}).get(k))
-                                                           for k in metrics), v.get("reason", "")]
-                for label, v in methods.items()]
+        if any("readings" in v for v in methods.values()):
+            table, controls = verdict_tables(methods, entry.get("controls") or {}, report)
+        else:  # a checks.json written before the three-level rule
+            metrics = list(dict.fromkeys(k for v in methods.values() for k in v.get("similarity") or {}))
+            rows = [[label, report.verdict(v.get("passed")), *(report.num((v.get("similarity") or {}).get(k))
+                                                               for k in metrics), v.get("reason", "")]
+                    for label, v in methods.items()]
+            table = report.table(["method", "verdict", *metrics, "reason"], rows,
+                                 range(2, 2 + len(metrics))) if rows else None
+            controls = None
+        acc, target = entry.get("random_model_train_accuracy"), training.get("target_accuracy")
         return {
             "info": report.key_values({k: v for k, v in info.items() if v is not None}),
+            "memorised": None if acc is None or target is None else acc >= target,
             "pass_rule": entry.get("pass_rule"),
-            "table": report.table(["method", "verdict", *metrics, "reason"], rows,
-                                  range(2, 2 + len(metrics))) if rows else None,
+            "table": table,
+            "controls": controls,
+            "controls_ok": entry.get("controls_ok"),
+            "controls_reason": entry.get("controls_reason"),
             "null": {k: report.summary(v) for k, v in (entry.get("null") or {}).items()},
             "figures": report.figures(entry.get("figures"), "data randomisation", method_figures(entry)),
         }

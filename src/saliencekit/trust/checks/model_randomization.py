@@ -64,40 +64,83 @@ class ModelRandomization(Check):
     def summary_row(self, entry: Mapping[str, Any], label: str) -> dict[str, Any]:
         if "cascading" not in entry:
             return {}
-        return {"model_randomization": entry["cascading"]["methods"][label].get("passed")}
+        return {"model_randomization": summary_level(entry["cascading"]["methods"][label])}
 
     def evidence(self, row: Mapping[str, Any]) -> str | None:
-        return "its maps vanish when the weights are randomised" if row.get("model_randomization") else None
+        level = row.get("model_randomization")
+        if level == "passes":
+            return "its maps change when the weights are randomised (signed and |map|)"
+        if level == "partly":
+            return ("its maps only partly change when the weights are randomised (one reading of the map survives: "
+                    "see the model randomisation section)")
+        return None
 
     def gather(self, entry: Mapping[str, Any], report: Any) -> dict[str, Any]:
         casc = entry.get("cascading") or {}
         metrics = entry.get("metrics") or []
         null = casc.get("null") or {}
         methods = {label: v or {} for label, v in (casc.get("methods") or {}).items()}
-        if any("value" in v for v in methods.values()):
-            # the verdict's own number: the similarity at the decision step against the pass threshold
-            rows = [[label, report.verdict(v.get("passed")), report.num(v.get("value")), report.num(v.get("threshold")),
-                     v.get("reason", "")] for label, v in methods.items()]
-            table = report.table(["method", "verdict", "similarity", "pass if at most", "reason"], rows, (2, 3))
+        if any("readings" in v for v in methods.values()):
+            table, controls = verdict_tables(methods, casc.get("controls") or {}, report)
             finals = None
-        else:
+        else:  # a checks.json written before the three-level rule
+            table, controls = None, None
             rows = []
             for label, v in methods.items():
                 curves = v.get("curves") or {}
                 last = [report.num(curves[k][-1]) if curves.get(k) else "n/a" for k in metrics]
                 rows.append([label, report.verdict(v.get("passed")), *last, v.get("reason", "")])
-            if null and rows:
-                rows.append([report.tag("em", "two unrelated random maps"), "",
-                             *(report.num(null.get(k)) for k in metrics), "the level a passing method falls to"])
-            table = None
             finals = report.table(["method", "verdict", *metrics, "reason"], rows,
                                   range(2, 2 + len(metrics))) if rows else None
+        steps = casc.get("steps") or []
+        half = casc.get("half_step")
         return {
-            "steps": casc.get("steps") or [],
+            "steps": steps,
+            "half_step": steps[half] if isinstance(half, int) and 0 <= half < len(steps) else None,
             "pass_rule": casc.get("pass_rule") if table is not None else None,
             "table": table,
+            "controls": controls,
+            "controls_ok": casc.get("controls_ok"),
+            "controls_reason": casc.get("controls_reason"),
             "finals": finals,
             "null": {k: report.summary(v) for k, v in null.items()},
             "figures": report.figures(entry.get("figures"), "model randomisation", method_figures(casc)),
             "independent": len((entry.get("independent") or {}).get("methods") or {}),
         }
+
+
+#: CSS class of each verdict level in the check's own tables
+LEVEL_CSS = {"passes": "verdict-pass", "partly": "verdict-partly", "fails": "verdict-fail"}
+
+
+def summary_level(entry: Mapping[str, Any]) -> str | bool | None:
+    """The summary value of a randomisation verdict: its level, ``"no verdict"`` when it has none, or the old
+    boolean ``passed`` for a checks.json written before the three-level rule."""
+    if "level" not in entry:
+        return entry.get("passed")
+    return entry["level"] or "no verdict"
+
+
+def _level(report: Any, level: str | None) -> Any:
+    return report.tag("span", level or "no verdict", LEVEL_CSS.get(level or "", ""))
+
+
+def _reading(report: Any, r: Mapping[str, Any] | None) -> str:
+    """``similarity (reference) -> retained`` of one reading."""
+    if not r:
+        return "n/a"
+    kept = (r.get("retained") or {}).get("mean")
+    return (f"{report.num(r.get('similarity'), 2)} (ref. {report.num(r.get('reference'), 2)}): "
+            f"{'n/a' if kept is None else f'{max(0.0, kept):.0%}'} kept")
+
+
+def verdict_tables(methods: Mapping[str, Mapping[str, Any]], controls: Mapping[str, Mapping[str, Any]],
+                   report: Any) -> tuple[Any, Any]:
+    """The verdict table (level, the two readings, reason) and the controls' table of a randomisation check."""
+    rows = [[label, _level(report, v.get("level")), _reading(report, (v.get("readings") or {}).get("spearman")),
+             _reading(report, (v.get("readings") or {}).get("spearman_abs")), v.get("reason", "")]
+            for label, v in methods.items()]
+    table = report.table(["method", "verdict", "signed Spearman", "|map| Spearman", "reason"], rows)
+    crow = [[label, c.get("description", ""), c.get("expected", ""), _level(report, c.get("level")),
+             report.verdict(c.get("as_expected"), "yes", "NO")] for label, c in controls.items()]
+    return table, (report.table(["control", "what", "expected", "result", "as expected"], crow) if crow else None)
