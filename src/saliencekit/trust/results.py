@@ -20,9 +20,12 @@ import torch
 
 from saliencekit.errors import DataError
 
+#: The layout version of ``checks.json`` (docs/checks_json.md, "Versions"). 2: randomisation verdicts have three levels
+#: (``level``, ``readings``, ``controls``) and ``summary.methods`` holds the level strings.
+SCHEMA_VERSION = 2
 #: ``summary.recommendation_rule``
-RECOMMENDATION_RULE = ("methods that fail no randomisation check, best first by relevance mass (when masks exist) "
-                       "else insertion AUC - deletion AUC")
+RECOMMENDATION_RULE = ("methods that fail no randomisation check (a 'partly' verdict is no failure; its reason says "
+                       "so), best first by relevance mass (when masks exist) else insertion AUC - deletion AUC")
 
 
 def _mapping(v: Any) -> dict[str, Any]:
@@ -110,6 +113,7 @@ class CheckResults:
         created: UTC time stamp.
         command: the command line (or empty).
         run_dir: the run directory checked (None for a model and images).
+        schema_version: the layout version of ``checks.json`` (docs/checks_json.md; files without one are 1).
     """
 
     settings: dict[str, Any]
@@ -121,6 +125,7 @@ class CheckResults:
     created: str = ""
     command: str = ""
     run_dir: str | None = None
+    schema_version: int = SCHEMA_VERSION
 
     @property
     def skipped(self) -> dict[str, str]:
@@ -152,7 +157,8 @@ class CheckResults:
 
     def to_json(self) -> dict[str, Any]:
         """The ``checks.json`` content (NaN is written as null by the JSON writer)."""
-        return {"saliencekit_version": self.saliencekit_version, "created": self.created, "command": self.command,
+        return {"schema_version": self.schema_version,
+                "saliencekit_version": self.saliencekit_version, "created": self.created, "command": self.command,
                 "run_dir": self.run_dir, "settings": self.settings, "methods": self.methods,
                 "images": [r.to_json() for r in self.images], "checks": self.checks, "summary": self.summary.to_json()}
 
@@ -179,6 +185,7 @@ class CheckResults:
             created=str(data.get("created") or ""),
             command=str(data.get("command") or ""),
             run_dir=data.get("run_dir"),
+            schema_version=int(data.get("schema_version") or 1),
         )
 
 
@@ -253,4 +260,5 @@ def image_rows(files: Sequence[str] | None, labels: torch.Tensor | None, preds: 
     return rows
 
 
-__all__ = ["RECOMMENDATION_RULE", "CheckResults", "ImageRow", "Summary", "build_summary", "image_rows", "load_checks"]
+__all__ = ["RECOMMENDATION_RULE", "SCHEMA_VERSION", "CheckResults", "ImageRow", "Summary", "build_summary",
+           "image_rows", "load_checks"]
