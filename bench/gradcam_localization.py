@@ -96,9 +96,8 @@ def main() -> None:
     one = torch.ones_like(pred)
     results: dict[str, Any] = {}
     figure_maps: dict[str, torch.Tensor] = {}
-    base = explain(model, x, {"gradient": {"method": "gradient"},
-                              "occlusion": {"method": "occlusion", "patch": max(8, h // 16), "stride": max(4, h // 32)}},
-                   target=pred)
+    occlusion = {"method": "occlusion", "patch": max(8, h // 16), "stride": max(4, h // 32)}
+    base = explain(model, x, {"gradient": {"method": "gradient"}, "occlusion": occlusion}, target=pred)
     for label in ("gradient", "occlusion"):
         m = base[label].maps.detach()
         results[label] = score(m.abs() if label == "gradient" else m)
