@@ -220,3 +220,19 @@ def test_images_with_different_numbers_of_positive_labels_in_one_batch(tmp_path:
         x = Preprocessing(size=(16, 16), standardize="none").load(folder / "bright.png")[None]
         ref = sk.create_method("gradient", Brightness(), output="multilabel").attribute(x, target=0).maps[0]
         np.testing.assert_allclose(z["gradient/bright"], ref.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_long_comparison_title_wraps_above_the_panels() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from saliencekit.viz.overlay import comparison_figure
+
+    title = ("img.png | positive: " + ", ".join(f"finding_{i} (0.{90 - i})" for i in range(8)) + " | true: effusion")
+    rows = [{"gradcam": torch.rand(16, 16)} for _ in range(8)]
+    fig = comparison_figure(torch.rand(1, 16, 16), rows, title=title, row_titles=[f"r{i}" for i in range(8)])
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    text = fig._suptitle
+    assert "\n" in text.get_text()
+    top_of_panels = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes if ax.get_visible())
+    box = text.get_window_extent(renderer)
+    assert box.y0 >= top_of_panels and box.x0 >= 0 and box.x1 <= fig.bbox.width

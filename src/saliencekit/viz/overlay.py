@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,11 @@ def comparison_figure(
         raise InputError(f"{len(row_titles)} row titles for {len(rows)} rows")
     _, cols = grid_shape(1 + max(len(r) for r in rows), max_columns)
     block_rows = [math.ceil((1 + len(r)) / cols) for r in rows]
-    fig = Figure(figsize=(3.3 * cols, 3.1 * sum(block_rows) + (0.5 if title else 0)))
+    # A long title (e.g. several positive labels) wraps to the figure's width and gets its own room above the grid.
+    lines = textwrap.wrap(title, width=max(20, int(3.3 * cols * 11))) if title else []
+    title_height = 0.05 + 0.2 * len(lines) if lines else 0.0
+    height = 3.1 * sum(block_rows) + title_height
+    fig = Figure(figsize=(3.3 * cols, height))
     grid = fig.add_gridspec(sum(block_rows), cols)
     img, img_cmap = image_for_display(image)
     top = 0
@@ -188,9 +193,9 @@ def comparison_figure(
                     normalization=normalization if isinstance(normalization, str)
                     else normalization.get(label, "minmax"), title=label)
         top += block_rows[r]
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 1 - title_height / height))
     return fig
 
 
