@@ -236,3 +236,13 @@ def test_long_comparison_title_wraps_above_the_panels() -> None:
     top_of_panels = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes if ax.get_visible())
     box = text.get_window_extent(renderer)
     assert box.y0 >= top_of_panels and box.x0 >= 0 and box.x1 <= fig.bbox.width
+
+
+def test_help_and_method_pages_name_the_output_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--output", "--threshold", "--list-classes", "--top-k", "multilabel_probabilities"):
+        assert flag in out
+    assert main(["methods", "gradcam"]) == 0
+    assert "output = 'auto', threshold = 0.5" in capsys.readouterr().out
