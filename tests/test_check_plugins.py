@@ -150,3 +150,28 @@ def test_run_checks_options_are_settings_fields() -> None:
 
     with pytest.raises(TypeError, match="n_images"):
         run_checks(model=torch.nn.Linear(1, 1), images=torch.zeros(2, 1, 4, 4), n_imgs=3)
+
+
+def test_registered_check_renders_in_the_report(toy_check: Check, tmp_path_factory: pytest.TempPathFactory,
+                                                tmp_path) -> None:
+    from saliencekit.trust import run_checks
+    from saliencekit.viz.report import build_report
+    from test_report import parse, shared_run
+
+    run_dir = shared_run(tmp_path_factory)
+    result = run_checks(run_dir, methods=["gradient", "gradcam"], checks=["toy_bright_share"], n_images=4,
+                        out_dir=tmp_path / "checks", progress=False)
+    out = build_report(run_dir, tmp_path / "r.html", checks=tmp_path / "checks", images=0, progress=False)
+    page = parse(out)
+    html = out.read_text()
+    part = html[html.index('id="trust-toy-bright-share"'):html.index('id="trust-complexity"')]
+    assert "<h3>Toy: mass on bright pixels</h3>" in part and 'id="toy-check"' in part
+    for label in ("gradient", "gradcam"):
+        share = result.checks["toy_bright_share"]["methods"][label]["bright_share"]["mean"]
+        assert f'data-method="{label}">{label}={share:.3f}</span>' in part
+        cell = page.verdict[label]["bright_share"]
+        assert cell["text"] == f"{share:.3f}" and json.loads(cell["data-value"]) == pytest.approx(share)
+    assert 'data-key="bright_share">Bright share \u2191</th>' in html
+    assert "Bright share: the share of the map's mass on pixels brighter than the mean." in "".join(page.text)
+    # the checks that did not run say so, in their place
+    assert html.index('id="trust-localization"') < html.index('id="trust-toy-bright-share"')

@@ -320,7 +320,7 @@ def test_full_report_sections_verdict_and_embedding(run_dir: Path, tmp_path: Pat
     assert "saliencekit train data --out run" in html_text
     assert data["command"] in html_text
     assert "build_report(" in html_text
-    assert '"reduce": "sum"' in html_text or "&quot;reduce&quot;: &quot;sum&quot;" in html_text
+    assert '"reduce": "sum"' in "".join(page.text)  # the page's text, entities decoded
     # atomic write: no temporary file left beside the report
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["r.html"]
 
@@ -432,7 +432,7 @@ def test_cli_report(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 def test_compact_png_shrinks_wide_transparent_figures() -> None:
     import io
 
-    from saliencekit.viz.report import _compact_png
+    from saliencekit.viz.report._images import compact_png as _compact_png
 
     rng = np.random.default_rng(0)
     rgba = rng.integers(0, 255, (700, 2400, 4), dtype=np.uint8)

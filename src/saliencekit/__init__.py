@@ -11,15 +11,22 @@ from saliencekit._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
-# The method engine is imported lazily so that ``import saliencekit`` stays cheap for the CLI.
+# The method engine, the checks and the report are imported lazily so that ``import saliencekit`` stays cheap for
+# the CLI.
 _LAZY = {
     "list_methods": "saliencekit.methods",
     "create_method": "saliencekit.methods",
     "explain": "saliencekit.methods",
     "Explanation": "saliencekit.methods",
+    "load_run": "saliencekit.run",
+    "run_checks": "saliencekit.trust.runner",
+    "CheckSettings": "saliencekit.trust.settings",
+    "load_checks": "saliencekit.trust.results",
+    "build_report": "saliencekit.viz.report",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
-__all__ = ["Explanation", "__version__", "create_method", "explain", "list_methods"]
+__all__ = ["CheckSettings", "Explanation", "__version__", "build_report", "create_method", "explain", "list_methods",
+           "load_checks", "load_run", "run_checks"]

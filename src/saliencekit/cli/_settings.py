@@ -1,6 +1,6 @@
 """Command-line options made from a settings dataclass: each field whose metadata has ``cli`` (see
-:func:`saliencekit.trust.settings.option`) becomes an option with the field's default and help, so no default is
-written twice."""
+:func:`saliencekit._options.option`) becomes an option with the field's default and help, so no default is written
+twice."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from saliencekit.cli._types import positive_int
+from saliencekit.cli._types import count, positive_int
 
 
 def _value_type(f: dataclasses.Field) -> Any:
@@ -23,7 +23,7 @@ def add_settings_options(parser: argparse.ArgumentParser, settings: type) -> Non
     """Add an option for every command-line field of the dataclass ``settings`` (``dest`` is the field name).
 
     A bool field is a switch (``--no-x`` turns a True default off); a ``positive`` field takes a positive
-    integer; the default is appended to the help unless the help already says it.
+    integer, a ``count`` field a whole number >= 0; the default is appended to the help unless the help already says it.
     """
     for f in dataclasses.fields(settings):
         cli = dict(f.metadata.get("cli") or {})
@@ -35,7 +35,7 @@ def add_settings_options(parser: argparse.ArgumentParser, settings: type) -> Non
             action = "store_false" if flag.startswith("--no-") else "store_true"
             parser.add_argument(flag, dest=f.name, action=action, default=f.default, help=help_text)
             continue
-        kind = positive_int if cli.pop("positive", False) else _value_type(f)
+        kind = positive_int if cli.pop("positive", False) else count if cli.pop("count", False) else _value_type(f)
         if f.default is not None and "default" not in help_text:
             help_text += f" (default: {f.default})"
         parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text, **cli)

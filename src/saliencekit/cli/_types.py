@@ -23,3 +23,4 @@ def _number(kind: type, ok: Callable[[float], bool], what: str) -> Callable[[str
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 positive_float = _number(float, lambda v: v > 0, "a positive number")
 fraction = _number(float, lambda v: 0 <= v <= 1, "a fraction between 0 and 1")
+count = _number(int, lambda v: v >= 0, "a whole number >= 0")

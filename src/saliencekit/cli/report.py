@@ -5,19 +5,13 @@ from __future__ import annotations
 import argparse
 import shlex
 
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+from saliencekit.cli._settings import add_settings_options, settings_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` command to ``subparsers``."""
+    from saliencekit.viz.report.settings import ReportSettings
+
     p = subparsers.add_parser(
         "report",
         help="write the HTML trust report of a run (one self-contained file)",
@@ -34,16 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--checks", metavar="DIR", default=None,
         help="folder (or checks.json) written by `saliencekit check` (default: RUN_DIR/checks if it exists)",
     )
-    p.add_argument(
-        "--methods", metavar="M1,M2,...", default=None,
-        help="comma-separated registered method names to show for the chosen images (see `saliencekit explain "
-             "--help`); default: the methods (with their options) in checks.json, else a standard set",
-    )
-    p.add_argument("--images", metavar="N", type=_count, default=8,
-                   help="number of test images to explain: correct and wrong predictions of each class (default 8)")
+    add_settings_options(p, ReportSettings)
     p.add_argument("--data", metavar="DIR", default=None, help="the data folder, if it moved since training")
-    p.add_argument("--device", default="cpu", help="device for the model: cpu, cuda, cuda:1 ... (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the noise of sampling methods (default 0)")
     p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -65,14 +51,10 @@ def _command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report and print where it is."""
-    from saliencekit.viz.report import build_report
+    from saliencekit.viz.report import ReportSettings, build_report
 
-    methods = None
-    if args.methods:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    path = build_report(
-        args.run_dir, args.out, checks=args.checks, methods=methods, images=args.images,
-        progress=not args.no_progress, device=args.device, data=args.data, seed=args.seed, command=_command(args),
-    )
+    settings = ReportSettings(**settings_options(args, ReportSettings))
+    path = build_report(args.run_dir, args.out, checks=args.checks, settings=settings, data=args.data,
+                        progress=not args.no_progress, command=_command(args))
     print(f"report written to {path}")
     return 0

@@ -15,7 +15,6 @@ and help.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as _dt
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from saliencekit._options import with_options
 from saliencekit._threads import torch_threads
 from saliencekit.errors import InputError
 from saliencekit.methods.specs import default_methods, parse_methods
@@ -103,12 +103,7 @@ def run_checks(
         InputError: neither a run nor a model and images, a check that cannot run (e.g. localization
             asked for without masks), or ``num_threads`` not a positive integer.
     """
-    fields = {f.name for f in dataclasses.fields(CheckSettings)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise TypeError(f"run_checks() got unexpected option(s) {unknown}; options are the fields of CheckSettings: "
-                        f"{', '.join(sorted(fields))}")
-    settings = dataclasses.replace(settings or CheckSettings(), **options)
+    settings = with_options(CheckSettings, settings, options, "run_checks")
     with torch_threads(settings.num_threads), contextlib.ExitStack() as scope:
         return _run_checks(run, settings, scope, model=model, images=images, labels=labels, masks=masks, files=files,
                            class_names=class_names, train_data=train_data, random_model=random_model, out_dir=out_dir,

@@ -14,17 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from saliencekit._options import option
 from saliencekit.errors import InputError, UnknownNameError
 
 if TYPE_CHECKING:
     from saliencekit.methods.specs import MethodSpecs
-
-
-def option(help: str = "", run: bool = False, **cli: Any) -> dict[str, Any]:
-    """Field metadata of a setting: its help, whether it is a choice of the run rather than a cost of the checks
-    (kept out of :meth:`CheckSettings.to_dict`), and, for a command-line option, ``flag`` (``--images``) with
-    ``metavar`` and ``positive`` (a positive integer)."""
-    return {"help": help, "run": run, "cli": cli or None}
 
 
 @dataclass

@@ -1,0 +1,132 @@
+"""The trust report: one self-contained HTML page that answers "should I believe this model, and
+which saliency maps can I trust for it?".
+
+The page is built from a run directory (``saliencekit train``), the checks' results (``saliencekit check``,
+``checks.json``, read by :func:`saliencekit.trust.results.load_checks`) and explanations computed here for a few
+test images. Every image is an embedded PNG (``data:`` URI), the styles are inline, there is no JavaScript and no
+external URL: the file opens offline, from anywhere. Inputs that are missing leave a note ("not computed: run
+...") in their section instead of an error.
+
+How it is made: each section is a gather function (:mod:`saliencekit.viz.report.sections`) that collects plain data,
+and a Jinja2 template (``templates/sections/<id>.html.j2``, autoescaped) that shows it; each trust check's
+subsection is its plug-in's gather function and partial (:mod:`saliencekit.trust.checks`). Figures reuse
+:mod:`saliencekit.viz.overlay` and :mod:`saliencekit.viz.samples`.
+
+Sections (each a ``<section>`` with a stable ``id``): ``verdict`` (per-method verdict table and the
+recommended methods; preceded by the ``shortcut-warning`` box when the checks found a method's maps
+concentrated on a planted shortcut), ``data``, ``training``, ``performance``, ``explanations``, ``trust``
+and ``reproducibility``.
+
+>>> from saliencekit.viz.report import build_report
+>>> build_report("runs/cxr", "runs/cxr/report.html")  # doctest: +SKIP
+PosixPath('runs/cxr/report.html')
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from saliencekit.errors import DataError
+from saliencekit.viz.report.sections import SECTION_IDS, SECTIONS, ReportContext, gather_warning, select_images
+from saliencekit.viz.report.settings import ReportSettings
+
+if TYPE_CHECKING:
+    from saliencekit.trust.results import CheckResults
+
+
+def _resolve_checks(run_dir: Path, checks: str | Path | None) -> tuple[CheckResults | None, Path | None, str | None]:
+    """(checks, path, problem): an explicit path must exist; the default location may be absent."""
+    from saliencekit.trust.results import load_checks
+
+    if checks is None:
+        path = run_dir / "checks" / "checks.json"
+        if not path.is_file():
+            return None, None, None
+    else:
+        path = Path(checks)
+        path = path / "checks.json" if path.is_dir() else path
+        if not path.is_file():
+            raise DataError(f"checks file not found: {path} (give the folder or file written by `saliencekit check`)")
+    try:
+        return load_checks(path), path, None
+    except DataError as exc:
+        return None, path, str(exc)
+
+
+def build_report(
+    run_dir: str | Path,
+    out_html: str | Path | None = None,
+    checks: str | Path | None = None,
+    settings: ReportSettings | None = None,
+    *,
+    data: str | Path | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    **options: Any,
+) -> Path:
+    """Write the trust report of a run as one self-contained HTML file.
+
+    Args:
+        run_dir: the run directory written by ``saliencekit train``.
+        out_html: where to write the report (default ``RUN/report.html``); written atomically.
+        checks: ``checks.json`` or the folder holding it (default ``RUN/checks/checks.json``; when that is
+            absent the verdict and trust sections say how to compute it).
+        settings: what to explain and how (:class:`~saliencekit.viz.report.settings.ReportSettings`).
+        data: the data folder, when it moved since training.
+        progress: show a progress bar.
+        command: the command line shown in the reproducibility section (default: the Python call).
+        **options: fields of :class:`~saliencekit.viz.report.settings.ReportSettings` that replace those of
+            ``settings`` (``methods=``, ``images=``, ``device=``, ``seed=``).
+
+    Returns:
+        The path of the written report.
+
+    Raises:
+        TypeError: an option that is not a field of the settings.
+        RunDirError: ``run_dir`` is not a run directory.
+        DataError: ``checks`` was given but does not exist.
+    """
+    from tqdm.auto import tqdm
+
+    from saliencekit import __version__, _atomic
+    from saliencekit._options import with_options
+    from saliencekit.run import load_run
+    from saliencekit.viz.report._render import environment, num, render
+
+    settings = with_options(ReportSettings, settings, options, "build_report")
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, device=settings.device, data=data)  # raises RunDirError
+    out_html = Path(out_html) if out_html is not None else run_dir / "report.html"
+    results, checks_path, problem = _resolve_checks(run_dir, checks)
+    if command is None:
+        args = [repr(str(run_dir)), repr(str(out_html))]
+        args += [f"{k}={v!r}" for k, v in (("checks", checks and str(checks)), ("methods", settings.methods)) if v]
+        command = f"saliencekit.viz.report.build_report({', '.join([*args, f'images={settings.images}'])})"
+    ctx = ReportContext(run_dir=run_dir, run=run, checks=results, checks_path=checks_path, checks_problem=problem,
+                        settings=settings, command=command, progress=progress)
+    created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    env = environment()
+    sections = []
+    steps = tqdm(total=len(SECTIONS), desc="report", disable=not progress)
+    try:
+        for sid, sec in SECTIONS.items():  # in page order; reproducibility last: it lists the methods' parameters
+            steps.set_postfix_str(sid)
+            # a template module renders at once; the page inserts its (autoescaped) output
+            sections.append({"id": sid, "title": sec.title,
+                             "body": env.get_template(sec.template).make_module({"data": sec.gather(ctx)})})
+            steps.update()
+    finally:
+        steps.close()
+    m = run.metrics or {}
+    performance = (f"test accuracy {num(m.get('accuracy'))}, ROC AUC {num(m.get('roc_auc'))} on {m.get('n')} images"
+                   if m else "no test metrics")
+    page = render("page.html.j2", title=f"Trust report: {run.info.arch} on {run.data_root.name}",
+                  arch=run.info.arch, classes=list(run.class_names), performance=performance, run_dir=str(run_dir),
+                  created=created, version=__version__, warning=gather_warning(ctx), sections=sections)
+    _atomic.write_text(out_html, page)
+    return out_html
+
+
+__all__ = ["SECTION_IDS", "ReportSettings", "build_report", "select_images"]

@@ -1,0 +1,531 @@
+"""The report's sections: one gather function each, registered with :func:`section`, and one template,
+``templates/sections/<id>.html.j2``, that shows what it gathered (as ``data``).
+
+A gather function takes the :class:`ReportContext` and returns the template's data: plain values and the records
+of :mod:`saliencekit.viz.report._render`, never HTML. A new section is one decorated gather function here plus its
+template. The trust-check subsections come from the check plug-ins (:mod:`saliencekit.trust.checks`), whose
+``gather`` get a :class:`TrustTools`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence, Sized
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from saliencekit.errors import DataError, SaliencekitError
+from saliencekit.trust.checks.base import Column, is_missing, value_of
+from saliencekit.viz.report._images import embed_figure, embed_file
+from saliencekit.viz.report._render import (
+    FigureBlock,
+    Table,
+    Tag,
+    code,
+    environment,
+    key_values,
+    num,
+    pct,
+    ratio,
+    summary,
+    times,
+)
+from saliencekit.viz.report.settings import ReportSettings
+
+if TYPE_CHECKING:
+    from saliencekit.run import Run
+    from saliencekit.trust.results import CheckResults
+
+
+@dataclass
+class ReportContext:
+    """Everything the sections read (each part may be missing).
+
+    Attributes:
+        run_dir: the run directory.
+        run: the loaded run.
+        checks: the checks' results (None when there are none).
+        checks_path: the ``checks.json`` read (or that could not be read).
+        checks_problem: why it could not be read.
+        settings: the report's settings.
+        command: the command line shown in the reproducibility section.
+        progress: show progress bars.
+        method_params: label -> parameters of the methods the explanations used (set by that section).
+    """
+
+    run_dir: Path
+    run: Run
+    checks: CheckResults | None = None
+    checks_path: Path | None = None
+    checks_problem: str | None = None
+    settings: ReportSettings = field(default_factory=ReportSettings)
+    command: str = ""
+    progress: bool = True
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def checks_dir(self) -> Path | None:
+        return None if self.checks_path is None else self.checks_path.parent
+
+    @property
+    def check_hint(self) -> str:
+        return f"saliencekit check {self.run_dir} --out {self.run_dir / 'checks'}"
+
+    def not_computed(self, what: str) -> dict[str, Any]:
+        """Template data of a "not computed: run ..." note."""
+        return {"not_computed": {"what": what, "hint": self.check_hint, "problem": self.checks_problem or ""}}
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the page: its ``id``, title, gather function and template."""
+
+    id: str
+    title: str
+    gather: Callable[[ReportContext], dict[str, Any]]
+
+    @property
+    def template(self) -> str:
+        return f"sections/{self.id}.html.j2"
+
+
+SECTIONS: dict[str, Section] = {}
+
+
+def section(sid: str, title: str) -> Callable[[Callable[[ReportContext], dict[str, Any]]],
+                                              Callable[[ReportContext], dict[str, Any]]]:
+    """Register a gather function as the section ``sid`` (sections appear in registration order)."""
+
+    def deco(fn: Callable[[ReportContext], dict[str, Any]]) -> Callable[[ReportContext], dict[str, Any]]:
+        if sid in SECTIONS:
+            raise ValueError(f"report section {sid!r} is already registered")
+        SECTIONS[sid] = Section(sid, title, fn)
+        return fn
+
+    return deco
+
+
+# ----------------------------------------------------------------------------------------------- tools for checks
+
+
+class TrustTools:
+    """What a check's :meth:`~saliencekit.trust.checks.base.Check.gather` gets: figure embedding, tables, formats."""
+
+    def __init__(self, ctx: ReportContext) -> None:
+        self._ctx = ctx
+
+    num = staticmethod(num)
+    summary = staticmethod(summary)
+    pct = staticmethod(pct)
+    code = staticmethod(code)
+    key_values = staticmethod(key_values)
+
+    @staticmethod
+    def tag(name: str, text: str, css: str = "") -> Tag:
+        """Text in an inline element (``span``, ``em``, ``strong``, ``code``)."""
+        return Tag(name, text, css)
+
+    @staticmethod
+    def table(header: Sequence[str], rows: Sequence[Sequence[Any]], num_cols: Sequence[int] = ()) -> Table:
+        """A table (cells: values or :meth:`tag`)."""
+        return Table(list(header), [list(r) for r in rows], tuple(num_cols))
+
+    @classmethod
+    def method_table(cls, methods: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -> Table:
+        """One row per method: the ``mean [ci_low, ci_high]`` of each column's summary."""
+        rows = [[label, *(summary((vals or {}).get(k)) for k, _ in columns)] for label, vals in methods.items()]
+        return cls.table(["method", *(t for _, t in columns)], rows, range(1, len(columns) + 1))
+
+    @staticmethod
+    def verdict(value: Any, yes: str = "pass", no: str = "fail") -> Tag | str:
+        """A pass / fail mark (``n/a`` for anything else)."""
+        if value is True:
+            return Tag("span", yes, "verdict-pass")
+        if value is False:
+            return Tag("span", no, "verdict-fail")
+        return "n/a"
+
+    def figures(self, paths: Sequence[str] | None, alt: str, per_method: Sequence[str] = ()) -> FigureBlock:
+        """The check's own figures, full width; per-method figures only when the check has none of its own
+        (otherwise they are listed by name: they repeat what the combined figures show)."""
+        folder = self._ctx.checks_dir
+        if folder is None:
+            return FigureBlock()
+        top = list(dict.fromkeys(str(p) for p in paths or []))
+        extra = [p for p in dict.fromkeys(str(p) for p in per_method) if p not in top]
+        if not top:
+            top, extra = extra, []
+        return FigureBlock([embed_file(folder / p, f"{alt}: {p}", p) for p in top], extra)
+
+
+# ----------------------------------------------------------------------------------------------- warning box
+
+
+def gather_warning(ctx: ReportContext) -> dict[str, Any] | None:
+    """The top warning box, only when the checks detected that a method's maps sit on a planted shortcut.
+
+    It says what was measured (which method, the marker's share of the map mass against its share of the image
+    area, the lesion's for comparison), what that means and how to test it, without claiming more than the
+    maps show.
+    """
+    from saliencekit.trust.checks.localization import SHORTCUT_FACTOR
+
+    if ctx.checks is None:
+        return None
+    sc = ctx.checks.summary.shortcut
+    if sc.get("detected") is not True:
+        return None
+    loc = ctx.checks.checks.get("localization") or {}
+    marker_area = sc.get("marker_area_share", loc.get("shortcut_area_share"))
+    method = sc.get("method")
+    others = []
+    for k, v in (sc.get("marker_share_by_method") or {}).items():
+        if str(k) != str(method) and not is_missing(value_of(v)):
+            r = ratio(v, marker_area)
+            others.append({"method": str(k), "share": pct(v), "times": times(r) if r is not None else None})
+    return {
+        "method": method,
+        "marker": _share(sc.get("marker_share"), marker_area),
+        "lesion": None if is_missing(value_of(sc.get("lesion_share"))) else _share(sc.get("lesion_share"),
+                                                                                     loc.get("mask_area_share")),
+        "others": others,
+        "doubtful": bool(method) and method not in ctx.checks.summary.recommended,
+        "factor": f"{SHORTCUT_FACTOR:g}",
+    }
+
+
+def _share(share: Any, area: Any) -> dict[str, Any]:
+    """A region's share of the map mass, its share of the image area and their ratio (for the warning)."""
+    r = ratio(share, area)
+    return {"share": pct(share), "area": None if is_missing(value_of(area)) else pct(area),
+            "times": times(r) if r is not None else None}
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+def verdict_columns(per_method: Mapping[str, Mapping[str, Any]]) -> list[Column]:
+    """The verdict table's columns: every registered check's columns (optional ones when some method has them),
+    then keys of ``summary.methods`` that no registered check declares."""
+    from saliencekit.trust.checks import list_checks
+
+    present = {k for vals in per_method.values() for k in vals or {}}
+    columns = [c for check in list_checks() for c in check.columns if not c.optional or c.key in present]
+    declared = {c.key for check in list_checks() for c in check.columns}
+    extra = list(dict.fromkeys(k for vals in per_method.values() for k in vals or {} if k not in declared))
+    return columns + [Column(k, k.replace("_", " ").capitalize()) for k in extra]
+
+
+@section("verdict", "Verdict: which saliency maps to trust")
+def gather_verdict(ctx: ReportContext) -> dict[str, Any]:
+    """The per-method verdict table, the recommended methods and the legend of the columns."""
+    if ctx.checks is None:
+        return ctx.not_computed("no checks.json found")
+    s = ctx.checks.summary
+    if not s.methods:
+        return {"no_summary": True}
+    columns = verdict_columns(s.methods)
+    rows = []
+    for label, vals in s.methods.items():
+        inner = ctx.checks.methods.get(label, {}).get("method")
+        rows.append({"label": label, "method": inner if inner and inner != label else None,
+                     "cells": [(c.key, c.cell(value_of(vals.get(c.key)))) for c in columns],
+                     "recommended": label in s.recommended})
+    other = {m: r for m, r in s.reasons.items() if m not in s.recommended}
+    other.update({m: r for m, r in s.not_recommended.items() if m not in s.recommended})
+    sc = s.shortcut
+    note = None
+    if sc.get("present_in_data") and sc.get("detected") is not True:
+        note = {"marker": pct(sc.get("marker_share")), "lesion": pct(sc.get("lesion_share")),
+                "evidence": str(sc["evidence"]).rstrip(".") if sc.get("evidence") else ""}
+    return {"n": ctx.checks.settings.get("images"), "columns": columns, "rows": rows,
+            "recommended": [(m, s.reasons.get(m, "passes the checks.")) for m in s.recommended],
+            "other": other, "rule": s.recommendation_rule, "shortcut_note": note,
+            "legend": [c.sentence for c in columns if c.sentence]}
+
+
+def _brief(meta: Any, limit: int = 300) -> dict[str, Any]:
+    """The short entries of a JSON object, nested objects flattened to ``a.b`` keys; long ones summarised."""
+    if not isinstance(meta, Mapping):
+        return {"value": meta}
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        if isinstance(v, Mapping) and len(json.dumps(v, default=str)) > 80:
+            for k2, v2 in _brief(v, limit).items():
+                out[f"{k}.{k2}"] = v2
+        elif len(json.dumps(v, default=str)) > limit:
+            n = len(v) if isinstance(v, Sized) else None
+            out[str(k)] = f"({n} entries; see the file)" if n is not None else "(long; see the file)"
+        else:
+            out[str(k)] = v
+    return out
+
+
+@section("data", "Data")
+def gather_data(ctx: ReportContext) -> dict[str, Any]:
+    """The data folder, the classes and their counts, the split, how the data was made and sample images."""
+    from saliencekit.viz.samples import plot_samples
+
+    run = ctx.run
+    cfg = run.config
+    counts = cfg.get("class_counts") or {}
+    out: dict[str, Any] = {
+        "root": str(run.data_root), "classes": list(run.class_names),
+        "counts": Table(["class", "images"], [[c, counts.get(c, "n/a")] for c in run.class_names], (1,))
+        if counts else None,
+        "split": [(str(k), v) for k, v in (cfg.get("split_sizes") or {}).items()],
+    }
+    meta_path = run.data_root / "dataset.json"
+    if meta_path.is_file():
+        try:
+            out["meta"] = key_values(_brief(json.loads(meta_path.read_text())))
+        except (OSError, json.JSONDecodeError) as exc:
+            out["meta_problem"] = {"path": str(meta_path), "error": str(exc)}
+    try:
+        out["samples"] = embed_figure(plot_samples(run.data_root, per_class=4),
+                                      "sample images per class with mask outlines",
+                                      "Sample images of each class; outlines show the masks.")
+    except (DataError, OSError) as exc:
+        out["samples_problem"] = str(exc)
+    return out
+
+
+@section("training", "Training")
+def gather_training(ctx: ReportContext) -> dict[str, Any]:
+    """How training went: epochs, the kept epoch, the curves and the settings."""
+    run = ctx.run
+    h = run.history
+    out: dict[str, Any] = {"info": None, "curves": None, "settings": None}
+    if h:
+        info = {"epochs run": len(h.get("epochs", [])), "best epoch (kept)": h.get("best_epoch"),
+                "best validation loss": h.get("best_val_loss"), "training time (s)": h.get("fit_seconds"),
+                "device": h.get("device")}
+        out["info"] = key_values({k: v for k, v in info.items() if v is not None})
+    curves = run.path / "curves.png"
+    if curves.is_file():
+        out["curves"] = embed_file(curves, "training curves", "Loss and accuracy per epoch; the dotted line marks "
+                                                              "the epoch kept (lowest validation loss).")
+    elif h:
+        from saliencekit.viz.training import plot_history
+
+        out["curves"] = embed_figure(plot_history(h), "training curves", "Loss and accuracy per epoch.")
+    cfg = run.config.get("config")
+    if isinstance(cfg, Mapping):
+        out["settings"] = key_values(cfg)
+    return out
+
+
+@section("performance", "Test performance")
+def gather_performance(ctx: ReportContext) -> dict[str, Any]:
+    """The test metrics, the confusion matrix and the ROC curve."""
+    run = ctx.run
+    m = run.metrics
+    if not m:
+        return {"missing": str(run.path)}
+    items = {"test images": m.get("n"), "accuracy": m.get("accuracy"), "ROC AUC": m.get("roc_auc"),
+             "sensitivity": m.get("sensitivity"), "specificity": m.get("specificity")}
+    if m.get("positive_class") is not None:
+        items["positive class"] = m.get("positive_class")
+        items["threshold"] = m.get("threshold")
+    names = m.get("class_names") or run.class_names
+    cm = m.get("confusion_matrix")
+    figs = [embed_file(run.path / f, alt) for f, alt in (("confusion.png", "confusion matrix"),
+                                                         ("roc.png", "ROC curve")) if (run.path / f).is_file()]
+    if not (run.path / "roc.png").is_file() and m.get("roc_curves"):
+        from saliencekit.viz.training import plot_roc
+
+        figs.append(embed_figure(plot_roc(m), "ROC curve"))
+    return {"metrics": key_values(items),
+            "confusion": Table(["", *(f"predicted {n}" for n in names)],
+                               [[f"true {n}", *row] for n, row in zip(names, cm)], range(1, len(names) + 1))
+            if cm else None,
+            "figures": figs}
+
+
+def select_images(labels: Sequence[int], predicted: Sequence[int], confidence: Sequence[float], n: int) -> list[int]:
+    """Pick up to ``n`` images covering correct and wrong predictions of every class.
+
+    Categories (true class, correct?) take turns, each giving its most confident image first, so
+    that the selection shows confident successes and confident mistakes of both classes.
+    Returns indices grouped by category (class order, correct before wrong).
+
+    >>> select_images([0, 0, 1, 1], [0, 1, 1, 1], [0.9, 0.8, 0.7, 0.95], 3)
+    [0, 1, 3]
+    """
+    labels, predicted = list(map(int, labels)), list(map(int, predicted))
+    cats: dict[tuple[int, bool], list[int]] = {}
+    for i, (y, p) in enumerate(zip(labels, predicted)):
+        cats.setdefault((y, y != p), []).append(i)
+    order = sorted(cats)
+    for k in order:
+        cats[k].sort(key=lambda i: (-float(confidence[i]), i))
+    chosen: dict[tuple[int, bool], list[int]] = {k: [] for k in order}
+    total, depth = 0, 0
+    while total < n and any(depth < len(cats[k]) for k in order):
+        for k in order:
+            if total < n and depth < len(cats[k]):
+                chosen[k].append(cats[k][depth])
+                total += 1
+        depth += 1
+    return [i for k in order for i in chosen[k]]
+
+
+def _method_spec(methods: Any, checks: CheckResults | None) -> dict[str, dict[str, Any]]:
+    """``label -> {"method": name, **options}`` from the argument, else the checks, else the defaults."""
+    from saliencekit.methods.specs import default_methods, engine_specs, parse_methods
+
+    if not methods and checks is not None and checks.methods:
+        methods = checks.methods
+    return engine_specs(parse_methods(methods or default_methods(), validate=False))
+
+
+@section("explanations", "Explanations")
+def gather_explanations(ctx: ReportContext) -> dict[str, Any]:
+    """Saliency maps of chosen test images (confident right and wrong predictions of each class)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from saliencekit.methods import explain, list_methods
+    from saliencekit.methods.normalize import display_normalization
+    from saliencekit.viz.overlay import comparison_figure
+
+    run = ctx.run
+    n_images = ctx.settings.images
+    try:
+        ds = run.dataset("test")
+        x_all = ds.images()
+    except (SaliencekitError, OSError) as exc:
+        return {"problem": f"Test images not available: {exc}"}
+    if n_images <= 0 or len(ds) == 0:
+        return {"none_chosen": True}
+    labels = ds.labels().tolist()
+    preds_by_file = {p["file"]: p for p in (run.metrics or {}).get("predictions", []) if "file" in p}
+    files = [ds.sample(i).relpath for i in range(len(ds))]
+    if all(f in preds_by_file for f in files):
+        proba = [preds_by_file[f]["probabilities"] for f in files]
+        predicted = [int(preds_by_file[f]["predicted"]) for f in files]
+    else:
+        p = run.predict(x_all)
+        proba = p.tolist()
+        predicted = (p[:, 1] >= 0.5).long().tolist() if run.binary else p.argmax(1).tolist()
+    confidence = [pr[k] for pr, k in zip(proba, predicted)]
+    chosen = select_images(labels, predicted, confidence, n_images)
+
+    spec = _method_spec(ctx.settings.methods, ctx.checks)
+    registered = set(list_methods())
+    out: dict[str, Any] = {"skipped": [(lbl, s["method"]) for lbl, s in spec.items() if s["method"] not in registered]}
+    spec = {lbl: s for lbl, s in spec.items() if s["method"] in registered}
+    if not spec:
+        return {**out, "problem": "No registered method to explain with."}
+    x = x_all[chosen].to(run.device)
+    torch.manual_seed(ctx.settings.seed)
+    try:
+        results = explain(run.model, x, methods=spec)
+    except SaliencekitError as exc:
+        return {**out, "problem": f"Explaining failed: {exc}"}
+    norms = {lbl: display_normalization(spec[lbl]["method"]) for lbl in results}  # registered: checked above
+    ctx.method_params = {lbl: {"method": e.method, **e.params, "display_normalization": norms[lbl]}
+                         for lbl, e in results.items()}
+    names = run.class_names
+    rows, figures = [], []
+    for j, i in enumerate(tqdm(chosen, desc="report: explanation figures", disable=not ctx.progress, leave=False)):
+        y, p = labels[i], predicted[i]
+        ok = y == p
+        badge = Tag("span", "correct" if ok else "wrong", f"badge {'correct' if ok else 'wrong'}")
+        rows.append([badge, files[i], names[y], names[p], " / ".join(f"{n} {float(v):.3f}"
+                                                                     for n, v in zip(names, proba[i]))])
+        fig = comparison_figure(x_all[i], {lbl: e.maps[j] for lbl, e in results.items()}, normalization=norms)
+        title = f"{files[i]}: true {names[y]}, predicted {names[p]} ({'correct' if ok else 'wrong'})"
+        figures.append((badge, embed_figure(fig, f"saliency maps of {files[i]}", title)))
+    return {**out, "count": len(chosen), "table": Table(["", "file", "true class", "predicted", "probabilities"],
+                                                        rows), "figures": figures}
+
+
+@section("trust", "Trust checks")
+def gather_trust(ctx: ReportContext) -> dict[str, Any]:
+    """Each registered check's subsection, from its ``checks.json`` entry (its plug-in's gather and partial)."""
+    from saliencekit.trust.checks import list_checks
+
+    if ctx.checks is None:
+        return ctx.not_computed("no checks.json found")
+    env = environment()
+    tools = TrustTools(ctx)
+    skipped = ctx.checks.skipped
+    parts = []
+    for check in list_checks():
+        entry = ctx.checks.checks.get(check.name)
+        part: dict[str, Any] = {"id": check.anchor, "title": check.title}
+        if isinstance(entry, Mapping):
+            try:  # a malformed entry must not sink the report
+                part["body"] = env.get_template(f"check/{check.name}").make_module(check.gather(entry, tools))
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                part["problem"] = f"{type(exc).__name__}: {exc}"
+        elif check.name in skipped:
+            part["skipped"] = skipped[check.name] or "skipped"
+        else:
+            part.update(ctx.not_computed(f"{check.name} is not in checks.json"))
+        parts.append(part)
+    known = {c.name for c in list_checks()}
+    return {"images": len(ctx.checks.images), "path": str(ctx.checks_path), "parts": parts,
+            "unknown": [name for name in ctx.checks.checks if name not in known]}
+
+
+@section("reproducibility", "Reproducibility")
+def gather_reproducibility(ctx: ReportContext) -> dict[str, Any]:
+    """Versions, seeds, the methods and settings of the explanations and checks, the commands and the files."""
+    from saliencekit._versions import library_versions
+
+    run = ctx.run
+    cfg = run.config
+    checks = ctx.checks
+    now = library_versions()
+    trained = cfg.get("versions") or {}
+    checked = {"saliencekit": checks.saliencekit_version} if checks else {}
+    names = list(dict.fromkeys([*now, *trained]))
+    settings = checks.settings if checks else {}
+    seeds = {"training (split, initialisation, batches)": cfg.get("seed"),
+             "checks": settings.get("seed") if checks else None,
+             "report (noise of sampling methods; the image choice is deterministic)": ctx.settings.seed}
+    out: dict[str, Any] = {
+        "versions": Table(["package", "this report", "training", "checks"],
+                          [[n, now.get(n, ""), trained.get(n, ""), checked.get(n, "") or ""] for n in names]),
+        "seeds": key_values({k: ("n/a" if v is None else v) for k, v in seeds.items()}),
+        "explained": Table(["label", "method", "parameters"],
+                           [[lbl, p.get("method", lbl), code({k: v for k, v in p.items() if k != "method"})]
+                            for lbl, p in ctx.method_params.items()]) if ctx.method_params else None,
+        "checked": None, "check_settings": None, "check_parameters": None,
+    }
+    if checks:
+        if checks.methods:
+            out["checked"] = Table(["label", "method", "options"],
+                                   [[lbl, v.get("method", lbl), code(v.get("options", {}))]
+                                    for lbl, v in checks.methods.items()])
+        if settings:
+            out["check_settings"] = key_values(settings)
+        params = {}
+        for key, c in checks.checks.items():
+            if isinstance(c, Mapping):
+                p = {k: v for k, v in c.items() if k not in ("methods", "figures", "null", "matrices", "ranking")
+                     and (isinstance(v, str | int | float | bool) or (isinstance(v, list) and len(v) <= 30
+                                                                        and all(isinstance(s, str) for s in v)))}
+                casc = c.get("cascading")
+                if isinstance(casc, Mapping) and casc.get("steps"):
+                    p["cascading steps"] = casc["steps"]
+                if p:
+                    params[key] = p
+        if params:
+            out["check_parameters"] = key_values(params)
+    cmds = {"train": cfg.get("command"), "check": checks.command if checks else None, "report": ctx.command}
+    out["commands"] = [(k, v) for k, v in cmds.items() if v]
+    out["files"] = key_values({"run directory": str(run.path.resolve()), "data folder": str(run.data_root),
+                               "checks file": str(ctx.checks_path) if ctx.checks_path else "none"})
+    return out
+
+
+#: The ``id`` of every section, in page order.
+SECTION_IDS = tuple(SECTIONS)
+SECTION_TITLES = {sid: s.title for sid, s in SECTIONS.items()}
+
+__all__ = ["SECTIONS", "SECTION_IDS", "SECTION_TITLES", "ReportContext", "Section", "TrustTools", "gather_warning",
+           "section", "select_images", "verdict_columns"]
