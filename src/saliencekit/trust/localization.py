@@ -15,6 +15,7 @@ tensor([1.], dtype=torch.float64)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -130,3 +131,78 @@ def mask_share(maps: Tensor, masks: Tensor) -> Tensor:
     """
     flat, mflat, empty = _prepare(maps, masks)
     return _share(flat.abs(), mflat, empty)
+
+
+# ------------------------------------------------------------------------------------- CAMs layer by layer
+
+
+def output_sizes(model: torch.nn.Module, names: list[str], example: Tensor) -> dict[str, tuple[int, int]]:
+    """The (h, w) of the outputs of the named modules, from one forward pass of one image in eval mode."""
+    from saliencekit.methods._capture import eval_mode
+
+    modules = dict(model.named_modules())
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def record(name: str) -> Any:
+        def hook(_module: torch.nn.Module, _inputs: Any, out: Tensor) -> None:
+            if isinstance(out, Tensor) and out.ndim == 4:
+                sizes.setdefault(name, (int(out.shape[-2]), int(out.shape[-1])))
+
+        return hook
+
+    handles = [modules[n].register_forward_hook(record(n)) for n in names]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return sizes
+
+
+def cam_stages(model: torch.nn.Module, example: Tensor) -> list[tuple[str, tuple[int, int]]]:
+    """The candidate CAM layers of ``model``: at each spatial resolution, the last module with a spatial output
+    (the output of a stage, before it is downsampled), input side first, with its (h, w).
+
+    Built on :func:`saliencekit.methods._capture.spatial_layers` (one forward pass of one image, in eval mode).
+    For the lesson CNN at 256 px: ``features.relu1`` (256x256) ... ``features.relu7`` (4x4).
+    """
+    from saliencekit.methods._capture import spatial_layers
+
+    names = spatial_layers(model, example)
+    sizes = output_sizes(model, names, example)
+    last: dict[tuple[int, int], str] = {}
+    for n in names:  # in the order the modules finish: the last one at a size is the stage's output
+        last[sizes[n]] = n
+    return [(n, sizes[n]) for n in names if last[sizes[n]] == n]
+
+
+def cam_layer_scan(model: torch.nn.Module, images: Tensor, masks: Tensor, methods: tuple[str, ...] = ("gradcam",
+                   "layercam"), target: Tensor | None = None, tolerance: float = 15.0,
+                   layers: list[str] | None = None, batch_size: int = 16) -> dict[str, dict[str, dict[str, Tensor]]]:
+    """Pointing game and relevance mass of CAM methods at every candidate layer (:func:`cam_stages`).
+
+    Args:
+        model: the classifier (never modified).
+        images: (N, C, H, W).
+        masks: (N, H, W) ground truth at the image resolution.
+        methods: registered CAM method names (all computed from one forward and backward pass per layer).
+        target: the explained class per image (default: the predicted class).
+        tolerance: pointing-game tolerance in pixels.
+        layers: module names to scan (default: :func:`cam_stages`).
+        batch_size: images per engine call.
+
+    Returns:
+        layer -> method -> ``{"pointing_game": (N,), "relevance_mass": (N,)}``.
+    """
+    from saliencekit.trust._explaining import compute_maps, normalize_specs
+
+    if layers is None:
+        layers = [n for n, hw in cam_stages(model, images) if hw[0] * hw[1] > 1]
+    out: dict[str, dict[str, dict[str, Tensor]]] = {}
+    for layer in layers:
+        specs = normalize_specs({m: {"method": m} for m in methods})
+        maps = compute_maps(model, images, specs, target, layer, batch_size)
+        out[layer] = {m: {"pointing_game": pointing_game(maps[m], masks, tolerance=tolerance),
+                          "relevance_mass": relevance_mass(maps[m], masks)} for m in methods}
+    return out

@@ -239,6 +239,10 @@ def build_summary(results: Mapping[str, Any], labels: Iterable[str], masks: Mapp
         bits = [b for check in by_evidence if (b := check.evidence(methods[lb]))]
         reasons[lb] = ("Passes the sanity checks that were run: " + "; ".join(bits) + ".") if bits else \
             "No sanity check failed (none was run)."
+        cautions = [c for check in by_evidence if check.name in results
+                    and (c := check.caveat(results[check.name], lb, methods))]
+        if cautions:
+            reasons[lb] += " But " + "; ".join(cautions) + "."
     summary = Summary(methods, recommended, reasons, {lb: "; ".join(vetoes[lb]) for lb in methods if lb not in sane},
                       RECOMMENDATION_RULE)
     for check in checks:

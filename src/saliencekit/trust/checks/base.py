@@ -302,6 +302,16 @@ class Check(abc.ABC):
         """The score that ranks recommended methods (higher first), or None when this check gives none."""
         return None
 
+    def caveat(self, entry: Mapping[str, Any], label: str, methods: Mapping[str, Mapping[str, Any]]) -> str | None:
+        """A warning added to a recommended method's reason (e.g. it localises worst of all methods), or None.
+
+        Args:
+            entry: the check's entry of ``checks.json``.
+            label: the recommended method.
+            methods: every method's summary row (``summary.methods``).
+        """
+        return None
+
     def summary_extra(self, results: Mapping[str, Any], methods: Mapping[str, Mapping[str, Any]],
                       recommended: Sequence[str], masks: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         """Keys this check adds to ``summary`` (called whether or not it ran; ``results``: every check's entry)."""

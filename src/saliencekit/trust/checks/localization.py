@@ -97,6 +97,9 @@ class Localization(Check):
                "ranking_by": "relevance mass (higher is better)", "figures": figs}
         if shortcut is not None:
             out["shortcut_area_share"] = summarize(area_share(shortcut), ctx.seed)
+        cam = cam_layers(ctx, masks, tol, kind)
+        if cam is not None:
+            out["cam_layers"] = cam
         return out
 
     def evidence(self, row: Mapping[str, Any]) -> str | None:
@@ -109,6 +112,19 @@ class Localization(Check):
             return row[RELEVANCE_MASS.key]
         return None
 
+    def caveat(self, entry: Mapping[str, Any], label: str, methods: Mapping[str, Mapping[str, Any]]) -> str | None:
+        scores = {lb: float(m[RELEVANCE_MASS.key]) for lb, m in methods.items()
+                  if isinstance(m.get(RELEVANCE_MASS.key), int | float) and math.isfinite(m[RELEVANCE_MASS.key])}
+        if len(scores) < 2 or label not in scores or scores[label] > min(scores.values()):
+            return None
+        best = max(scores, key=scores.__getitem__)
+        text = (f"it localises worst of the {len(scores)} methods checked (relevance mass {scores[label]:.0%}, "
+                f"{best} {scores[best]:.0%})")
+        cam = entry.get("cam_layers") or {}
+        if label in (cam.get("cam_methods") or []) and cam.get("advice"):
+            text += f"; {cam['advice_short']}"
+        return text
+
     def summary_extra(self, results: Mapping[str, Any], methods: Mapping[str, Mapping[str, Any]],
                       recommended: Sequence[str], masks: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         return {"shortcut": shortcut_finding(results.get(self.name), methods, recommended, masks)}
@@ -116,12 +132,101 @@ class Localization(Check):
     def gather(self, entry: Mapping[str, Any], report: Any) -> dict[str, Any]:
         methods = {label: v or {} for label, v in (entry.get("methods") or {}).items()}
         cols = [(k, t) for k, t in TABLE_COLUMNS if any(v.get(k) is not None for v in methods.values())]
+        cam = entry.get("cam_layers") or {}
+        cam_table = None
+        if cam.get("layers"):
+            scanned = cam.get("scan_methods") or []
+            head = ["layer", "size", *(f"{m} {k}" for m in scanned for k in ("pointing game", "relevance mass"))]
+            rows = []
+            for layer, v in cam["layers"].items():
+                name = f"{layer} (used)" if layer == cam.get("used") else layer
+                rows.append([name, "x".join(str(d) for d in v.get("size") or []),
+                             *(report.summary(((v.get("methods") or {}).get(m) or {}).get(k))
+                               for m in scanned for k in ("pointing_game", "relevance_mass"))])
+            cam_table = report.table(head, rows, range(2, len(head)))
         return {
             "mask": entry.get("mask", "lesion"),
+            "cam_used": cam.get("used"),
+            "cam_used_size": "x".join(str(d) for d in cam.get("used_size") or []),
+            "cam_methods": cam.get("cam_methods") or [],
+            "cam_table": cam_table,
+            "cam_advice": cam.get("advice"),
             "table": report.method_table(methods, cols) if methods else None,
             "ranking": entry.get("ranking") or [],
             "figures": report.figures(entry.get("figures"), "localisation", method_figures(entry)),
         }
+
+
+#: the CAM methods computed at every candidate layer by the localisation check (one forward and backward per layer)
+SCAN_METHODS = ("gradcam", "layercam")
+#: advice to change the CAM layer when another layer's relevance mass is at least this many times the used one's ...
+ADVICE_FACTOR = 1.5
+#: ... and higher by at least this much (absolute)
+ADVICE_MARGIN = 0.02
+
+
+def cam_layers(ctx: CheckContext, masks: torch.Tensor, tolerance: float, kind: str) -> dict[str, Any] | None:
+    """Which layer the CAM methods used, and how Grad-CAM and LayerCAM localise at every candidate layer.
+
+    Returns None when no CAM method is checked (or the model has no layer to take one at). ``advice`` is a sentence
+    when some scanned method at some layer has a mean relevance mass at least :data:`ADVICE_FACTOR` times that of
+    Grad-CAM at the used layer and :data:`ADVICE_MARGIN` higher, naming the best (method, layer); else None.
+    """
+    from saliencekit.errors import SaliencekitError
+    from saliencekit.methods.cam import layer_for
+    from saliencekit.methods.registry import method_class
+    from saliencekit.trust._explaining import summarize
+    from saliencekit.trust.localization import cam_layer_scan, cam_stages, output_sizes
+
+    cams = [lb for lb, spec in ctx.specs.items() if getattr(method_class(spec["method"]), "needs_layer", False)]
+    if not cams:
+        return None
+    example = ctx.images[:1]
+    try:
+        _, used = layer_for(ctx.model, ctx.layer, example)
+        stages = cam_stages(ctx.model, example)
+    except SaliencekitError:
+        return None
+    sizes = {**dict(stages), **output_sizes(ctx.model, [used], example)}
+    layers = [n for n, hw in stages if hw[0] * hw[1] > 1]
+    if used not in layers:
+        layers.append(used)
+    scan = cam_layer_scan(ctx.model, ctx.images, masks, SCAN_METHODS, target=ctx.preds, tolerance=tolerance,
+                          layers=layers, batch_size=ctx.settings.batch_size)
+    table = {layer: {"size": list(sizes.get(layer, ())),
+                     "methods": {m: {k: summarize(v, ctx.seed) for k, v in vals.items()} for m, vals in per.items()}}
+             for layer, per in scan.items()}
+
+    def rm(layer: str, m: str) -> float:
+        v = table[layer]["methods"][m]["relevance_mass"]["mean"]
+        return -math.inf if v is None else float(v)
+
+    def pg(layer: str, m: str) -> float:
+        v = table[layer]["methods"][m]["pointing_game"]["mean"]
+        return math.nan if v is None else float(v)
+
+    best = {m: max(layers, key=lambda lay, m=m: rm(lay, m)) for m in SCAN_METHODS}
+    top_m = max(SCAN_METHODS, key=lambda m: rm(best[m], m))
+    top_layer = best[top_m]
+    base = rm(used, SCAN_METHODS[0])
+    advice = short = None
+    if math.isfinite(rm(top_layer, top_m)) and (top_layer, top_m) != (used, SCAN_METHODS[0]) and (
+            not math.isfinite(base) or rm(top_layer, top_m) >= max(ADVICE_FACTOR * base, base + ADVICE_MARGIN)):
+        size = "x".join(str(d) for d in table[top_layer]["size"])
+        used_size = "x".join(str(d) for d in table[used]["size"])
+        base_text = "no positive mass" if not math.isfinite(base) else f"{base:.0%} of its positive mass"
+        advice = (f"The CAM methods ({', '.join(cams)}) are taken at {used} ({used_size}), where Grad-CAM puts "
+                  f"{base_text} on the {kind} (pointing game {pg(used, SCAN_METHODS[0]):.2f}); {top_m} at "
+                  f"{top_layer} ({size}) puts {rm(top_layer, top_m):.0%} there (pointing game "
+                  f"{pg(top_layer, top_m):.2f}). To use it: --layer {top_layer}")
+        if top_m not in {spec["method"] for spec in ctx.specs.values()}:
+            advice += f" and add {top_m} to --methods"
+        short = f"{top_m} at layer {top_layer} ({size}) localises better ({rm(top_layer, top_m):.0%})"
+    return {"used": used, "used_size": list(sizes.get(used, ())), "cam_methods": cams,
+            "scan_methods": list(SCAN_METHODS), "layers": table, "best": best, "advice": advice,
+            "advice_short": short,
+            "rule": f"advice when a scanned method's relevance mass at some layer is >= {ADVICE_FACTOR:g}x Grad-CAM's "
+                    f"at the used layer and >= {ADVICE_MARGIN:g} higher"}
 
 
 def shortcut_finding(loc: Mapping[str, Any] | None, methods: Mapping[str, Any], recommended: Sequence[str],
