@@ -147,9 +147,13 @@ def main() -> None:
 def _figure(x: torch.Tensor, masks: torch.Tensor, maps: dict[str, torch.Tensor], k: int, out: Path) -> None:
     from matplotlib.figure import Figure
 
-    keep = [m for m in maps if not m.startswith("layercam") or "relu5" in m or "relu6" in m]
+    def coarse(label: str) -> bool:  # the stages of at most 32x32 cells (the fine ones look like the gradient)
+        size = label.rsplit("(", 1)[-1].rstrip(")")
+        return "x" not in size or int(size.split("x")[0]) <= 32
+
+    keep = [m for m in maps if coarse(m)]
     k = min(k, x.shape[0])
-    fig = Figure(figsize=(1.7 * (len(keep) + 1), 1.8 * k + 0.6), layout="constrained")
+    fig = Figure(figsize=(1.5 * (len(keep) + 1), 1.55 * k + 0.5), layout="constrained")
     axes = fig.subplots(k, len(keep) + 1, squeeze=False)
     for r in range(k):
         ax = axes[r, 0]
@@ -167,7 +171,7 @@ def _figure(x: torch.Tensor, masks: torch.Tensor, maps: dict[str, torch.Tensor],
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=60)
     print(f"wrote {out}")
 
 

@@ -387,7 +387,8 @@ def plot_data_randomization(result: DataRandomizationResult) -> Figure:
                 axes[0, 2 + 2 * i].set_title(f"image {i}\npermuted labels", fontsize=8)
         v = result.verdicts.get(label)
         if v is not None:
-            axes[r, ncols - 1].set_xlabel(f"{'PASSED' if v.passed else 'FAILED'} ({v.value:.2f})", fontsize=7)
+            axes[r, ncols - 1].set_xlabel(f"{(v.level or 'no verdict').upper()} (|map| Spearman {v.value:.2f})",
+                                          fontsize=7)
     axes[0, 0].set_title("input", fontsize=8)
     acc = result.train_accuracy
     sub = "" if acc is None else f" (random-label model: {acc:.0%} training accuracy)"
