@@ -111,7 +111,8 @@ def main() -> None:
         for label in ("gradcam", "layercam", "hirescam"):
             results[f"{label}@{layer} {sizes[layer][0]}x{sizes[layer][1]}"] = score(res[label].maps.detach())
             if label != "hirescam":
-                figure_maps[f"{label} {layer} ({sizes[layer][0]}x{sizes[layer][1]})"] = res[label].maps.detach()
+                short = layer.rsplit(".", 1)[-1]
+                figure_maps[f"{label}\n{short} ({sizes[layer][0]}x{sizes[layer][1]})"] = res[label].maps.detach()
     report["localisation"] = results
 
     # diagnostics at the default (last) stage
@@ -167,7 +168,7 @@ def _figure(x: torch.Tensor, masks: torch.Tensor, maps: dict[str, torch.Tensor],
             yx = np.unravel_index(np.argmax(m), m.shape)
             axes[r, c].plot(yx[1], yx[0], "c+", ms=8)
             if r == 0:
-                axes[r, c].set_title(label, fontsize=7)
+                axes[r, c].set_title(label, fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
