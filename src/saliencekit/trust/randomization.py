@@ -656,7 +656,7 @@ def train_on_permuted_labels(
     train_labels: torch.Tensor,
     *,
     num_classes: int | None = None,
-    epochs: int = 40,
+    epochs: int = 150,
     target_accuracy: float = 0.95,
     batch_size: int = 32,
     lr: float = 1e-3,

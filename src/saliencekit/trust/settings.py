@@ -93,7 +93,7 @@ class CheckSettings:
     random_label_images: int = field(default=128, metadata=option(
         flag="--random-label-images", metavar="N", positive=True,
         help="training images the random-label model is fit on"))
-    random_label_epochs: int = field(default=40, metadata=option(
+    random_label_epochs: int = field(default=150, metadata=option(
         flag="--random-label-epochs", metavar="E", positive=True,
         help="most epochs to fit the random-label model of data_randomization"))
     random_label_accuracy: float = 0.95
