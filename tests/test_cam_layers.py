@@ -97,15 +97,20 @@ def test_advice_names_a_better_layer_only_when_it_is_clearly_better(monkeypatch:
 
 def test_a_recommended_method_that_localises_worst_says_so() -> None:
     check = get_check("localization")
-    entry = {"cam_layers": {"cam_methods": ["gradcam"], "advice": "a sentence",
+    entry = {"mask": "lesion", "mask_area_share": {"mean": 0.022},
+             "cam_layers": {"cam_methods": ["gradcam", "gradcam++"], "advice": "a sentence",
                             "advice_short": "layercam at layer features.relu4 (32x32) localises better (19%)"}}
-    rows = {"gradient": {"relevance_mass": 0.14}, "gradcam": {"relevance_mass": 0.018},
-            "smoothgrad": {"relevance_mass": math.nan}}
+    rows = {"gradient": {"relevance_mass": 0.14}, "gradcam": {"relevance_mass": 0.015},
+            "gradcam++": {"relevance_mass": 0.03}, "smoothgrad": {"relevance_mass": math.nan}}
     text = check.caveat(entry, "gradcam", rows)
-    assert text == ("it localises worst of the 2 methods checked (relevance mass 2%, gradient 14%); layercam at "
-                    "layer features.relu4 (32x32) localises better (19%)")
+    assert text == ("it localises worst of the 3 methods checked (relevance mass 2%, gradient 14%); it puts less of "
+                    "its mass on the lesion (1.5%) than a uniform map would (the mask covers 2.2% of the image); "
+                    "layercam at layer features.relu4 (32x32) localises better (19%)")
     assert check.caveat(entry, "gradient", rows) is None
-    assert check.caveat(entry, "gradcam", {"gradcam": {"relevance_mass": 0.01}}) is None  # nothing to compare with
+    assert check.caveat(entry, "gradcam++", rows) is None  # neither the worst nor below the uniform level
+    rows["gradcam++"]["relevance_mass"] = 0.02  # below the mask's area share, not the worst
+    assert check.caveat(entry, "gradcam++", rows).startswith("it puts less of its mass on the lesion (2.0%)")
+    assert check.caveat({}, "gradcam", {"gradcam": {"relevance_mass": 0.01}}) is None  # nothing to compare with
     # through the summary: the caveat is appended to the recommended method's reason
     from saliencekit.trust.results import build_summary
 

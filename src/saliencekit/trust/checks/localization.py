@@ -115,15 +115,24 @@ class Localization(Check):
     def caveat(self, entry: Mapping[str, Any], label: str, methods: Mapping[str, Mapping[str, Any]]) -> str | None:
         scores = {lb: float(m[RELEVANCE_MASS.key]) for lb, m in methods.items()
                   if isinstance(m.get(RELEVANCE_MASS.key), int | float) and math.isfinite(m[RELEVANCE_MASS.key])}
-        if len(scores) < 2 or label not in scores or scores[label] > min(scores.values()):
+        if label not in scores:
             return None
-        best = max(scores, key=scores.__getitem__)
-        text = (f"it localises worst of the {len(scores)} methods checked (relevance mass {scores[label]:.0%}, "
-                f"{best} {scores[best]:.0%})")
+        mine = scores[label]
+        area = mean_value(entry, "mask_area_share")
+        notes = []
+        if len(scores) >= 2 and mine <= min(scores.values()):
+            best = max(scores, key=scores.__getitem__)
+            notes.append(f"it localises worst of the {len(scores)} methods checked (relevance mass {mine:.0%}, "
+                         f"{best} {scores[best]:.0%})")
+        if math.isfinite(area) and mine < area:
+            notes.append(f"it puts less of its mass on the {entry.get('mask', 'lesion')} ({mine:.1%}) than a uniform "
+                         f"map would (the mask covers {area:.1%} of the image)")
+        if not notes:
+            return None
         cam = entry.get("cam_layers") or {}
         if label in (cam.get("cam_methods") or []) and cam.get("advice"):
-            text += f"; {cam['advice_short']}"
-        return text
+            notes.append(cam["advice_short"])
+        return "; ".join(notes)
 
     def summary_extra(self, results: Mapping[str, Any], methods: Mapping[str, Mapping[str, Any]],
                       recommended: Sequence[str], masks: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ draws its figures, puts its verdict into the summary and shows it in the report.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -129,9 +130,12 @@ def _reading(report: Any, r: Mapping[str, Any] | None) -> str:
     """``similarity (reference) -> retained`` of one reading."""
     if not r:
         return "n/a"
+    def two(v: Any) -> str:
+        return "n/a" if not isinstance(v, int | float) or not math.isfinite(v) else f"{v:.2f}"
+
     kept = (r.get("retained") or {}).get("mean")
-    return (f"{report.num(r.get('similarity'), 2)} (ref. {report.num(r.get('reference'), 2)}): "
-            f"{'n/a' if kept is None else f'{max(0.0, kept):.0%}'} kept")
+    share = "n/a" if kept is None else f"{max(0.0, kept):.0%}"
+    return f"{two(r.get('similarity'))} (ref. {two(r.get('reference'))}): {share} kept"
 
 
 def verdict_tables(methods: Mapping[str, Mapping[str, Any]], controls: Mapping[str, Mapping[str, Any]],
