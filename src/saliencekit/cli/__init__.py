@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from saliencekit.errors import SaliencekitError
 
 # One module per command group, in the order ``--help`` lists them.
-_COMMAND_MODULES = ("data", "train", "explain", "check", "report", "demo")
+_COMMAND_MODULES = ("data", "train", "explain", "check", "report", "audit", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
