@@ -16,12 +16,11 @@ import torch
 
 pytest.importorskip("zarr", reason="the audit store needs zarr v3 (pip install saliencekit[audit])")
 
-from audit_toys import METHODS, shared_audit_run  # noqa: E402
-
-from saliencekit.audit import open_store, run_audit  # noqa: E402
-from saliencekit.audit._job import chunk_seed, encode_maps  # noqa: E402
-from saliencekit.audit.store import differing_files  # noqa: E402
-from saliencekit.errors import DataError, InputError  # noqa: E402
+from audit_toys import METHODS, shared_audit_run
+from saliencekit.audit import open_store, run_audit
+from saliencekit.audit._job import chunk_seed, encode_maps
+from saliencekit.audit.store import differing_files
+from saliencekit.errors import DataError, InputError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -71,8 +70,8 @@ def test_store_layout_and_attributes(reference: Path) -> None:
 def test_maps_predictions_equal_explain(toy: tuple[Path, Path], reference: Path, tmp_path: Path) -> None:
     """The stored numbers are the model's outputs and explain()'s maps of each chunk (float16: to 11 bits)."""
     import saliencekit as sk
+    from saliencekit.predict import logits_to_proba
     from saliencekit.run import load_run
-    from saliencekit.train.evaluate import logits_to_proba
 
     run_dir, data = toy
     run = load_run(run_dir, data=data)

@@ -331,7 +331,7 @@ def compute_chunk(ctx: AuditContext, chunk: int, images: torch.Tensor) -> ChunkR
     from saliencekit.methods import explain
     from saliencekit.methods._capture import eval_mode
     from saliencekit.methods.targets import predicted_classes
-    from saliencekit.train.evaluate import logits_to_proba
+    from saliencekit.predict import logits_to_proba
 
     job = ctx.job
     start, stop = ctx.bounds(chunk)

@@ -80,7 +80,7 @@ class AuditResult:
 
 
 def _resolve_device(device: str) -> str:
-    from saliencekit.train.fit import resolve_device
+    from saliencekit.device import resolve_device
 
     return str(resolve_device(device))
 
