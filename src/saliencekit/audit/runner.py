@@ -79,10 +79,18 @@ class AuditResult:
                 f"({self.n_images} images, {size:.1f} MiB)")
 
 
-def _resolve_device(device: str) -> str:
+def _resolve_device(device: str, here: bool = True) -> str:
+    """The device's name; ``here=False`` (Ray actors on other machines) only checks that it parses."""
+    import torch
+
     from saliencekit.device import resolve_device
 
-    return str(resolve_device(device))
+    if here or device == "auto":
+        return str(resolve_device(device))
+    try:
+        return str(torch.device(device))
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
 
 
 def make_job(
@@ -97,14 +105,16 @@ def make_job(
     seed: int = 0,
     layer: str | None = None,
     device: str = "auto",
+    device_here: bool = True,
 ) -> AuditJob:
-    """The :class:`AuditJob` of these settings (paths made absolute, methods normalised, device resolved)."""
+    """The :class:`AuditJob` of these settings (paths made absolute, methods normalised, device resolved;
+    ``device_here=False`` when the device is on other machines, e.g. Ray actors on GPU nodes)."""
     if not isinstance(model, str | Path):
         raise InputError(f"the model must be given as a path (a run directory), got {type(model).__name__}; an "
                          "audit's workers load the model themselves")
     return AuditJob(model_source=str(Path(model).resolve()), data_root=str(Path(data).resolve()),
                     methods=normalize_methods(methods), dtype=dtype, chunk_size=chunk_size, batch_size=batch_size,
-                    target=target, seed=seed, layer=layer, device=_resolve_device(device))
+                    target=target, seed=seed, layer=layer, device=_resolve_device(device, device_here))
 
 
 def run_audit(
@@ -175,7 +185,7 @@ def run_audit(
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     job = make_job(model, data, methods, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size, target=target,
-                   seed=seed, layer=layer, device=device)
+                   seed=seed, layer=layer, device=device, device_here=engine == "local")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
@@ -237,3 +247,38 @@ def run_audit(
         result.seconds = time.perf_counter() - t0
         remove_leftovers(path)
     return result
+
+
+def analyze(
+    out: str | Path,
+    methods: Any = None,
+    *,
+    data: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    command: str = "",
+) -> tuple[dict[str, Any], Path]:
+    """SpRAy over a complete store, then ``OUT/spray.json`` and the page ``OUT/audit.html``.
+
+    Args:
+        out: the audit folder (or its store).
+        methods: method labels to analyse (default: every method of the store).
+        data: the data folder, for masks and example images (default: the one the store was made from).
+        seed: seed of the clustering's k-means.
+        progress: show progress bars.
+        command: the command shown on the page.
+
+    Returns:
+        The analysis (label -> :class:`~saliencekit.audit.spray.MethodAnalysis`) and the page's path.
+    """
+    from saliencekit import _atomic
+    from saliencekit.audit.page import PAGE_NAME, build_page
+    from saliencekit.audit.spray import spray, to_json
+
+    store = AuditStore(out)
+    folder = store.path.parent
+    names = [methods] if isinstance(methods, str) else methods
+    analysis = spray(store, names, seed=seed, data=data, progress=progress)
+    _atomic.write_json(folder / "spray.json", {**to_json(analysis), "store": str(store.path)})
+    page = build_page(store, analysis, folder / PAGE_NAME, data=data, command=command)
+    return analysis, page

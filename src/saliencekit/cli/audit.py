@@ -132,7 +132,11 @@ def _target(text: str) -> str | int:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``saliencekit audit`` with parsed arguments."""
+    import shlex
+    import sys
+
     from saliencekit.audit import run_audit
+    from saliencekit.audit.runner import analyze
 
     result = run_audit(
         args.model, args.data, args.out, _methods(args), engine=args.engine, dtype=args.dtype,
@@ -142,4 +146,19 @@ def main(args: argparse.Namespace) -> int:
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
     )
     print(result.summary())
+    if args.no_analysis:
+        return 0
+    command = shlex.join(["saliencekit", *sys.argv[1:]]) if sys.argv[1:2] == ["audit"] else ""
+    analysis, page = analyze(args.out, args.analysis_method, progress=not args.no_progress, command=command)
+    for label, ma in analysis.items():
+        for g in ma.groups.values():
+            if g.skipped:
+                print(f"  {label} / {g.class_name}: not analysed ({g.skipped})")
+                continue
+            flags = [c for c in g.clusters if c.flagged]
+            note = f", FLAGGED: cluster {', '.join(str(c.id) for c in flags)}" if flags else ""
+            print(f"  {label} / {g.class_name}: {g.n} images, {len(g.clusters)} cluster(s) (eigengap "
+                  f"{g.eigengap:.3f}){note}")
+    n_flags = sum(len(ma.flagged) for ma in analysis.values())
+    print(f"SpRAy: {n_flags} flagged cluster(s); wrote {page.parent / 'spray.json'} and {page}")
     return 0
