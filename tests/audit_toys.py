@@ -81,7 +81,8 @@ def planted_store(out: Path, shortcut: bool = True, n_per_class: int = 60, size:
     ctx = AuditContext(job=job, model=torch.nn.Identity(), preprocessing=Preprocessing(size=(size, size)),
                        class_names=["normal", "effusion"], files=files, paths=[], labels=labels_arr, masks=[],
                        identity={"model": {"fingerprint": "planted", "class_names": ["normal", "effusion"],
-                                           "preprocessing": {}}, "data": {"n_images": n}},
+                                           "preprocessing": Preprocessing(size=(size, size)).to_dict()},
+                                 "data": {"n_images": n}},
                        info={"data_root": str(data), "model_source": "planted", "method_params": {}})
     path = store_path(out)
     create_store(path, ctx)

@@ -94,9 +94,9 @@ def normalize_methods(methods: Any) -> dict[str, dict[str, Any]]:
         UnknownNameError: an unregistered method (the message lists the registered ones).
     """
     from saliencekit.methods.registry import method_options
-    from saliencekit.trust._explaining import normalize_specs
+    from saliencekit.methods.specs import parse_methods
 
-    specs = normalize_specs(methods)
+    specs = parse_methods(methods)
     for label, spec in specs.items():
         valid = method_options(spec["method"])
         unknown = sorted(set(spec["options"]) - set(valid))

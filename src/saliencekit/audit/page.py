@@ -83,17 +83,18 @@ def _unit(m: np.ndarray, pct: float = 99.5) -> np.ndarray:
     return np.clip(m / top, 0, 1) if top > 0 else np.zeros_like(m)
 
 
-def _image(root: Path | None, rel: str, size: int) -> np.ndarray | None:
+def _image(preprocessing: Any, root: Path | None, rel: str, size: int) -> np.ndarray | None:
+    """The image as the model saw it (same fitting), in [0, 1], ``size`` pixels square: (s, s) or (s, s, 3)."""
+    from saliencekit.errors import SaliencekitError
+
     if root is None:
         return None
     try:
-        from PIL import Image
-
-        with Image.open(root / rel) as im:
-            g = np.asarray(im.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64)
-        return g / 255.0
-    except (OSError, ValueError):
+        arr = np.asarray(preprocessing.fit(preprocessing.read(root / rel)), dtype=np.float64)
+    except (OSError, ValueError, SaliencekitError):
         return None
+    chans = [_resize(np.clip(c, 0, 1), size) for c in arr[:3]]
+    return chans[0] if len(chans) == 1 else np.stack(chans, axis=-1)
 
 
 def _strip(mean_map: np.ndarray | None, rule: dict[str, Any], images: Sequence[np.ndarray | None],
@@ -114,8 +115,9 @@ def _strip(mean_map: np.ndarray | None, rule: dict[str, Any], images: Sequence[n
     panels.append(mm)
     for img, m in zip(images, maps):
         heat = _jet(_resize(_unit(m), _PANEL))
-        grey = np.repeat((img if img is not None else np.full((_PANEL, _PANEL), 0.5))[..., None], 3, axis=2)
-        panels.append(0.55 * grey + 0.45 * heat)
+        base = img if img is not None else np.full((_PANEL, _PANEL), 0.5)
+        base = base if base.ndim == 3 else np.repeat(base[..., None], 3, axis=2)
+        panels.append(0.55 * base + 0.45 * heat)
     width = len(panels) * _PANEL + (len(panels) - 1) * _GAP
     out = np.ones((_PANEL, width, 3))
     for k, p in enumerate(panels):
@@ -172,6 +174,7 @@ def build_page(store: Any, analysis: dict[str, MethodAnalysis], out: str | os.Pa
 
     root = Path(data) if data is not None else Path(store.info.get("data_root", ""))
     root = root if root.is_dir() else None
+    preprocessing = store.preprocessing
     files = [str(f) for f in store.files[:]]
     labels = np.asarray(store.labels[:])
     preds = np.asarray(store.predictions[:])
@@ -184,7 +187,7 @@ def build_page(store: Any, analysis: dict[str, MethodAnalysis], out: str | os.Pa
         if not idx:
             return [], []
         maps = store.maps[label][idx]
-        return [_image(root, files[i], _PANEL) for i in idx], [maps[k] for k in range(len(idx))]
+        return [_image(preprocessing, root, files[i], _PANEL) for i in idx], [maps[k] for k in range(len(idx))]
 
     strips: dict[tuple[str, str, int], str] = {}
     for label, ma in analysis.items():

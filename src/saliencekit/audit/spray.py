@@ -359,12 +359,11 @@ def _full_resolution(store: Any, label: str, groups: dict[str, Group], mask_path
     """Mean full-resolution maps and mask mass shares of every cluster, one pass over the store's chunks."""
     from tqdm.auto import tqdm
 
-    from saliencekit.data.preprocess import load_mask
-
     where: dict[int, Cluster] = {i: c for g in groups.values() for c in g.clusters for i in c.members}
     if not where:
         return
     h, w = store.image_shape
+    preprocessing = store.preprocessing  # masks are fitted to the maps exactly as the images were
     sums = {id(c): np.zeros((h, w)) for c in where.values()}
     shares: dict[int, dict[str, list[float]]] = {id(c): {} for c in where.values()}
     areas: dict[int, dict[str, list[float]]] = {id(c): {} for c in where.values()}
@@ -383,7 +382,7 @@ def _full_resolution(store: Any, label: str, groups: dict[str, Group], mask_path
                 continue
             sums[id(cl)] += m / total
             for kind, path in mask_paths.get(i, {}).items():
-                mask = load_mask(path, (h, w)).numpy() > 0
+                mask = preprocessing.load_mask(path).numpy() > 0
                 if mask.any():
                     shares[id(cl)].setdefault(kind, []).append(float(m[mask].sum() / total))
                     areas[id(cl)].setdefault(kind, []).append(float(mask.mean()))

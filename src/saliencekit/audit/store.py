@@ -156,6 +156,16 @@ class AuditStore:
         return dict(self.meta["info"])
 
     @property
+    def preprocessing(self) -> Any:
+        """The model's :class:`~saliencekit.data.Preprocessing` (how files became the explained inputs)."""
+        from saliencekit.data.preprocess import Preprocessing
+
+        try:
+            return Preprocessing.from_dict(self.meta["identity"]["model"]["preprocessing"])
+        except (KeyError, TypeError, ValueError):
+            return Preprocessing(size=self.image_shape, resize="stretch")
+
+    @property
     def class_names(self) -> list[str]:
         return list(self.meta["identity"]["model"]["class_names"])
 

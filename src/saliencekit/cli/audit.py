@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from saliencekit.cli._types import positive_int
@@ -94,32 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _methods(args: argparse.Namespace) -> Any:
-    from saliencekit.errors import InputError
-    from saliencekit.trust.runner import parse_method_option
+    from saliencekit.methods.specs import command_line_methods
 
-    text = args.methods.strip()
-    methods: dict[str, Any] = {}
-    if text.startswith("{"):
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"--methods is not valid JSON: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise InputError("--methods JSON must be an object label -> options")
-        methods.update({str(k): dict(v or {}) for k, v in loaded.items()})
-    else:
-        for name in (m.strip() for m in text.split(",")):
-            if not name:
-                continue
-            if name in methods:
-                raise InputError(f"method {name!r} is listed twice in --methods")
-            methods[name] = {"method": name}
-    for option in args.method_options:
-        label, spec = parse_method_option(option)
-        if label in methods:
-            raise InputError(f"method label {label!r} is given twice (--methods and --method-options)")
-        methods[label] = spec
-    return methods
+    return command_line_methods(args.methods, args.method_options)
 
 
 def _target(text: str) -> str | int:
