@@ -257,3 +257,12 @@ def test_kill_9_then_the_same_command_gives_the_identical_store(toy: tuple[Path,
     assert open_store(store).complete
     assert differing_files(ref.store, store) == []
     assert not list(tmp_path.glob("killed/.maps.zarr.tmp-*"))
+
+
+def test_a_second_writer_is_refused(toy: tuple[Path, Path], tmp_path: Path) -> None:
+    from saliencekit.audit.store import writer_lock
+
+    run, data = toy
+    with writer_lock(tmp_path / "maps.zarr"), pytest.raises(InputError, match="another audit is writing"):
+        run_audit(run, data, tmp_path, ["gradient"], device="cpu", workers=0, progress=False)
+    assert not (tmp_path / "maps.zarr").exists()

@@ -241,6 +241,33 @@ def check_step(ctx: DemoContext) -> None:
     ctx.outputs["trust checks"] = out / "checks.json"
 
 
+def audit_step(ctx: DemoContext) -> None:
+    """Every image of the data explained into a store, SpRAy over the maps, the audit page (``OUT/audit``).
+
+    Skipped with a warning when the ``audit`` extra (zarr v3, scikit-learn, Jinja2) is not installed.
+    """
+    import importlib.util
+    import warnings
+
+    missing = [m for m in ("zarr", "sklearn", "jinja2") if importlib.util.find_spec(m) is None]
+    if missing:
+        warnings.warn(f"the audit step needs {', '.join(missing)}: pip install saliencekit[audit]; skipped",
+                      stacklevel=2)
+        return
+    from saliencekit.audit import run_audit
+    from saliencekit.audit.runner import analyze
+
+    s = ctx.settings
+    methods = {"gradcam": {"method": "gradcam"},
+               "smoothgrad": {"method": "smoothgrad", "samples": s.smoothgrad_samples}}
+    # overwrite: the demo trains a new model each time, so an earlier store of this folder is not resumable
+    run_audit(ctx.run_dir, ctx.data_dir, ctx.out / "audit", methods, device=ctx.device, progress=ctx.progress,
+              overwrite=True, num_threads=ctx.num_threads, seed=s.seed)
+    _, page = analyze(ctx.out / "audit", progress=ctx.progress, seed=s.seed, command="saliencekit demo --shortcut")
+    ctx.outputs["audit store"] = ctx.out / "audit" / "maps.zarr"
+    ctx.outputs["audit page"] = page
+
+
 def report_step(ctx: DemoContext) -> None:
     """The self-contained HTML trust report (``OUT/report.html``)."""
     from saliencekit.viz.report import build_report
@@ -261,6 +288,19 @@ DEMO_STEPS: list[Step] = [
 ]
 
 
+#: Added before the report when the demo plants a shortcut (``saliencekit demo --shortcut``).
+AUDIT_STEP = Step("audit", "every image explained into a store; spectral relevance analysis finds clusters", audit_step)
+
+
+def demo_steps(shortcut: float = 0.0, steps: Sequence[Step] | None = None) -> list[Step]:
+    """The steps a demo runs: ``steps`` (default :data:`DEMO_STEPS`), with :data:`AUDIT_STEP` before the report
+    when a shortcut is planted."""
+    steps = list(DEMO_STEPS if steps is None else steps)
+    if shortcut > 0 and AUDIT_STEP not in steps and any(step.func is report_step for step in steps):
+        steps.insert(next(i for i, step in enumerate(steps) if step.func is report_step), AUDIT_STEP)
+    return steps
+
+
 def run_demo(
     out: str | Path = "saliencekit_demo",
     quick: bool = False,
@@ -276,7 +316,8 @@ def run_demo(
     Args:
         out: folder for everything the demo writes (``data/``, ``run/``, ...).
         quick: tiny settings (seconds instead of minutes), for smoke tests.
-        shortcut: fraction of effusion images with a planted shortcut marker (0: none).
+        shortcut: fraction of effusion images with a planted shortcut marker (0: none); the demo then also audits
+            the whole dataset (:data:`AUDIT_STEP`, before the report).
         progress: show progress bars.
         device: where to train.
         steps: the steps to run (default: :data:`DEMO_STEPS`).
@@ -300,7 +341,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=out, settings=DemoSettings.quick() if quick else DemoSettings(), shortcut=shortcut,
                       progress=progress, device=device, num_threads=num_threads)
-    steps = list(DEMO_STEPS if steps is None else steps)
+    steps = demo_steps(shortcut, steps)
     with torch_threads(num_threads):
         threads_used = torch.get_num_threads()
         for i, step in enumerate(steps, start=1):

@@ -280,3 +280,37 @@ def build_page(store: Any, analysis: dict[str, MethodAnalysis], out: str | os.Pa
         error_rows=error_rows, repro=repro,
     )
     return _atomic.write_text(out, html)
+
+
+def find_audit_page(run: Any, places: Sequence[str | os.PathLike[str]] | None = None) -> Path | None:
+    """The audit page of ``run``'s model, if one exists: the first of ``places`` (default ``RUN/audit`` and an
+    ``audit`` folder beside the run directory, where the demo puts it) holding an ``audit.html`` and a store
+    whose weights fingerprint is that of ``run.model``. None when there is none (or the audit extra is missing).
+
+    Args:
+        run: a :class:`saliencekit.run.Run` (its ``path`` and ``model`` are used).
+        places: audit folders to look in.
+    """
+    from importlib.util import find_spec
+
+    from saliencekit.audit._job import model_fingerprint
+    from saliencekit.audit.store import AuditStore, store_path
+    from saliencekit.errors import SaliencekitError
+
+    if find_spec("zarr") is None:
+        return None
+    run_dir = Path(run.path)
+    candidates = [Path(p) for p in places] if places is not None else [run_dir / "audit", run_dir.parent / "audit"]
+    fingerprint: str | None = None
+    for folder in candidates:
+        page = folder / PAGE_NAME
+        if not page.is_file() or not (store_path(folder) / "zarr.json").is_file():
+            continue
+        try:
+            stored = AuditStore(folder).identity["model"]["fingerprint"]
+        except (SaliencekitError, KeyError, OSError, ValueError):
+            continue
+        fingerprint = fingerprint or model_fingerprint(run.model)
+        if stored == fingerprint:
+            return page
+    return None

@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="tiny smoke-test settings: 40 images per class at 128 px, 64 px model input, 2 epochs")
     p.add_argument("--shortcut", type=fraction, nargs="?", const=SHORTCUT_FRACTION, default=0.0, metavar="FRACTION",
                    help="plant a shortcut marker (a burned-in letter) in this fraction of the effusion images and "
-                   "never in the normals, so the report shows whether the model's maps concentrate on it "
+                   "never in the normals, so the report shows whether the model's maps concentrate on it, and audit "
+                   "every image (OUT/audit: store, spectral relevance analysis, audit.html; needs the audit extra) "
                    f"(FRACTION defaults to {SHORTCUT_FRACTION} when the flag is given alone; "
                    "without the flag: no marker)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda (default: auto)")
