@@ -109,7 +109,12 @@ def run_ray(
     cuda = ctx.job.device.startswith("cuda")
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, plain Exception...
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
+            raise SaliencekitError(f"cannot {where}: {first}") from exc
         started = True
     actors: dict[str, Any] = {}
     try:
