@@ -105,3 +105,23 @@ def test_find_audit_page_matches_the_model(toy: tuple[Path, Path], tmp_path: Pat
     with torch.no_grad():
         next(moved.model.parameters()).add_(1.0)  # another model: its report must not link this audit
     assert find_audit_page(moved, [tmp_path / "audit"]) is None
+
+
+def test_report_links_the_audit_of_its_model(toy: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from saliencekit.viz.report import build_report
+
+    run, data = toy
+    shutil.copytree(run, tmp_path / "run")
+    report = build_report(tmp_path / "run", images=0, progress=False)
+    assert 'id="audit-link"' not in report.read_text()  # no audit yet
+    assert main(["audit", str(tmp_path / "run"), str(data), "--out", str(tmp_path / "audit"), "--methods",
+                 "gradient", "--quiet", "--device", "cpu", "--workers", "0"]) == 0
+    html = build_report(tmp_path / "run", images=0, progress=False).read_text()
+    assert 'id="audit-link"' in html and 'href="../audit/audit.html"' in html and "no cluster flagged" in html
+    moved = build_report(tmp_path / "run", tmp_path / "elsewhere" / "r.html", images=0, progress=False,
+                         audit=tmp_path / "audit").read_text()
+    assert 'href="../audit/audit.html"' in moved
+    assert 'id="audit-link"' not in build_report(tmp_path / "run", images=0, progress=False,
+                                                 audit=tmp_path / "nothing").read_text()

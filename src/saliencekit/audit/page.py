@@ -21,21 +21,12 @@ import numpy as np
 
 from saliencekit import _atomic
 from saliencekit.audit.spray import RULE, Cluster, Group, MethodAnalysis
-from saliencekit.errors import InputError
 
 PAGE_NAME = "audit.html"
 SECTIONS = (("dataset", "Dataset"), ("clusters", "Clusters"), ("errors", "Errors by cluster"),
             ("reproducibility", "Reproducibility"))
 _PANEL = 112  # pixels per panel of a cluster strip
 _GAP = 3
-
-
-def _jinja() -> Any:
-    try:
-        import jinja2
-    except ImportError:
-        raise InputError("the audit page needs Jinja2: pip install saliencekit[audit]") from None
-    return jinja2
 
 
 def _pct(v: float | None, digits: int = 0) -> str:
@@ -169,7 +160,8 @@ def build_page(store: Any, analysis: dict[str, MethodAnalysis], out: str | os.Pa
     Returns:
         The path written.
     """
-    jinja2 = _jinja()
+    import jinja2
+
     from saliencekit import __version__
 
     root = Path(data) if data is not None else Path(store.info.get("data_root", ""))

@@ -30,13 +30,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_settings_options(p, ReportSettings)
     p.add_argument("--data", metavar="DIR", default=None, help="the data folder, if it moved since training")
+    p.add_argument("--audit", metavar="DIR", default=None,
+                   help="a `saliencekit audit` folder to link to (default: RUN_DIR/audit or an audit folder beside "
+                        "RUN_DIR); linked only when it audited this model's weights")
     p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def _command(args: argparse.Namespace) -> str:
     words = ["saliencekit", "report", args.run_dir]
-    for flag, value in (("--out", args.out), ("--checks", args.checks), ("--data", args.data)):
+    for flag, value in (("--out", args.out), ("--checks", args.checks), ("--data", args.data),
+                        ("--audit", args.audit)):
         if value is not None:
             words += [flag, str(value)]
     if args.methods:
@@ -55,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
 
     settings = ReportSettings(**settings_options(args, ReportSettings))
     path = build_report(args.run_dir, args.out, checks=args.checks, settings=settings, data=args.data,
-                        progress=not args.no_progress, command=_command(args))
+                        audit=args.audit, progress=not args.no_progress, command=_command(args))
     print(f"report written to {path}")
     return 0

@@ -55,6 +55,26 @@ def _resolve_checks(run_dir: Path, checks: str | Path | None) -> tuple[CheckResu
         return None, path, str(exc)
 
 
+def _audit_link(run: Any, audit: str | Path | None, out_html: Path) -> dict[str, Any] | None:
+    """The audit page of this model (its path relative to the report, and its number of flagged clusters)."""
+    import json
+    import os
+
+    from saliencekit.audit.page import find_audit_page
+
+    page = find_audit_page(run, None if audit is None else [audit])
+    if page is None:
+        return None
+    try:
+        spray = json.loads((page.parent / "spray.json").read_text())
+        flagged = sum(c["flagged"] for m in spray["methods"].values() for g in m["groups"].values()
+                      for c in g["clusters"])
+    except (OSError, ValueError, KeyError, TypeError):
+        flagged = None
+    href = Path(os.path.relpath(page.resolve(), out_html.resolve().parent)).as_posix()
+    return {"href": href, "flagged": flagged}
+
+
 def build_report(
     run_dir: str | Path,
     out_html: str | Path | None = None,
@@ -62,6 +82,7 @@ def build_report(
     settings: ReportSettings | None = None,
     *,
     data: str | Path | None = None,
+    audit: str | Path | None = None,
     progress: bool = True,
     command: str | None = None,
     **options: Any,
@@ -75,6 +96,8 @@ def build_report(
             absent the verdict and trust sections say how to compute it).
         settings: what to explain and how (:class:`~saliencekit.viz.report.settings.ReportSettings`).
         data: the data folder, when it moved since training.
+        audit: a ``saliencekit audit`` folder to link to (default: ``RUN/audit`` or an ``audit`` folder beside the
+            run); linked only when its store was made with this model's weights.
         progress: show a progress bar.
         command: the command line shown in the reproducibility section (default: the Python call).
         **options: fields of :class:`~saliencekit.viz.report.settings.ReportSettings` that replace those of
@@ -124,7 +147,8 @@ def build_report(
                    if m else "no test metrics")
     page = render("page.html.j2", title=f"Trust report: {run.info.arch} on {run.data_root.name}",
                   arch=run.info.arch, classes=list(run.class_names), performance=performance, run_dir=str(run_dir),
-                  created=created, version=__version__, warning=gather_warning(ctx), sections=sections)
+                  created=created, version=__version__, warning=gather_warning(ctx), sections=sections,
+                  audit=_audit_link(run, audit, out_html))
     _atomic.write_text(out_html, page)
     return out_html
 
