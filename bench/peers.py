@@ -6,7 +6,9 @@ Peers (installed with ``pip install -e .[bench]``; never runtime dependencies of
   vargrad), GuidedBackprop, Deconvolution, LayerGradCam;
 - pytorch-grad-cam (``grad-cam`` on PyPI, module ``pytorch_grad_cam``): GradCAM, GradCAMPlusPlus,
   XGradCAM, HiResCAM, LayerCAM, ScoreCAM;
-- torch-cam (``torchcam``): GradCAM, GradCAMpp, XGradCAM, LayerCAM, ScoreCAM.
+- torch-cam (``torchcam``): GradCAM, GradCAMpp, XGradCAM, LayerCAM, ScoreCAM;
+- zennit: the LRP composites EpsilonPlus and EpsilonGammaBox (with its batch-norm canonizers);
+- captum again for DeepLift and DeepLiftShap.
 
 Single-logit models (the lesson CNN): the peers index the output by class, so they get the model
 wrapped in :class:`TwoLogit`, which outputs ``[-z, z]``: class 1 is the logit ``z`` and class 0 is
@@ -19,6 +21,7 @@ input-resolution CAMs for pytorch-grad-cam, which normalises every map and resiz
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -28,6 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_DEEPLIFT_NOTE = ("captum's module hooks go wrong where two non-linearity modules follow each other (a ReLU right "
+                  "before a MaxPool: captum issue #1104), so its attributions do not sum to S(x) - S(x') there; "
+                  "agreement is exact on networks without that (bench/propagation_peers.py)")
 
 #: Output forms a peer may produce.
 ATTRIBUTIONS = "attributions"  # raw (N, C, H, W) in input space
@@ -71,7 +78,7 @@ def versions() -> dict[str, str | None]:
     from importlib import metadata
 
     out: dict[str, str | None] = {}
-    for dist in ("captum", "grad-cam", "torchcam"):
+    for dist in ("captum", "grad-cam", "torchcam", "zennit"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -98,6 +105,7 @@ def build_peers(
     score_batch: int = 64,
     x_multi: torch.Tensor | None = None,
     classes_multi: Sequence[int] | None = None,
+    deeplift_shap_baselines: torch.Tensor | None = None,
 ) -> list[Peer]:
     """Peer adapters for the entries named in ``races``.
 
@@ -110,6 +118,7 @@ def build_peers(
         ig: captum IntegratedGradients keywords (n_steps, method, baselines).
         sg: captum NoiseTunnel keywords (nt_samples, stdevs).
         score_batch: masked images per forward for the Score-CAM peers.
+        deeplift_shap_baselines: the reference images (K, C, H, W) our deeplift_shap entry was given.
     """
     net = TwoLogit(model) if single_logit else model
     x_multi = x if x_multi is None else x_multi
@@ -145,6 +154,23 @@ def build_peers(
             return out.detach()[:, 0]
 
         add("captum.LayerGradCam", "captum", "gradcam", layer_gradcam, LAYER_RAW)
+
+        def captum_deeplift() -> torch.Tensor:
+            black = x.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(x).contiguous()  # our default baseline
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # captum's note about its hooks, every call
+                return ca.DeepLift(net).attribute(x, black, target=target).detach()
+
+        add("captum.DeepLift", "captum", "deeplift", captum_deeplift, ATTRIBUTIONS, _DEEPLIFT_NOTE)
+        if deeplift_shap_baselines is not None:
+            def captum_deeplift_shap() -> torch.Tensor:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return ca.DeepLiftShap(net).attribute(x_multi, deeplift_shap_baselines,
+                                                          target=target_multi).detach()
+
+            add("captum.DeepLiftShap", "captum", "deeplift_shap", captum_deeplift_shap, ATTRIBUTIONS,
+                f"the same {deeplift_shap_baselines.shape[0]} reference images; {_DEEPLIFT_NOTE}")
         if ig is not None:
             def captum_ig() -> torch.Tensor:
                 return ca.IntegratedGradients(net).attribute(x_multi, target=target_multi, **ig).detach()
@@ -170,6 +196,36 @@ def build_peers(
                 "time = sum of the three, round by round",
                 parts=("captum.NoiseTunnel(smoothgrad)", "captum.NoiseTunnel(smoothgrad_sq)",
                        "captum.NoiseTunnel(vargrad)"))
+
+    if _has("zennit"):
+        def zennit_lrp(composite: str) -> Callable[[], torch.Tensor]:
+            def run() -> torch.Tensor:
+                import zennit.composites as zc
+                from zennit.attribution import Gradient
+                from zennit.canonizers import SequentialMergeBatchNorm
+                from zennit.torchvision import ResNetCanonizer
+
+                resnet = any(type(m).__name__ in ("BasicBlock", "Bottleneck") for m in net.modules())
+                canonizers = [ResNetCanonizer()] if resnet else [SequentialMergeBatchNorm()]
+                if composite == "EpsilonGammaBox":
+                    flat = x.flatten(1)
+                    low = flat.amin(1).view(-1, 1, 1, 1).expand_as(x)
+                    high = flat.amax(1).view(-1, 1, 1, 1).expand_as(x)
+                    comp = zc.EpsilonGammaBox(low=low, high=high, canonizers=canonizers)
+                else:
+                    comp = zc.EpsilonPlus(canonizers=canonizers)
+                with Gradient(model=net, composite=comp) as attributor:
+                    _, relevance = attributor(x, lambda out: torch.eye(out.shape[1], dtype=out.dtype,
+                                                                       device=out.device)[target] * out)
+                return relevance.detach()
+
+            return run
+
+        note = ("zennit's canonised batch norm still divides by sqrt(1 + eps): about 5e-6 relative per batch norm "
+                "on the path (bench/propagation_peers.py: equal to 1e-12 with eps = 0)")
+        add("zennit.EpsilonPlus", "zennit", "lrp", zennit_lrp("EpsilonPlus"), ATTRIBUTIONS, note)
+        add("zennit.EpsilonGammaBox", "zennit", "lrp_epsilon_gamma_box", zennit_lrp("EpsilonGammaBox"),
+            ATTRIBUTIONS, f"bounds: each image's minimum and maximum (our default); {note}")
 
     if _has("pytorch_grad_cam"):
         import pytorch_grad_cam as pgc

@@ -95,6 +95,7 @@ class Entry:
     floor: str = "fb"  # fb, fbl, fwd (unit) ; the multiplier below
     passes: Callable[[Any], float] | None = None  # passes per image, given our explanation (many-pass)
     note: str = ""
+    units: float = 1.0  # single-pass entries: floor units the entry cannot avoid (deeplift: images + baselines)
 
 
 def _option(method: str, candidates: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +171,16 @@ def build_entries(registered: set[str], layer_channels: int, bf16: bool, multi: 
         want(Entry("smoothgrad_bf16", ["smoothgrad"],
                    {"smoothgrad": {**_opts("smoothgrad", *sg_groups), "base_options": {"precision": "bf16"}}},
                    multi=True, passes=lambda e: 25, note="25 samples, gradient in bf16 autocast"))
+    for composite in ("epsilon_plus", "epsilon_gamma_box"):
+        name = "lrp" if composite == "epsilon_plus" else f"lrp_{composite}"
+        want(Entry(name, ["lrp"], {"lrp": {"composite": composite}},
+                   note=f"composite {composite}; the floor is one forward + one backward"))
+    want(Entry("deeplift", ["deeplift"], units=2,
+               note="default baseline (black = image minimum); the images and their baselines: 2 forward+backward "
+                    "units"))
+    want(Entry("deeplift_shap", ["deeplift_shap"], multi=True, passes=lambda e: 16,
+               note="8 reference images (uniform noise in the batch's range, given to captum too): 2 x 8 "
+                    "forward+backward per image"))
     want(Entry("smoothgrad_family", list(SG_FAMILY),
                {m: _opts(m, *sg_groups) for m in SG_FAMILY if m in registered}, multi=True, passes=lambda e: 25,
                note="smoothgrad + smoothgrad_sq + vargrad together (one set of 25 noisy samples)"))
@@ -353,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
         best["fb"] = fl.best_batch("fb", lambda b: fl.forward_backward_unit(
             model, b, lambda o: score(o, [classes[0]] * b.shape[0])), x, sizes, max(2, repeats - 1), device, log)
         log(f"  per-image fwd {best['fwd'].per_image_s}, fb {best['fb'].per_image_s}")
+        # deeplift_shap and captum's DeepLiftShap get the same reference images (seeded uniform noise in the
+        # batch's range), so that the maps can be compared
+        dls_refs = None
+        for e in multi:
+            if e.name == "deeplift_shap":
+                g = torch.Generator(device="cpu").manual_seed(args.seed)
+                lo, hi = float(xm.min()), float(xm.max())
+                dls_refs = (lo + (hi - lo) * torch.rand((8, *xm.shape[1:]), generator=g)).to(xm)
+                e.options = {"deeplift_shap": {"baselines": dls_refs}}
         # warm-up our entries first to learn their options (IG rule, baseline) for the peers
         mtimer = fl.Interleaved(device, log)
         for e in multi:
@@ -368,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_peers:
             mpeers = pr.build_peers(model, x, classes, layer_module, single_logit=single_logit, races=races, ig=ig_kw,
                                     sg=sg_kw, score_batch=128 if device.type == "cpu" else 256, x_multi=xm,
-                                    classes_multi=classes_m)
+                                    classes_multi=classes_m, deeplift_shap_baselines=dls_refs)
             for pe in mpeers:
                 if not pe.parts:
                     mtimer.add(f"peer:{pe.key}", pe.run)
@@ -399,9 +419,10 @@ def main(argv: list[str] | None = None) -> int:
             floor_s = fl.multipass_floor(unit, passes, xm.shape[0])
             floor_desc = f"{passes} x {e.floor} per image at batch {unit.best_size}, {xm.shape[0]} images"
         else:
-            floor_s = {"fb": fb_s, "fbl": fbl_s, "fwd": fwd_s}[e.floor]
-            floor_desc = {"fb": "1 forward+backward to the input", "fbl": "1 forward+backward to the layer",
-                          "fwd": "1 forward"}[e.floor]
+            floor_s = {"fb": fb_s, "fbl": fbl_s, "fwd": fwd_s}[e.floor] * e.units
+            floor_desc = {"fb": "forward+backward to the input", "fbl": "forward+backward to the layer",
+                          "fwd": "forward"}[e.floor]
+            floor_desc = f"{e.units:g} {floor_desc}"
         ps = [pe for pe in peer_list if pe.races == e.name]
         peer_rows = {}
         for pe in ps:
@@ -426,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         ok = {k: v for k, v in peer_rows.items() if v["times_s"]}
         fastest = min(ok, key=lambda k: ok[k]["min_s"]) if ok else None
         rows.append({
-            "entry": e.name, "methods": e.methods, "options": e.options, "note": e.note, "multi": e.multi,
+            "entry": e.name, "methods": e.methods, "note": e.note, "multi": e.multi,
+            "options": {m: {k: f"tensor{tuple(v.shape)}" if isinstance(v, torch.Tensor) else v for k, v in o.items()}
+                        for m, o in e.options.items()},
             "images": xm.shape[0] if e.multi else batch, **t.to_dict(), "floor_s": floor_s, "floor": floor_desc,
             "x_floor": t.min / floor_s if t.times else None,
             "x_forward_backward": t.min / fb_s if (t.times and not e.multi) else None,

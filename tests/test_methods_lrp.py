@@ -14,7 +14,7 @@ from torch import nn
 import saliencekit as sk
 from reference.ref_lrp import COMPOSITES, dense_like, ref_lrp, resnet_like, vgg_like
 from saliencekit.errors import InputError, UnknownNameError
-from saliencekit.methods.lrp import AlphaBeta, Epsilon, Gamma, ZBox
+from saliencekit.methods.lrp import LRP, AlphaBeta, Epsilon, Gamma, ZBox
 from test_method_contract import assert_unchanged, snapshot
 
 D = torch.float64
@@ -364,3 +364,23 @@ def test_matches_zennit_on_vgg_and_resnet(arch: str, composite: str) -> None:
     ours = sk.create_method("lrp", model, composite=composite).attribute(x, target=classes).attributions
     scale = float(theirs.abs().max())
     assert float((ours - theirs).abs().max()) <= 1e-9 * scale
+
+
+def test_compensated_input_shift_changes_z_plus_maps_but_not_flat_or_zbox_inside_the_image() -> None:
+    """Kindermans et al. 2017: z+ weighs the input values (not invariant); the flat and z^B first layers (with each
+    image's bounds) are, except within the first convolution's reach of the border, where the compensated copy pads
+    with the shift instead of zeros (why lrp declares no expectation for those composites)."""
+    from saliencekit.trust.invariance import compensated_copy
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1)).to(D).eval()
+    shifted = compensated_copy(net, 1.0)
+    x = _x(2, 1, 12)
+    for composite, invariant in (("epsilon_plus", False), ("epsilon_plus_flat", True), ("epsilon_gamma_box", True)):
+        a = sk.create_method("lrp", net, composite=composite).attribute(x, target=1).maps
+        b = sk.create_method("lrp", shifted, composite=composite).attribute(x + 1.0, target=1).maps
+        inside = (a - b)[:, 2:-2, 2:-2].abs().max() / a.abs().max()
+        assert (inside < 1e-12) == invariant, composite
+        expected = LRP.expected_input_invariance({"composite": composite})
+        assert expected is (False if not invariant else None)

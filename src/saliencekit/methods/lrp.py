@@ -92,6 +92,15 @@ def _leaf(t: Tensor) -> Tensor:
     return t.detach().requires_grad_(True)
 
 
+def _has_negative(x: Tensor) -> bool:
+    """Whether the layer's input has negative values (none after a ReLU: the x- terms of a rule are then zero)."""
+    return bool((x < 0).any())
+
+
+def _sum(a: Tensor, b: Tensor | None) -> Tensor:
+    return a if b is None else a + b
+
+
 @dataclass(repr=False)
 class Epsilon(Rule):
     """LRP-epsilon: ``R_j = sum_k x_j w_jk / (z_k + epsilon sign(z_k)) R_k`` (epsilon=0: LRP-0)."""
@@ -124,17 +133,19 @@ class AlphaBeta(Rule):
 
     def relevance(self, op: Op, x: Tensor, w: Tensor, b: Tensor | None, r: Tensor) -> Tensor:
         wp, wn = w.clamp(min=0), w.clamp(max=0)
+        negative = _has_negative(x)
         with torch.enable_grad():
             xp, xn = _leaf(x.clamp(min=0)), _leaf(x.clamp(max=0))
             # positive contributions: x+ w+ and x- w- (and b+); negative: x+ w- and x- w+ (and b-)
-            zp = [op(xp, wp, _pos(b)), op(xn, wn, None)]
-            outs, ins, grads = zp, [xp, xn], [self.alpha * r / stabilize(zp[0] + zp[1], self.stabilizer)] * 2
+            # (after a ReLU x- is zero: its terms are left out, half the work)
+            zp = _sum(op(xp, wp, _pos(b)), op(xn, wn, None) if negative else None)
+            outs, grads = [zp], [self.alpha * r / stabilize(zp, self.stabilizer)]
             if self.beta:
-                zn = [op(xp, wn, _neg(b)), op(xn, wp, None)]
-                sn = -self.beta * r / stabilize(zn[0] + zn[1], self.stabilizer)
-                outs, ins, grads = [*zp, *zn], [xp, xn, xp, xn], [*grads, sn, sn]
-            cs = vjps(outs, ins, grads)  # gradients with respect to the same leaf add up
-        return xp.detach() * cs[0] + xn.detach() * cs[1]
+                zn = _sum(op(xp, wn, _neg(b)), op(xn, wp, None) if negative else None)
+                outs, grads = [zp, zn], [grads[0], -self.beta * r / stabilize(zn, self.stabilizer)]
+            # one objective sum_i <outs_i, grads_i>: its gradient with respect to x+ and x-
+            cs = vjps(outs, [xp, xn] if negative else [xp], grads)
+        return xp.detach() * cs[0] + (xn.detach() * cs[1] if negative else 0)
 
 
 @dataclass(repr=False)
@@ -161,16 +172,17 @@ class Gamma(Rule):
         w_up, w_dn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
         b_up = None if b is None else b + g * b.clamp(min=0)
         b_dn = None if b is None else b + g * b.clamp(max=0)
+        negative = _has_negative(x)
         with torch.enable_grad():
             xp, xn = _leaf(x.clamp(min=0)), _leaf(x.clamp(max=0))
             # (c + gamma c+) = (w + gamma w+) x+ + (w + gamma w-) x-; (c + gamma c-) the other way round
-            up = [op(xp, w_up, b_up), op(xn, w_dn, None)]
-            dn = [op(xp, w_dn, b_dn), op(xn, w_up, None)]
+            up = _sum(op(xp, w_up, b_up), op(xn, w_dn, None) if negative else None)
+            dn = _sum(op(xp, w_dn, b_dn), op(xn, w_up, None) if negative else None)
             z = op(x, w, b).detach()
-            sp = (z > 0).to(r.dtype) * r / stabilize(up[0] + up[1], self.stabilizer)
-            sn = (z < 0).to(r.dtype) * r / stabilize(dn[0] + dn[1], self.stabilizer)
-            cs = vjps([*up, *dn], [xp, xn, xp, xn], [sp, sp, sn, sn])
-        return xp.detach() * cs[0] + xn.detach() * cs[1]
+            sp = (z > 0).to(r.dtype) * r / stabilize(up, self.stabilizer)
+            sn = (z < 0).to(r.dtype) * r / stabilize(dn, self.stabilizer)
+            cs = vjps([up, dn], [xp, xn] if negative else [xp], [sp, sn])
+        return xp.detach() * cs[0] + (xn.detach() * cs[1] if negative else 0)
 
 
 @dataclass(repr=False)
