@@ -219,7 +219,7 @@ class Saved:
 
 def stabilize(z: T, epsilon: float) -> T:
     """``z + epsilon * sign(z)``, with sign(0) = +1 (zennit's stabiliser)."""
-    return z + epsilon * (z.sign() + (z == 0).to(z.dtype))
+    return torch.where(z < 0, z - epsilon, z + epsilon)
 
 
 def sum_to(t: T, shape: torch.Size) -> T:

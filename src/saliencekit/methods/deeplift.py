@@ -83,15 +83,20 @@ class _RescaleNode(Node):
         return self.call.run(*self.call.args)
 
     def backward(self, grad: Tensor) -> tuple[Tensor]:
+        # Only the images' rows matter (the baselines' scores are not differentiated): their multipliers, zeros for
+        # the baselines' rows.
         x = self.x.get()
-        func, args, kwargs = _with_input(self.call, x.requires_grad_(True))
+        xa, xb = _halves(x, self.n, "non-linearity")
+        ga = grad[: self.n]
+        func, args, kwargs = _with_input(self.call, xa.detach().requires_grad_(True))
         with torch.enable_grad():
-            y = func(*args, **kwargs)
-            (plain,) = vjps([y], [x], [grad])
-        (xa, xb), (ya, yb) = _halves(x.detach(), self.n, "non-linearity"), _halves(y.detach(), self.n, "non-linearity")
-        reps = (2, *([1] * (x.ndim - 1)))
-        dx, dy = (xa - xb).repeat(reps), (ya - yb).repeat(reps)
-        return (torch.where(dx.abs() < self.eps, plain, grad * dy / dx),)
+            ya = func(*args, **kwargs)
+            (plain,) = vjps([ya], [args[0] if args else kwargs["input"]], [ga])
+        func, args, kwargs = _with_input(self.call, xb)
+        yb = func(*args, **kwargs)
+        dx = xa - xb
+        m = torch.where(dx.abs() < self.eps, plain, ga * (ya.detach() - yb) / dx)
+        return (torch.cat([m, torch.zeros_like(m)]),)
 
 
 _F = torch.nn.functional
@@ -132,23 +137,20 @@ class _MaxPoolNode(Node):
 
     def backward(self, grad: Tensor) -> tuple[Tensor]:
         x = self.x.get()
-        out, indices = _pool_with_indices(self.call, x)
+        assert self.indices is not None
         n = self.n
-        (xa, xb), (ya, yb) = _halves(x, n, "max-pooling"), _halves(out, n, "max-pooling")
-        ia, ib = _halves(indices, n, "max-pooling")
-        ga = grad[:n]
+        flat = x.flatten(2)
+        idx = self.indices.flatten(2)
+        y = flat.gather(2, idx)  # the pooled values (the model may have changed its copy of the output in place)
+        (xa, xb), (ya, yb) = _halves(flat, n, "max-pooling"), _halves(y, n, "max-pooling")
+        ia, ib = _halves(idx, n, "max-pooling")
+        ga = grad[:n].reshape(ya.shape)
         top = torch.maximum(ya, yb)
-
-        def unpool(values: Tensor, idx: Tensor) -> Tensor:
-            flat = torch.zeros((*xa.shape[:2], xa[0, 0].numel()), dtype=values.dtype, device=values.device)
-            flat.scatter_add_(2, idx.flatten(2), values.flatten(2))
-            return flat.view(xa.shape)
-
         # captum's maxpool rule: max(y, y') - y' to the input's maximum, y - max(y, y') to the baseline's
-        delta = unpool(ga * (top - yb), ia) + unpool(ga * (ya - top), ib)
-        plain = unpool(ga, ia)
+        delta = torch.zeros_like(xa).scatter_add_(2, ia, ga * (top - yb)).scatter_add_(2, ib, ga * (ya - top))
+        plain = torch.zeros_like(xa).scatter_add_(2, ia, ga)
         dx = xa - xb
-        m = torch.where(dx.abs() < self.eps, plain, delta / dx)
+        m = torch.where(dx.abs() < self.eps, plain, delta / dx).view(x[:n].shape)
         return (torch.cat([m, torch.zeros_like(m)]),)
 
 
