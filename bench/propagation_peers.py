@@ -169,7 +169,8 @@ def deeplift_rows(seed: int, size: int) -> list[dict[str, Any]]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["LRP: max |ours - zennit| / max |zennit|", "", f"zennit {result['versions']['zennit']}, captum {result['versions']['captum']}, torch "
+    lines = ["LRP: max |ours - zennit| / max |zennit|", "",
+             f"zennit {result['versions']['zennit']}, captum {result['versions']['captum']}, torch "
              f"{result['versions']['torch']}, float64, {result['images']} images of 3 x {result['size']} x "
              f"{result['size']}, {result['date']}", "",
              "| network | batch-norm eps | " + " | ".join(COMPOSITES) + " |",
