@@ -364,6 +364,13 @@ def decide_layout(model: nn.Module, x: T) -> None:
     _layout.uses_channels_last(model, x)
 
 
+def refuse_torchscript(model: nn.Module, method: str) -> None:
+    """The methods built on this module follow the torch functions a model calls in Python; TorchScript hides them."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InputError(f"{method} follows the torch functions a model calls in Python; a TorchScript model hides "
+                         "them: load the model as an nn.Module (a run directory or a torch.save(model) file)")
+
+
 def unruled_message(method: str, counts: Counter[str]) -> str:
     """The warning for operations on the input's path that no rule of ``method`` covers."""
     ops = ", ".join(f"{name} (x{n})" if n > 1 else name for name, n in sorted(counts.items()))
@@ -373,5 +380,5 @@ def unruled_message(method: str, counts: Counter[str]) -> str:
 
 __all__ = [
     "KINDS", "LAYER_KINDS", "Call", "Node", "PropagationMode", "Rules", "Saved", "apply_node", "decide_layout",
-    "forward", "propagation", "stabilize", "sum_to", "unruled_message", "vjps",
+    "forward", "propagation", "refuse_torchscript", "stabilize", "sum_to", "unruled_message", "vjps",
 ]

@@ -43,6 +43,7 @@ from saliencekit.methods._propagation import (
     decide_layout,
     forward,
     propagation,
+    refuse_torchscript,
     unruled_message,
     vjps,
 )
@@ -288,7 +289,7 @@ class DeepLift(PixelGradientMethod):
         batch_size: BatchSize = "auto",
     ):
         super().__init__(model, reduce=reduce, batch_size=batch_size)
-        _refuse_torchscript(model, "deeplift")
+        refuse_torchscript(model, "deeplift")
         self.baseline = check_baseline(baseline)
         self.blur_sigma, self.seed, self.eps = _check_blur_sigma(blur_sigma), seed, _check_eps(eps)
         self._store_params(baseline=baseline, blur_sigma=blur_sigma, seed=seed, eps=eps)
@@ -298,12 +299,6 @@ class DeepLift(PixelGradientMethod):
         attr, s_x, s_b = deeplift_pass(self.model, inputs, base, target, self.eps)
         gap = attr.flatten(1).sum(1) - (s_x - s_b)
         return attr, s_x, {"completeness_gap": gap, "baseline_scores": s_b, "baselines": base}
-
-
-def _refuse_torchscript(model: nn.Module, name: str) -> None:
-    if isinstance(model, torch.jit.ScriptModule):
-        raise InputError(f"{name} follows the torch functions a model calls in Python; a TorchScript model hides "
-                         "them: load the model as an nn.Module (a run directory or a torch.save(model) file)")
 
 
 DISTRIBUTIONS = ("uniform",)
@@ -365,7 +360,7 @@ class DeepLiftShap(PixelGradientMethod):
         batch_size: BatchSize = "auto",
     ):
         super().__init__(model, reduce=reduce, batch_size=batch_size)
-        _refuse_torchscript(model, "deeplift_shap")
+        refuse_torchscript(model, "deeplift_shap")
         if isinstance(baselines, Tensor):
             if baselines.ndim != 4 or baselines.shape[0] < 1 or not baselines.is_floating_point():
                 raise InputError(f"a baselines tensor must be floating point of shape (K, C, H, W), got "

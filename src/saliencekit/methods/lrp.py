@@ -50,6 +50,7 @@ from saliencekit.methods._propagation import (
     decide_layout,
     forward,
     propagation,
+    refuse_torchscript,
     stabilize,
     sum_to,
     unruled_message,
@@ -573,9 +574,7 @@ class LRP(PixelGradientMethod):
         batch_size: BatchSize = "auto",
     ):
         super().__init__(model, reduce=reduce, batch_size=batch_size)
-        if isinstance(model, torch.jit.ScriptModule):
-            raise InputError("lrp follows the torch functions a model calls in Python; a TorchScript model hides "
-                             "them: load the model as an nn.Module (a run directory or a torch.save(model) file)")
+        refuse_torchscript(model, "lrp")
         if composite not in COMPOSITES:
             raise UnknownNameError("LRP composite", str(composite), list(COMPOSITES))
         for key, value in (("epsilon", epsilon), ("gamma", gamma), ("stabilizer", stabilizer)):
