@@ -73,3 +73,18 @@ def test_check_reports_bad_names_without_traceback(run_dir: Path, tmp_path: Path
     assert "not a saliencekit run directory" in capsys.readouterr().err
     assert main(["check", str(run_dir), "--out", str(tmp_path), "--method-options", "oops", "--quiet"]) == 2
     assert "LABEL=METHOD" in capsys.readouterr().err
+
+
+def test_randomization_modes_option(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "checks"
+    assert main(["check", str(run_dir), "--out", str(out), "--methods", "gradient", "--images", "2",
+                 "--checks", "model_randomization", "--randomization-modes", "cascading", "--quiet",
+                 "--no-figures"]) == 0
+    d = json.loads((out / "checks.json").read_text())
+    assert d["settings"]["randomization_modes"] == ["cascading"]
+    assert "cascading" in d["checks"]["model_randomization"] and "independent" not in d["checks"]["model_randomization"]
+    assert main(["check", str(run_dir), "--out", str(out), "--randomization-modes", "cascading,sideways",
+                 "--quiet"]) == 2
+    assert "unknown randomisation mode 'sideways'" in capsys.readouterr().err
+    assert main(["check", str(run_dir), "--out", str(out), "--randomization-modes", "independent", "--quiet"]) == 2
+    assert "must include 'cascading'" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def checks(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
                      "--threads", "1", "--quiet"]) == 0
         argv = ["check", str(run), "--out", str(run / "checks"), "--checks", "model_randomization", "--methods",
                 METHODS, "--layer", "features.relu5", "--images", "10", "--seed", "0", "--threads", "1",
-                "--no-figures", "--quiet"]
+                "--randomization-modes", "cascading", "--no-figures", "--quiet"]
         for opt in METHOD_OPTIONS:
             argv += ["--method-options", opt]
         assert main(argv) == 0

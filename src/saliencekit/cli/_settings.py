@@ -11,8 +11,16 @@ from typing import Any
 from saliencekit.cli._types import count, positive_int
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    """A tuple of the comma-separated, stripped, non-empty items of ``text``."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _value_type(f: dataclasses.Field) -> Any:
-    """int, float or str from the field's default, else from its annotation (``int | None`` -> int)."""
+    """int, float or str from the field's default (a tuple default: comma-separated items), else from its
+    annotation (``int | None`` -> int)."""
+    if isinstance(f.default, tuple):
+        return _comma_list
     if f.default is not None and f.default is not dataclasses.MISSING:
         return type(f.default)
     first = str(f.type).split("|")[0].strip()
@@ -37,7 +45,8 @@ def add_settings_options(parser: argparse.ArgumentParser, settings: type) -> Non
             continue
         kind = positive_int if cli.pop("positive", False) else count if cli.pop("count", False) else _value_type(f)
         if f.default is not None and "default" not in help_text:
-            help_text += f" (default: {f.default})"
+            shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+            help_text += f" (default: {shown})"
         parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text, **cli)
 
 

@@ -100,7 +100,10 @@ class CheckSettings:
     topk: float = 0.1
     batch_size: int = 16
     similarity_metrics: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
-    randomization_modes: tuple[str, ...] = ("cascading", "independent")
+    randomization_modes: tuple[str, ...] = field(default=("cascading", "independent"), metadata=option(
+        flag="--randomization-modes", metavar="MODE,...",
+        help="model-randomisation modes, comma-separated: cascading (always; the verdict is read from it) and "
+             "independent (one layer at a time; as costly again)"))
     costly_images: int | None = None
     costly_checks: tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
