@@ -115,6 +115,20 @@ def test_training_learns_separable_data(trained) -> None:
     assert trained.class_names == ["normal", "effusion"]
 
 
+def test_history_draws_its_curves_inline(trained) -> None:
+    from saliencekit.run import History
+
+    hist = trained.history
+    assert isinstance(hist, History) and hist.best_epoch == hist["best_epoch"]
+    fig = hist.plot(title="curves")
+    loss_ax, _ = fig.axes
+    lines = {line.get_label(): line for line in loss_ax.get_lines()}
+    assert list(lines["validation"].get_ydata()) == [r["val_loss"] for r in hist["epochs"]]
+    assert list(lines["training"].get_ydata()) == [r["train_loss"] for r in hist["epochs"]]
+    assert lines[f"best epoch ({hist['best_epoch']})"].get_xdata()[0] == hist["best_epoch"]
+    assert hist._repr_png_().startswith(b"\x89PNG\r\n\x1a\n")
+
+
 def test_best_epoch_is_the_checkpoint(trained) -> None:
     hist = trained.history
     losses = [r["val_loss"] for r in hist["epochs"]]

@@ -23,10 +23,11 @@ _LAZY = {
     "CheckSettings": "saliencekit.trust.settings",
     "load_checks": "saliencekit.trust.results",
     "build_report": "saliencekit.viz.report",
+    "compare": "saliencekit.viz.inline",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
-__all__ = ["CheckSettings", "Explanation", "__version__", "build_report", "create_method", "explain", "list_methods",
-           "load_checks", "load_run", "run_checks"]
+__all__ = ["CheckSettings", "Explanation", "__version__", "build_report", "compare", "create_method", "explain",
+           "list_methods", "load_checks", "load_run", "run_checks"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ from saliencekit.data.split import Split, load_split
 from saliencekit.errors import DataError, RunDirError
 from saliencekit.models.io import CheckpointInfo, load_checkpoint
 from saliencekit.predict import predict_proba
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -56,6 +59,34 @@ def _read_json(path: Path) -> Any:
         raise RunDirError(f"cannot read {path}: {exc}") from exc
 
 
+class History(dict):
+    """The training history (``history.json``): the file's dict (``{"epochs": [{"epoch", "train_loss", "train_acc",
+    "val_loss", "val_acc", "seconds"}, ...], "best_epoch", "best_val_loss", ...}``) that also draws its curves; a
+    notebook shows them.
+
+    >>> h = History({"epochs": [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.69}], "best_epoch": 1})
+    >>> h.best_epoch, len(h.plot().axes)
+    (1, 2)
+    """
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch whose weights were kept (lowest validation loss)."""
+        return self.get("best_epoch")
+
+    def plot(self, title: str | None = None) -> Figure:
+        """Loss and accuracy per epoch, training and validation, the best epoch marked
+        (:func:`saliencekit.viz.training.plot_history`)."""
+        from saliencekit.viz.training import plot_history
+
+        return plot_history(self, title=title)
+
+    def _repr_png_(self) -> bytes:
+        from saliencekit.viz.inline import figure_png
+
+        return figure_png(self.plot())
+
+
 class Run:
     """A trained model with everything needed to explain and check it.
 
@@ -69,7 +100,8 @@ class Run:
         class_names: class names in label order (for one-logit models the logit scores class 1).
         config: the training settings (``config.json``).
         data_root: the data folder (the one trained on, or the ``data`` given to :func:`load_run`).
-        history: per-epoch history (``history.json``), or ``None``.
+        history: per-epoch history (``history.json`` as a :class:`History`: a dict with
+            ``.plot()``), or ``None``.
         metrics: test metrics (``metrics.json``), or ``None``.
         device: where the model lives.
 
@@ -95,8 +127,8 @@ class Run:
         self.class_names: list[str] = list(info.class_names)
         self.config: dict[str, Any] = _read_json(self.path / CONFIG)
         self.data_root = Path(data) if data is not None else Path(self.config["data_root"])
-        self.history: dict[str, Any] | None = (
-            _read_json(self.path / HISTORY) if (self.path / HISTORY).is_file() else None
+        self.history: History | None = (
+            History(_read_json(self.path / HISTORY)) if (self.path / HISTORY).is_file() else None
         )
         self.metrics: dict[str, Any] | None = (
             _read_json(self.path / METRICS) if (self.path / METRICS).is_file() else None

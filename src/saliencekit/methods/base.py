@@ -78,6 +78,52 @@ class Explanation:
 
         return normalize(self.maps, display_normalization(self.method, how), **kwargs)
 
+    def plot(self, images: Any = None, index: int | slice | Sequence[int] | None = None, normalization: str = "auto",
+             class_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """The maps drawn over their images, with a colour bar, one panel per image (a grid for several images).
+
+        Args:
+            images: the explained images (N, C, H, W); None draws the maps alone.
+            index: which images (an int, a slice or a list; default all).
+            normalization: ``"auto"`` (the display ``saliencekit explain`` uses for this method) or a
+                normalisation of :func:`saliencekit.methods.normalize.normalize`.
+            class_names: class names for the panel titles.
+            **kwargs: ``max_columns``, ``alpha``, ``cmap``, ``title`` of
+                :func:`saliencekit.viz.inline.explanation_figure`.
+
+        Returns:
+            A matplotlib ``Figure`` (shown inline in a notebook; saved with ``fig.savefig(path)``).
+        """
+        from saliencekit.viz.inline import explanation_figure
+
+        return explanation_figure(self, images, index=index, normalization=normalization, class_names=class_names,
+                                  **kwargs)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        # Jupyter: the figure drawn once, as PNG and inside the HTML (the first few images, maps alone).
+        from saliencekit.viz.inline import INLINE_IMAGES, explanation_html, figure_png
+
+        png = figure_png(self.plot(index=slice(0, INLINE_IMAGES)))
+        return {"text/html": explanation_html(self, png), "image/png": png, "text/plain": repr(self)}
+
+    def _repr_png_(self) -> bytes:
+        """PNG of :meth:`plot` of the first few maps (maps alone), for notebook front ends."""
+        from saliencekit.viz.inline import INLINE_IMAGES, figure_png
+
+        return figure_png(self.plot(index=slice(0, INLINE_IMAGES)))
+
+    def _repr_html_(self) -> str:
+        """A line about the explanation, its images' targets and scores, and the figure, for notebooks."""
+        from saliencekit.viz.inline import explanation_html
+
+        return explanation_html(self)
+
+    def __repr__(self) -> str:
+        n, shape = len(self), "x".join(str(s) for s in self.maps.shape[1:])
+        layer = self.params.get("layer")
+        where = f", layer={layer!r}" if isinstance(layer, str) and layer else ""
+        return f"Explanation({self.method!r}, {n} map{'s' if n != 1 else ''} of {shape}{where})"
+
     def to(self, device: torch.device | str) -> Explanation:
         """A copy with every tensor moved to ``device``."""
 

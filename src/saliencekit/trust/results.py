@@ -155,6 +155,24 @@ class CheckResults:
         lines += [f"skipped {name}: {reason}" for name, reason in self.skipped.items()]
         return lines
 
+    def verdicts(self) -> dict[str, dict[str, Any]]:
+        """Each method's verdicts: label -> column key -> :class:`~saliencekit.trust.checks.base.Cell` (its text,
+        e.g. ``passes`` / ``fails`` / ``not run``, and CSS class), for every verdict column of the registered checks
+        that some method has a value in. What a notebook shows for the results (:meth:`_repr_html_`)."""
+        from saliencekit.trust.checks import list_checks
+        from saliencekit.trust.checks.base import value_of
+
+        present = {k for row in self.summary.methods.values() for k, v in row.items() if v is not None}
+        columns = [c for check in list_checks() for c in check.columns if c.kind == "verdict" and c.key in present]
+        return {label: {c.key: c.cell(value_of(row.get(c.key))) for c in columns}
+                for label, row in self.summary.methods.items()}
+
+    def _repr_html_(self) -> str:
+        """The verdict table (methods x checks), the recommended methods and the skipped checks, for notebooks."""
+        from saliencekit.viz.inline import verdict_table_html
+
+        return verdict_table_html(self)
+
     def to_json(self) -> dict[str, Any]:
         """The ``checks.json`` content (NaN is written as null by the JSON writer)."""
         return {"schema_version": self.schema_version,

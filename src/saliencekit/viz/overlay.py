@@ -71,7 +71,7 @@ def map_for_display(saliency: ArrayLike, normalization: str = "minmax") -> np.nd
 
 
 def overlay(
-    image: ArrayLike,
+    image: ArrayLike | None,
     saliency: ArrayLike,
     ax: Axes | None = None,
     alpha: float = 0.5,
@@ -84,10 +84,11 @@ def overlay(
     with transparency ``alpha``, and a colour bar.
 
     Args:
-        image: the (preprocessed) image, (C, H, W) or (H, W); scaled to [0, 1] for display.
+        image: the (preprocessed) image, (C, H, W) or (H, W); scaled to [0, 1] for display. None: the map alone,
+            opaque.
         saliency: the map (H, W) at the image's resolution.
         ax: axes to draw into (default: a new figure's axes).
-        alpha: opacity of the heat map.
+        alpha: opacity of the heat map (over an image).
         cmap: matplotlib colour map of the heat map.
         colorbar: add a colour bar.
         normalization: "minmax" (default), "abs", "percentile", "signed" or "none".
@@ -96,14 +97,18 @@ def overlay(
     Returns:
         The axes.
     """
-    img, img_cmap = image_for_display(image)
     m = map_for_display(saliency, normalization)
-    if m.shape != img.shape[:2]:
-        raise InputError(f"map shape {m.shape} does not match the image's {img.shape[:2]}")
+    if image is not None:
+        img, img_cmap = image_for_display(image)
+        if m.shape != img.shape[:2]:
+            raise InputError(f"map shape {m.shape} does not match the image's {img.shape[:2]}")
     if ax is None:
         fig = Figure(figsize=(4.2, 3.6))
         ax = fig.add_subplot()
-    ax.imshow(img, cmap=img_cmap, vmin=0, vmax=1, interpolation="nearest")
+    if image is not None:
+        ax.imshow(img, cmap=img_cmap, vmin=0, vmax=1, interpolation="nearest")
+    else:
+        alpha = 1.0
     if normalization == "signed":
         vmin, vmax = -1.0, 1.0
     elif normalization == "none":
@@ -137,7 +142,7 @@ def grid_shape(cells: int, max_columns: int = 5) -> tuple[int, int]:
 
 
 def comparison_figure(
-    image: ArrayLike,
+    image: ArrayLike | Sequence[ArrayLike],
     explanations: Mapping[str, ArrayLike] | Sequence[Mapping[str, ArrayLike]],
     title: str | None = None,
     row_titles: Sequence[str] | None = None,
@@ -147,10 +152,10 @@ def comparison_figure(
     max_columns: int = 5,
 ) -> Figure:
     """The image, then one overlay per method, in a grid at most ``max_columns`` panels wide; several blocks of
-    rows (e.g. one per explained class), each starting with the image.
+    rows (e.g. one per explained class, or one per image), each starting with its image.
 
     Args:
-        image: the image (C, H, W) or (H, W).
+        image: the image (C, H, W) or (H, W), or a list or tuple of them, one per block.
         explanations: ``label -> map (H, W)`` for one block, or a list of such dicts, one per block.
         title: figure title (put the class and the prediction here).
         row_titles: a label per block, shown left of the block's image.
@@ -167,6 +172,9 @@ def comparison_figure(
         raise InputError("explanations must be a non-empty dict label -> map, or a list of such dicts")
     if row_titles is not None and len(row_titles) != len(rows):
         raise InputError(f"{len(row_titles)} row titles for {len(rows)} rows")
+    images = list(image) if isinstance(image, list | tuple) else [image] * len(rows)
+    if len(images) != len(rows):
+        raise InputError(f"{len(images)} images for {len(rows)} blocks of maps; give one image, or one per block")
     _, cols = grid_shape(1 + max(len(r) for r in rows), max_columns)
     block_rows = [math.ceil((1 + len(r)) / cols) for r in rows]
     # A long title (e.g. several positive labels) wraps to the figure's width and gets its own room above the grid.
@@ -175,9 +183,9 @@ def comparison_figure(
     height = 3.1 * sum(block_rows) + title_height
     fig = Figure(figsize=(3.3 * cols, height))
     grid = fig.add_gridspec(sum(block_rows), cols)
-    img, img_cmap = image_for_display(image)
     top = 0
     for r, row in enumerate(rows):
+        img, img_cmap = image_for_display(images[r])
         ax0 = fig.add_subplot(grid[top, 0])
         shown = ax0.imshow(img, cmap=img_cmap, vmin=0, vmax=1)
         # the same room for a colour bar as the overlays take, left blank, so that every panel has the same size
@@ -189,13 +197,57 @@ def comparison_figure(
             ax0.set_ylabel(row_titles[r], fontsize=9)
         for k, (label, saliency) in enumerate(row.items(), start=1):
             ax = fig.add_subplot(grid[top + k // cols, k % cols])
-            overlay(image, saliency, ax=ax, alpha=alpha, cmap=cmap, colorbar=True,
+            overlay(images[r], saliency, ax=ax, alpha=alpha, cmap=cmap, colorbar=True,
                     normalization=normalization if isinstance(normalization, str)
                     else normalization.get(label, "minmax"), title=label)
         top += block_rows[r]
     if lines:
         fig.suptitle("\n".join(lines), fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - title_height / height))
+    return fig
+
+
+def overlay_grid(
+    images: Sequence[ArrayLike | None],
+    maps: Sequence[ArrayLike],
+    titles: Sequence[str] | None = None,
+    title: str | None = None,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    normalization: str = "minmax",
+    max_columns: int = 5,
+) -> Figure:
+    """One overlay (see :func:`overlay`) per map, in a grid at most ``max_columns`` panels wide.
+
+    Args:
+        images: one image per map (None entries: the map alone).
+        maps: the maps (H, W).
+        titles: a title per panel.
+        title: the figure's title.
+        alpha, cmap, normalization: as in :func:`overlay`.
+        max_columns: most panels per row (see :func:`grid_shape`).
+
+    Returns:
+        A matplotlib Figure with one axes (and one colour bar) per map.
+
+    >>> fig = overlay_grid([None, None], [np.random.rand(8, 8), np.random.rand(8, 8)], titles=["a", "b"])
+    >>> [ax.get_title() for ax in fig.axes[::2]]
+    ['a', 'b']
+    """
+    if len(images) != len(maps) or not maps:
+        raise InputError(f"overlay_grid needs one image (or None) per map and at least one map, got {len(images)} "
+                         f"images and {len(maps)} maps")
+    if titles is not None and len(titles) != len(maps):
+        raise InputError(f"{len(titles)} titles for {len(maps)} maps")
+    rows, cols = grid_shape(len(maps), max_columns)
+    fig = Figure(figsize=(3.3 * cols, 3.0 * rows + (0.4 if title else 0)))
+    grid = fig.add_gridspec(rows, cols)
+    for k, (image, saliency) in enumerate(zip(images, maps)):
+        overlay(image, saliency, ax=fig.add_subplot(grid[k // cols, k % cols]), alpha=alpha, cmap=cmap,
+                normalization=normalization, title=None if titles is None else titles[k])
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
     return fig
 
 
