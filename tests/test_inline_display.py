@@ -179,12 +179,12 @@ def test_html_escapes_names() -> None:
 
 def test_compare_is_the_comparison_grid_one_block_per_image(explained) -> None:
     maps, x = explained
-    fig = sk.compare(maps, x, class_names=["normal", "effusion"], title="three images")
+    fig = sk.compare(maps, x, class_names=["normal", "effusion"], labels=torch.tensor([1, 0, 1]), title="three images")
     assert isinstance(fig, Figure)
     images = [ax for ax in fig.axes if ax.get_title() == "image"]
     assert len(images) == 3
     for i, ax in enumerate(images):
-        assert ax.get_ylabel().startswith(f"image {i}: explaining ")
+        assert ax.get_ylabel().startswith(f"image {i} ({['effusion', 'normal', 'effusion'][i]}): explaining ")
         shown = ax.images[0].get_array()
         assert np.allclose(shown, (x[i, 0] - x[i, 0].min()) / (x[i, 0].max() - x[i, 0].min()))
     panels = _overlay_axes(fig)
@@ -197,6 +197,8 @@ def test_compare_is_the_comparison_grid_one_block_per_image(explained) -> None:
     assert [ax.get_title() for ax in _overlay_axes(one)] == ["gradient"]
     with pytest.raises(InputError, match="different numbers of images"):
         sk.compare({"a": maps["gradient"], "b": maps["gradcam"].select([0, 1])}, x)
+    with pytest.raises(InputError, match="2 labels for 3 images"):
+        sk.compare(maps, x, labels=[0, 1])
     with pytest.raises(InputError, match="explained images"):
         sk.compare(maps, None)
     with pytest.raises(InputError, match="needs explanations"):

@@ -88,7 +88,7 @@ class Explanation:
             normalization: ``"auto"`` (the display ``saliencekit explain`` uses for this method) or a
                 normalisation of :func:`saliencekit.methods.normalize.normalize`.
             class_names: class names for the panel titles.
-            **kwargs: ``max_columns``, ``alpha``, ``cmap``, ``title`` of
+            **kwargs: ``labels`` (true classes, shown in the titles), ``max_columns``, ``alpha``, ``cmap``, ``title`` of
                 :func:`saliencekit.viz.inline.explanation_figure`.
 
         Returns:

@@ -114,15 +114,23 @@ def _value(t: torch.Tensor | None, i: int) -> Any:
     return None if t is None or t.ndim == 0 or i >= t.shape[0] else t[i].item()
 
 
-def image_caption(explanation: Explanation, i: int, class_names: Sequence[str] | None = None) -> str:
-    """``image i: explaining <class> (predicted <class>)``, from what the explanation recorded."""
-    bits = [f"image {i}"]
+def image_caption(explanation: Explanation, i: int, class_names: Sequence[str] | None = None,
+                  labels: Any = None) -> str:
+    """``image i (<true class>): explaining <class>, predicted <class>`` from what the explanation recorded (the
+    prediction only when it is not the explained class; the true class when ``labels`` are given)."""
+    head = f"image {i}" + (f" ({_class(int(labels[i]), class_names)})" if labels is not None else "")
+    bits = []
     target, pred = _value(explanation.targets, i), _value(explanation.predictions, i)
     if target is not None:
         bits.append(f"explaining {_class(int(target), class_names)}")
     if pred is not None and pred != target:
         bits.append(f"predicted {_class(int(pred), class_names)}")
-    return ": ".join(bits[:2]) + "".join(f", {b}" for b in bits[2:])
+    return head + (": " + ", ".join(bits) if bits else "")
+
+
+def _check_labels(labels: Any, n: int) -> None:
+    if labels is not None and len(labels) != n:
+        raise InputError(f"{len(labels)} labels for {n} images; give one true class per explained image")
 
 
 def _method_title(explanation: Explanation) -> str:
@@ -136,6 +144,7 @@ def explanation_figure(
     index: Index = None,
     normalization: str = "auto",
     class_names: Sequence[str] | None = None,
+    labels: Any = None,
     max_columns: int = 5,
     alpha: float = 0.5,
     cmap: str = "jet",
@@ -150,6 +159,7 @@ def explanation_figure(
         normalization: ``"auto"`` (the method's own display normalisation, as ``saliencekit explain`` draws it),
             ``"minmax"``, ``"abs"``, ``"percentile"`` or ``"signed"``; the colour bar names it.
         class_names: class names for the panel titles.
+        labels: the images' true classes (N,), shown in the panel titles.
         max_columns: most panels per row.
         alpha, cmap: heat-map opacity and colour map (see :func:`saliencekit.viz.overlay.overlay`).
         title: the figure's title (default: the method and its layer).
@@ -161,8 +171,9 @@ def explanation_figure(
 
     chosen = _indices(index, len(explanation))
     shown = _images(images, len(explanation))
+    _check_labels(labels, len(explanation))
     return overlay_grid([shown[i] for i in chosen], [explanation.maps[i] for i in chosen],
-                        titles=[image_caption(explanation, i, class_names) for i in chosen],
+                        titles=[image_caption(explanation, i, class_names, labels) for i in chosen],
                         title=_method_title(explanation) if title is None else title, alpha=alpha, cmap=cmap,
                         normalization=_normalization(explanation.method, normalization), max_columns=max_columns)
 
@@ -173,6 +184,7 @@ def compare(
     index: Index = None,
     normalization: str = "auto",
     class_names: Sequence[str] | None = None,
+    labels: Any = None,
     max_columns: int = 5,
     title: str | None = None,
 ) -> Figure:
@@ -186,6 +198,7 @@ def compare(
         index: which images (an int, a slice or a list; default all).
         normalization: ``"auto"`` (each method's own display normalisation) or one normalisation for all.
         class_names: class names for the row titles.
+        labels: the images' true classes (N,), shown in the row titles.
         max_columns: most panels per row (the image counts as one).
         title: the figure's title.
 
@@ -219,10 +232,11 @@ def compare(
         raise InputError("compare() needs the explained images (N, C, H, W) to draw the maps over")
     shown = _images(images, n)
     chosen = _indices(index, n)
+    _check_labels(labels, n)
     norms = {label: _normalization(e.method, normalization) for label, e in labelled.items()}
     blocks = [{label: e.maps[i] for label, e in labelled.items()} for i in chosen]
     return comparison_figure([shown[i] for i in chosen], blocks, title=title,
-                             row_titles=[image_caption(first, i, class_names) for i in chosen],
+                             row_titles=[image_caption(first, i, class_names, labels) for i in chosen],
                              normalization=norms, max_columns=max_columns)
 
 
