@@ -18,6 +18,7 @@ from saliencekit.data.preprocess import Preprocessing
 from saliencekit.errors import InputError
 from saliencekit.methods import registry
 from saliencekit.methods.base import Explanation, Method
+from saliencekit.models import LoadedModel
 from saliencekit.viz.explain_files import find_images
 from saliencekit.viz.overlay import comparison_figure, overlay, save_maps_npz
 from toy_models import make
@@ -176,9 +177,9 @@ def test_explain_run_directory_path(images: Path, tmp_path: Path, monkeypatch: p
     run = SimpleNamespace(model=model, preprocessing=Preprocessing(size=(16, 16)), class_names=["effusion", "normal"])
     seen = {}
 
-    def fake_load_run(path: str, device: str) -> SimpleNamespace:
+    def fake_load_run(path: str, device: str) -> LoadedModel:
         seen["path"] = path
-        return run
+        return LoadedModel(run.model, "run", Path(path), run.preprocessing.to_dict(), run.class_names)
 
     monkeypatch.setattr("saliencekit.cli.explain._load_run", fake_load_run)
     out = tmp_path / "out"
@@ -225,7 +226,7 @@ def test_explain_missing_inputs(tmp_path: Path, model_file: tuple[Path, torch.nn
     assert "not a run directory" in capsys.readouterr().err
     torch.save(make("plain").state_dict(), tmp_path / "sd.pt")
     assert _run(["explain", "--model-file", tmp_path / "sd.pt", tmp_path, "--out", tmp_path / "o"]) == 2
-    assert "not a whole model" in capsys.readouterr().err
+    assert "is a state_dict with keys like 0.weight, 0.bias" in capsys.readouterr().err  # and how to pass --arch
 
 
 def test_explain_help_documents_every_flag_and_torchscript(capsys: pytest.CaptureFixture[str]) -> None:

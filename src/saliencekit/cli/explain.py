@@ -7,13 +7,20 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from saliencekit.cli._model import (
+    add_model_arguments,
+    class_names_from_args,
+    load_model_from_args,
+    preprocessing_from_args,
+    reject_model_flags_without_model_file,
+)
 from saliencekit.cli._types import positive_int
 
 _TORCHSCRIPT_NOTE = (
     "TorchScript models (--model-file with a torch.jit.save file) support the methods that need no hooks: "
     "gradient, gradient_x_input, integrated_gradients, smoothgrad, smoothgrad_sq, vargrad, occlusion, rise. "
     "Layer methods (the CAMs, Score-CAM, guided Grad-CAM) and ReLU-rule methods (guided_backprop, deconvnet) "
-    "need an nn.Module: a run directory or a whole module saved with torch.save(model)."
+    "need an nn.Module: a run directory, a whole module saved with torch.save(model), a .pt2, or weights with --arch."
 )
 
 
@@ -37,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "OUT/<image>/maps.npz (the raw float maps), and OUT/summary.json.\n\n"
             "  saliencekit explain runs/cxr data/effusion/img1.png --methods gradcam++,scorecam --out maps\n"
             "  saliencekit explain --model-file model.pt --image-size 256 --classes normal,effusion "
-            "images/ --methods gradient,integrated_gradients --out maps\n\n" + _TORCHSCRIPT_NOTE
+            "images/ --methods gradient,integrated_gradients --out maps\n"
+            "  saliencekit explain --model-file weights.safetensors --arch resnet18 --color images/ --out maps\n"
+            "  saliencekit explain --model-file best_model.hdf5 images/ --methods gradcam --layer conv2d_3 --out maps"
+            "\n\n" + _TORCHSCRIPT_NOTE
         ),
     )
     p.add_argument("inputs", nargs="*", metavar="RUN_DIR IMAGE_OR_FOLDER",
@@ -78,16 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="how the pictures scale each map (maps.npz always keeps the raw values): auto (default: "
                         "percentile for the gradient and backprop families, i.e. |map| clipped at its 99th "
                         "percentile, minmax for CAMs and perturbation methods), minmax, abs, percentile, signed")
-    p.add_argument("--model-file", default=None,
-                   help="a TorchScript file or a whole module saved with torch.save(model), instead of a run "
-                        "directory; preprocessing then comes from --image-size, --color, --no-standardize")
-    p.add_argument("--image-size", type=int, default=256, help="with --model-file: resize images to this size "
-                                                               "(square). Default 256.")
-    p.add_argument("--color", action="store_true", help="with --model-file: keep RGB (default: greyscale)")
-    p.add_argument("--no-standardize", action="store_true",
-                   help="with --model-file: keep values in [0, 1] (default: per-image standardisation)")
-    p.add_argument("--classes", default=None,
-                   help="with --model-file: comma-separated class names in label order (default class_0, ...)")
+    add_model_arguments(p)
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: all)")
     p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_explain)
@@ -117,10 +118,9 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from saliencekit.data.preprocess import Preprocessing
     from saliencekit.errors import InputError
     from saliencekit.methods.specs import parse_methods_text
-    from saliencekit.viz.explain_files import explain_files, list_classes, load_model_file
+    from saliencekit.viz.explain_files import explain_files, list_classes
 
     device = args.device
     if device == "auto":
@@ -128,17 +128,17 @@ def _explain(args: argparse.Namespace) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.model_file:
-        model = load_model_file(args.model_file, device)
-        preprocessing = Preprocessing(grayscale=not args.color, size=(args.image_size, args.image_size),
-                                      standardize="none" if args.no_standardize else "per_image")
-        class_names = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        loaded = load_model_from_args(args, device)
         images = args.inputs
     else:
+        reject_model_flags_without_model_file(args)
         if not args.inputs or (len(args.inputs) < 2 and not args.list_classes):
             raise InputError("give a run directory and at least one image or folder (or use --model-file)")
-        run = _load_run(args.inputs[0], device)
-        model, preprocessing, class_names = run.model, run.preprocessing, list(run.class_names)
+        loaded = _load_run(args.inputs[0], device)
         images = args.inputs[1:]
+    model = loaded.model
+    preprocessing = preprocessing_from_args(args, loaded)
+    class_names = class_names_from_args(args, loaded)
     if args.list_classes:
         for name in list_classes(model, preprocessing, images, class_names, device=device, output=args.output,
                                  threshold=args.threshold):
@@ -163,12 +163,11 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run(path: str, device: str) -> Any:  # a saliencekit.run.Run
+def _load_run(path: str, device: str) -> Any:  # a saliencekit.models.LoadedModel
     from saliencekit.errors import RunDirError
+    from saliencekit.models.io import load_model
 
     if not Path(path).is_dir():
         raise RunDirError(f"{path} is not a run directory (a folder written by `saliencekit train`); to explain with "
                           "a model file use --model-file PATH and give only images")
-    from saliencekit.run import load_run
-
-    return load_run(path, device=device)
+    return load_model(path, device=device)

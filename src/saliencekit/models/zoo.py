@@ -1,8 +1,13 @@
-"""The model registry: the lesson's effusion CNN, the rock-paper-scissors CNN and torchvision backbones.
+"""The model registry: the lesson's effusion CNN, the rock-paper-scissors CNN, torchvision and timm models.
 
 Every model maps a ``(N, in_channels, H, W)`` batch to logits: ONE logit per image for a binary
 task (``num_classes == 2``; sigmoid gives the probability of class 1) and ``num_classes`` logits
-otherwise (softmax).
+otherwise (softmax). ``outputs=`` overrides the number of output units (e.g. a two-logit softmax model
+for two classes, as some training scripts save it).
+
+Names: the registered ones (:func:`list_models`), then any torchvision classification model name, then any
+timm model name when timm is installed (``timm:NAME`` picks timm explicitly where torchvision has the same name).
+Nothing is downloaded: every model starts with random weights.
 """
 
 from __future__ import annotations
@@ -67,31 +72,47 @@ def output_units(num_classes: int) -> int:
     return 1 if num_classes == 2 else num_classes
 
 
-def create(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs: Any) -> nn.Module:
-    """Build a registered model with random weights (nothing is downloaded).
+def create(name: str, in_channels: int = 1, num_classes: int = 2, *, outputs: int | None = None,
+           **kwargs: Any) -> nn.Module:
+    """Build a model with random weights (nothing is downloaded).
 
     Args:
-        name: a name from :func:`list_models` (or any torchvision classification model name).
+        name: a name from :func:`list_models`, any torchvision classification model name, or a timm model name
+            (``timm:NAME`` or plain ``NAME`` when neither saliencekit nor torchvision has it; needs timm).
         in_channels: image channels (1 for greyscale, 3 for RGB).
         num_classes: number of classes; 2 gives a single-logit model.
+        outputs: number of output units when it differs from that convention (e.g. 2 for a two-logit softmax
+            model of two classes); None follows :func:`output_units`.
         **kwargs: extra arguments of the model factory.
 
     Raises:
-        UnknownNameError: the name is not registered; the message lists the valid names.
+        UnknownNameError: the name is none of these; the message lists the registered names.
 
     >>> m = create("effusion_cnn")
     >>> m(torch.zeros(2, 1, 64, 64)).shape
     torch.Size([2, 1])
+    >>> create("effusion_cnn", outputs=2)(torch.zeros(1, 1, 64, 64)).shape
+    torch.Size([1, 2])
     """
     if in_channels < 1:
         raise InputError(f"in_channels must be >= 1, got {in_channels}")
-    output_units(num_classes)
+    units = output_units(num_classes) if outputs is None else int(outputs)
+    if units < 1:
+        raise InputError(f"outputs must be >= 1, got {outputs}")
+    if name.startswith("timm:"):
+        return _timm(name[len("timm:"):], in_channels, units, **kwargs)
     factory = _REGISTRY.get(name)
     if factory is None:
         if name in _torchvision_names():
-            return _torchvision(name, in_channels, num_classes, **kwargs)
-        raise UnknownNameError("model", name, list_models())
-    return factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
+            return _torchvision(name, in_channels, units, **kwargs)
+        if _timm_has(name):
+            return _timm(name, in_channels, units, **kwargs)
+        hint = "" if _timm_available() else " (timm model names need `pip install saliencekit[timm]`)"
+        raise UnknownNameError("model", name, [*list_models(), f"any torchvision or timm model name{hint}"])
+    model = factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    if units != output_units(num_classes):
+        _replace_last_linear(model, units)
+    return model
 
 
 def last_conv_layer(model: nn.Module) -> str:
@@ -225,18 +246,55 @@ def _torchvision_names() -> set[str]:
     return set(torchvision.models.list_models(module=torchvision.models))
 
 
-def _torchvision(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs: Any) -> nn.Module:
-    """A torchvision classification model with random weights, its first conv and last linear adapted."""
+def _torchvision(name: str, in_channels: int, units: int, **kwargs: Any) -> nn.Module:
+    """A torchvision classification model with random weights, ``units`` outputs, its first conv adapted."""
     import torchvision
 
     kwargs.pop("weights", None)  # never download weights
     if name in ("inception_v3", "googlenet"):
         kwargs.setdefault("aux_logits", False)
         kwargs.setdefault("init_weights", True)
-    model = torchvision.models.get_model(name, weights=None, num_classes=output_units(num_classes), **kwargs)
+    model = torchvision.models.get_model(name, weights=None, num_classes=units, **kwargs)
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
     return model
+
+
+def _timm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("timm") is not None
+
+
+def _timm_has(name: str) -> bool:
+    if not _timm_available():
+        return False
+    import timm
+
+    return timm.is_model(name)
+
+
+def _timm(name: str, in_channels: int, units: int, **kwargs: Any) -> nn.Module:
+    """A timm model with random weights (``pretrained=False``: nothing is downloaded)."""
+    if not _timm_available():
+        raise InputError(f"model {name!r} comes from timm, which is not installed; pip install saliencekit[timm]")
+    import timm
+
+    if not timm.is_model(name):
+        raise UnknownNameError("timm model", name, [*timm.list_models()[:20], "... (timm.list_models())"])
+    kwargs.pop("pretrained", None)
+    return timm.create_model(name, pretrained=False, num_classes=units, in_chans=in_channels, **kwargs)
+
+
+def _replace_last_linear(model: nn.Module, units: int) -> None:
+    """Give a registered model ``units`` outputs by replacing its last ``nn.Linear`` (a freshly built model)."""
+    for name, module in reversed(list(model.named_modules())):
+        if isinstance(module, nn.Linear):
+            new = nn.Linear(module.in_features, units, bias=module.bias is not None)
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+            return
+    raise InputError(f"{model.__class__.__name__} has no nn.Linear output layer to give {units} outputs")
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -256,7 +314,7 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
 
 def _register_torchvision(name: str) -> None:
     def factory(in_channels: int = 1, num_classes: int = 2, **kwargs: Any) -> nn.Module:
-        return _torchvision(name, in_channels, num_classes, **kwargs)
+        return _torchvision(name, in_channels, output_units(num_classes), **kwargs)
 
     factory.__doc__ = f"torchvision {name}, random weights, first conv and output layer adapted."
     register_model(name)(factory)

@@ -13,8 +13,6 @@ Per image (``OUT/<image name>/``):
 from __future__ import annotations
 
 import os
-import warnings
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ from saliencekit._filenames import safe_filename
 from saliencekit._threads import check_threads, torch_threads
 from saliencekit.data.folder import IMAGE_EXTENSIONS
 from saliencekit.data.preprocess import Preprocessing
-from saliencekit.errors import DataError, InputError, RunDirError
+from saliencekit.errors import DataError, InputError
 from saliencekit.methods.outputs import MAX_TARGETS
 
 
@@ -47,40 +45,6 @@ class ExplainedImage:
     note: str | None = None  # what fitting the image to the model input did beyond scaling (stretch, crop)
     positive: list[str] = field(default_factory=list)  # multi-label: the labels at or above the threshold
     truncated: int = 0  # multi-label: positive labels not explained (beyond MAX_TARGETS)
-
-
-def load_model_file(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
-    """Load a TorchScript file (``torch.jit.save``) or a whole pickled module (``torch.save(model)``), in eval mode.
-
-    Raises:
-        RunDirError: the file is missing or holds neither.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise RunDirError(f"model file not found: {path}")
-    try:
-        if _is_torchscript_archive(path):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still loads
-                model = torch.jit.load(str(path), map_location=device)
-        else:
-            model = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:
-        raise RunDirError(f"cannot load {path} as a TorchScript file or a saved nn.Module: {exc}") from exc
-    if not isinstance(model, nn.Module):
-        raise RunDirError(f"{path} holds a {type(model).__name__}, not a whole model; save it with torch.save(model) "
-                          "or torch.jit.save(torch.jit.script(model)) (a state_dict needs the architecture: use a "
-                          "run directory)")
-    return model.eval()
-
-
-def _is_torchscript_archive(path: Path) -> bool:
-    """TorchScript archives hold compiled code (``*/code/...``) and ``constants.pkl``; ``torch.save`` files do not."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -213,7 +177,7 @@ def explain_files(
         if bad:
             raise InputError(f"method(s) {bad} need layer hooks or ReLU rules, which TorchScript models do not "
                              f"support; on TorchScript use {', '.join(torchscript_methods())}, or load the model "
-                             "as an nn.Module (a run directory or torch.save(model))")
+                             "as an nn.Module (a run directory, torch.save(model), a .pt2, or weights with --arch)")
     labels = list(built)
     norms = {label: display_normalization(m, normalization) for label, m in built.items()}
     folders = _image_folders(files)
