@@ -42,16 +42,18 @@ def _candidate(x: torch.Tensor) -> bool:
 @contextlib.contextmanager
 def _hooks_set_aside(model: nn.Module) -> Iterator[None]:
     """Run the block with every forward (pre-)hook of ``model`` set aside; the same hook dicts come back after."""
+    # Through __dict__, not setattr: a Keras layer's __setattr__ would wrap the dicts in new tracking objects, and the
+    # hook handles (which hold the original dicts) could then no longer remove their hooks.
     saved = [(m, m._forward_hooks, m._forward_pre_hooks) for m in model.modules()]
     try:
         for m, _, _ in saved:
-            m._forward_hooks = OrderedDict()
-            m._forward_pre_hooks = OrderedDict()
+            vars(m)["_forward_hooks"] = OrderedDict()
+            vars(m)["_forward_pre_hooks"] = OrderedDict()
         yield
     finally:
         for m, hooks, pre_hooks in saved:
-            m._forward_hooks = hooks
-            m._forward_pre_hooks = pre_hooks
+            vars(m)["_forward_hooks"] = hooks
+            vars(m)["_forward_pre_hooks"] = pre_hooks
 
 
 def uses_channels_last(model: nn.Module, x: torch.Tensor) -> bool:

@@ -24,9 +24,25 @@ from torch import nn
 
 from saliencekit import _layout
 from saliencekit.errors import InputError
-from saliencekit.methods._capture import ReluRule, capture, count_relu_modules
+from saliencekit.methods._capture import (
+    FeatureLayer,
+    ReluRule,
+    ReshapeSpec,
+    capture,
+    check_reshape_option,
+    count_relu_modules,
+    settle,
+)
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model, reduce_channels
-from saliencekit.methods.cam import LayerSpec, check_layer_option, checked_activation, layer_for, upsample
+from saliencekit.methods.cam import (
+    LayerSpec,
+    check_layer_option,
+    checked_activation,
+    layer_for,
+    layer_key,
+    read_activation,
+    upsample,
+)
 from saliencekit.methods.gradient import PixelGradientMethod
 from saliencekit.methods.registry import register_method
 from saliencekit.methods.targets import as_target, predicted_classes
@@ -34,19 +50,22 @@ from saliencekit.methods.targets import as_target, predicted_classes
 _FUNCTIONAL_NOTE = "nn.ReLU modules only: functional F.relu keeps the plain gradient"
 
 
-def _warn_without_relu_modules(model: nn.Module, name: str) -> None:
-    if count_relu_modules(model) == 0:
-        warnings.warn(
-            f"{model.__class__.__name__} has no nn.ReLU modules, so {name} cannot apply its ReLU rule: its backward "
-            "pass is the plain gradient (ReLUs called as functions, F.relu inside forward, cannot be reached without "
-            "patching torch); use nn.ReLU modules to get the rule",
-            UserWarning,
-            stacklevel=3,
-        )
+def _warn_without_relu_modules(model: nn.Module, name: str, rule: ReluRule) -> None:
+    if count_relu_modules(model, rule) > 0:
+        return
+    if count_relu_modules(model) > 0:  # a Keras model whose ReLUs are all fused into Dense/Conv layers
+        message = (f"{model.__class__.__name__} has only ReLUs fused into Dense/Conv layers as their activation, "
+                   f"where {name} cannot bypass the forward mask: its backward pass is the plain gradient; use "
+                   "separate keras.layers.ReLU layers to get the rule")
+    else:
+        message = (f"{model.__class__.__name__} has no nn.ReLU modules, so {name} cannot apply its ReLU rule: its "
+                   "backward pass is the plain gradient (ReLUs called as functions, F.relu inside forward, cannot be "
+                   "reached without patching torch); use nn.ReLU modules to get the rule")
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def rule_pass(
-    model: nn.Module, inputs: torch.Tensor, target: Any, rule: ReluRule, layers: Sequence[tuple[nn.Module, str]] = ()
+    model: nn.Module, inputs: torch.Tensor, target: Any, rule: ReluRule, layers: Sequence[FeatureLayer] = ()
 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, Any, torch.Tensor]:
     """One forward pass with the ReLU ``rule``; the plain gradients at ``layers``, then the rule's input gradient.
 
@@ -54,7 +73,7 @@ def rule_pass(
         The input gradient under the rule (N, C, H, W), ``(A, dS/dA)`` per layer (plain ReLU gradient),
         the scores, the resolved target and the predicted classes.
     """
-    with preserve_model(model), capture(model, [m for m, _ in layers], relu_rule=rule) as cap, \
+    with preserve_model(model), capture(model, [layer.module for layer in layers], relu_rule=rule) as cap, \
             torch.inference_mode(False), torch.enable_grad():
         x = inputs.detach().clone().requires_grad_(True)
         output = _layout.forward(model, x)
@@ -64,14 +83,15 @@ def rule_pass(
         layer_grads: list[tuple[torch.Tensor, torch.Tensor]] = []
         if layers:
             # Plain gradient first (Grad-CAM's definition), keeping the graph for the guided pass.
-            acts = [checked_activation(cap, m, name) for m, name in layers]
+            acts = [checked_activation(cap, layer) for layer in layers]
             with cap.plain_relu():
                 grads = torch.autograd.grad(scores.sum(), acts, retain_graph=True, allow_unused=True)
-            for (_, name), act, g in zip(layers, acts, grads):
+            for layer, act, g in zip(layers, acts, grads):
+                layer = settle(model, layer, act, inputs)
                 if g is None:
-                    raise InputError(f"the explained score does not depend on layer {name!r}; choose a layer on "
-                                     "the path from the input to the output")
-                layer_grads.append((act.detach(), g))
+                    raise InputError(f"the explained score does not depend on layer {layer.name!r}; choose a layer "
+                                     "on the path from the input to the output")
+                layer_grads.append((read_activation(layer, act.detach()), read_activation(layer, g)))
         (gx,) = torch.autograd.grad(scores.sum(), x)
     return gx, layer_grads, scores.detach(), resolved, predictions
 
@@ -89,20 +109,20 @@ class _RuleShared:
         """Guided backprop and guided Grad-CAM (any layers) of one model from one forward pass."""
         model = methods[0].model
         check_inputs(model, inputs)
-        layers: list[tuple[nn.Module, str]] = []
+        layers: dict[Hashable, FeatureLayer] = {}  # one per (layer, reshape) option
         for m in methods:
             if isinstance(m, GuidedGradCAM):
-                module, name = layer_for(model, m.layer, inputs)
-                if all(module is not known for known, _ in layers):
-                    layers.append((module, name))
-        gx, layer_grads, scores, resolved, predictions = rule_pass(model, inputs, target, "guided", layers)
+                layers.setdefault(layer_key(m.layer, m.reshape), layer_for(model, m.layer, inputs, m.reshape))
+        gx, layer_grads, scores, resolved, predictions = rule_pass(model, inputs, target, "guided",
+                                                                   list(layers.values()))
+        grads_of = dict(zip(layers, layer_grads))
         targets = resolved.class_indices().to(inputs.device)
         out = []
         for m in methods:
             if isinstance(m, GuidedGradCAM):
-                module, name = layer_for(model, m.layer, inputs)
-                a, g = layer_grads[[known is module for known, _ in layers].index(True)]
-                out.append(m._combine(gx, a, g, name, scores, targets, predictions))
+                key = layer_key(m.layer, m.reshape)
+                a, g = grads_of[key]
+                out.append(m._combine(gx, a, g, layers[key].name, scores, targets, predictions))
             else:
                 assert isinstance(m, GuidedBackprop)
                 out.append(m._explanation(gx, scores, targets, predictions))
@@ -118,7 +138,7 @@ class _ReluRuleMethod(PixelGradientMethod):
 
     def __init__(self, model: nn.Module, *, reduce: str = "sum"):
         super().__init__(model, reduce=reduce)
-        _warn_without_relu_modules(model, self.name)
+        _warn_without_relu_modules(self.model, self.name, self.relu_rule)  # type: ignore[attr-defined]
 
     def _explanation(self, gx: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor,
                      predictions: torch.Tensor) -> Explanation:
@@ -191,6 +211,7 @@ class GuidedGradCAM(_RuleShared, Method):
         model: the classifier (never modified).
         layer: Grad-CAM layer: None (the last spatial feature map), a dotted module name or a module.
         reduce: channel reduction of the (N, C, H, W) attribution: "sum", "abs_sum", "max_abs", "mean".
+        reshape: how the layer's output becomes (N, C, h, w) (see :class:`~saliencekit.methods.cam.BaseCAM`).
 
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 1))
     >>> e = GuidedGradCAM(net).attribute(torch.randn(1, 1, 4, 4))
@@ -206,13 +227,14 @@ class GuidedGradCAM(_RuleShared, Method):
     works_on_torchscript = False
     display_normalization = "percentile"
 
-    def __init__(self, model: nn.Module, *, layer: LayerSpec = None, reduce: str = "sum"):
+    def __init__(self, model: nn.Module, *, layer: LayerSpec = None, reduce: str = "sum", reshape: ReshapeSpec = None):
         super().__init__(model)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)  # validates the name
         self.layer = check_layer_option(layer)
         self.reduce = reduce
-        self._store_params(layer=layer, reduce=reduce)
-        _warn_without_relu_modules(model, "guided_gradcam")
+        self.reshape = check_reshape_option(reshape)
+        self._store_params(layer=layer, reduce=reduce, reshape=reshape)
+        _warn_without_relu_modules(self.model, "guided_gradcam", "guided")
 
     def _combine(self, gx: torch.Tensor, a: torch.Tensor, g: torch.Tensor, name: str, scores: torch.Tensor,
                  targets: torch.Tensor, predictions: torch.Tensor) -> Explanation:

@@ -272,8 +272,12 @@ class Method(abc.ABC):
         return self
 
     def __init__(self, model: nn.Module):
+        from saliencekit.models._keras import as_classifier, is_keras_model
+
+        if is_keras_model(model):  # a Keras 3 model (torch backend): explained through its (N, C, H, W) adapter
+            model = as_classifier(model)
         if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise InputError(f"model must be a torch.nn.Module or a Keras 3 model, got {type(model).__name__}")
         self.model = model
         self._params: dict[str, Any] = {}
 

@@ -16,7 +16,6 @@ once, combines them per method and upsamples all maps with one interpolation cal
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -26,16 +25,19 @@ from torch import nn
 
 from saliencekit import _layout
 from saliencekit.errors import InputError
-from saliencekit.methods._capture import capture, module_name, resolve_layer
+from saliencekit.methods._capture import (
+    FeatureLayer,
+    ReshapeSpec,
+    capture,
+    check_reshape_option,
+    resolve_feature_layer,
+    settle,
+)
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model
 from saliencekit.methods.registry import register_method
 from saliencekit.methods.targets import ResolvedTarget, as_target, predicted_classes
 
 LayerSpec = str | nn.Module | None
-
-# ------------------------------------------------------------------------------------------ layers
-
-_DEFAULT_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
 
 
 def check_layer_option(layer: object) -> LayerSpec:
@@ -46,44 +48,35 @@ def check_layer_option(layer: object) -> LayerSpec:
                      f"or a module of the model; got {type(layer).__name__}")
 
 
-def layer_key(layer: LayerSpec) -> Hashable:
-    """A hashable stand-in for a ``layer`` option (used in share keys)."""
-    return ("module", id(layer)) if isinstance(layer, nn.Module) else ("name", layer)
+def layer_key(layer: LayerSpec, reshape: ReshapeSpec = None) -> Hashable:
+    """A hashable stand-in for the ``layer`` and ``reshape`` options (used in share keys)."""
+    spec = ("module", id(layer)) if isinstance(layer, nn.Module) else ("name", layer)
+    return (*spec, reshape if reshape is None or isinstance(reshape, str) else ("callable", id(reshape)))
 
 
-def layer_for(model: nn.Module, layer: LayerSpec, inputs: torch.Tensor) -> tuple[nn.Module, str]:
-    """The module to explain at and its dotted name (see :func:`~saliencekit.methods._capture.resolve_layer`).
-
-    The default layer found for a model and an input shape is remembered (keyed on the model's
-    module structure), so repeated calls do not pay for the one-image discovery pass again.
-    """
-    if layer is None and not isinstance(model, torch.jit.ScriptModule):
-        key = (tuple(inputs.shape[1:]), tuple((n, id(m)) for n, m in model.named_modules()))
-        known = _DEFAULT_LAYERS.get(model, {})
-        if key in known:
-            name = known[key]
-            return model.get_submodule(name), name
-        module = resolve_layer(model, None, inputs)
-        name = module_name(model, module)
-        if len(known) >= 8:
-            known.clear()
-        known[key] = name
-        _DEFAULT_LAYERS[model] = known
-        return module, name
-    module = resolve_layer(model, layer, inputs)
-    return module, module_name(model, module)
+def layer_for(model: nn.Module, layer: LayerSpec, inputs: torch.Tensor, reshape: ReshapeSpec = None) -> FeatureLayer:
+    """The layer to explain at, its dotted name and the reader of its output
+    (see :func:`~saliencekit.methods._capture.resolve_feature_layer`; the discovery pass is remembered per model
+    and input shape)."""
+    return resolve_feature_layer(model, layer, inputs, reshape)
 
 
-def checked_activation(cap: Any, layer: nn.Module, name: str) -> torch.Tensor:
-    """The captured activation of ``layer``; it must be an (N, K, h, w) map from a single call."""
-    a = cap.activation(layer)
-    calls = cap.calls.get(id(layer), 0)
+def checked_activation(cap: Any, layer: FeatureLayer) -> torch.Tensor:
+    """The raw captured output of ``layer`` (read it with ``layer.reader``); the layer must be called once."""
+    a = cap.activation(layer.module)
+    calls = cap.calls.get(id(layer.module), 0)
     if calls > 1:
-        raise InputError(f"layer {name!r} is called {calls} times in one forward pass (a shared module, like the "
-                         "ReLU reused inside torchvision's ResNet blocks); choose a layer that is called once")
+        raise InputError(f"layer {layer.name!r} is called {calls} times in one forward pass (a shared module, like "
+                         "the ReLU reused inside torchvision's ResNet blocks); choose a layer that is called once")
+    return a
+
+
+def read_activation(layer: FeatureLayer, raw: torch.Tensor) -> torch.Tensor:
+    """The (N, K, h, w) feature map of a raw layer output (or of its gradient)."""
+    a = layer.reader(raw)
     if a.ndim != 4:
-        raise InputError(f"layer {name!r} outputs shape {tuple(a.shape)}, not a spatial feature map (N, C, H, W); "
-                         "CAM methods need a convolutional layer")
+        raise InputError(f"layer {layer.name!r} outputs shape {tuple(raw.shape)}, not a spatial feature map "
+                         "(N, C, H, W); CAM methods need a convolutional or token layer")
     return a
 
 
@@ -111,27 +104,33 @@ def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def layer_gradients(
-    model: nn.Module, layer: nn.Module, name: str, inputs: torch.Tensor, target: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ResolvedTarget, torch.Tensor]:
+    model: nn.Module, layer: FeatureLayer, inputs: torch.Tensor, target: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ResolvedTarget, torch.Tensor, FeatureLayer]:
     """One forward and one backward pass that stops at ``layer``.
 
     Returns:
         The activation ``A`` (N, K, h, w), its gradient ``g = dS/dA``, the scores ``S`` (N,),
-        the resolved target and the predicted classes.
+        the resolved target, the predicted classes and the layer with its reader settled.
     """
-    with preserve_model(model), capture(model, [layer], leaf=True) as cap, \
+    with preserve_model(model), capture(model, [layer.module], leaf=True) as cap, \
             torch.inference_mode(False), torch.enable_grad():
         x = inputs.clone() if inputs.is_inference() else inputs
         output = _layout.forward(model, x)
-        a = checked_activation(cap, layer, name)
+        raw = checked_activation(cap, layer)
+        layer = settle(model, layer, raw, inputs)
         resolved = as_target(target).resolve(output.detach())
         predictions = predicted_classes(output.detach())
         scores = resolved.score(output)
-        (g,) = torch.autograd.grad(scores.sum(), a, allow_unused=True)
+        (g,) = torch.autograd.grad(scores.sum(), raw, allow_unused=True)
     if g is None:
-        raise InputError(f"the explained score does not depend on layer {name!r}; choose a layer on the path "
+        raise InputError(f"the explained score does not depend on layer {layer.name!r}; choose a layer on the path "
                          "from the input to the output")
-    return a.detach(), g, scores.detach(), resolved, predictions
+    a, g = read_activation(layer, raw.detach()), read_activation(layer, g)
+    if layer.reader.layout == "tokens" and not bool(g.ne(0).any()):
+        raise InputError(f"the explained score does not depend on the patch tokens of layer {layer.name!r} (after "
+                         "the last attention block a ViT reads only its class token); choose a layer before it, "
+                         "e.g. the last block's norm1, or leave layer= unset")
+    return a, g, scores.detach(), resolved, predictions, layer
 
 
 # --------------------------------------------------------------------------------------- base class
@@ -146,9 +145,14 @@ class BaseCAM(Method):
 
     Args:
         model: the classifier (never modified).
-        layer: the layer to explain at: None (the last spatial feature map, found automatically),
-            a dotted module name (``"layer4"``, ``"features.7"``) or a module of the model.
+        layer: the layer to explain at: None (the last spatial feature map or the last token layer the output
+            depends on, found automatically), a dotted module name (``"layer4"``, ``"features.7"``,
+            ``"blocks.11.norm1"``; a Keras layer's name for a Keras model) or a module of the model.
         relu: apply the final ReLU (docs/methods.md); False returns the signed map.
+        reshape: how the layer's output becomes (N, C, h, w): None (automatic: NCHW maps as they are, channels-last
+            maps permuted, ViT tokens laid out on their patch grid without the class/register tokens), ``"nchw"``,
+            ``"nhwc"``, ``"tokens"``, or a callable (like pytorch-grad-cam's ``reshape_transform``; it must only
+            rearrange, as it is applied to the activation and to its gradient).
     """
 
     family = "cam"
@@ -156,11 +160,12 @@ class BaseCAM(Method):
     needs_layer = True
     works_on_torchscript = False
 
-    def __init__(self, model: nn.Module, *, layer: LayerSpec = None, relu: bool = True):
+    def __init__(self, model: nn.Module, *, layer: LayerSpec = None, relu: bool = True, reshape: ReshapeSpec = None):
         super().__init__(model)
         self.layer = check_layer_option(layer)
         self.relu = bool(relu)
-        self._store_params(layer=layer, relu=self.relu)
+        self.reshape = check_reshape_option(reshape)
+        self._store_params(layer=layer, relu=self.relu, reshape=reshape)
 
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor | None:
         """Channel weights ``w_k`` (N, K), or None for methods that override :meth:`combine` instead."""
@@ -173,7 +178,7 @@ class BaseCAM(Method):
         return torch.einsum("nk,nkhw->nhw", weights, activations)
 
     def share_key(self) -> Hashable:
-        return ("gradient-cam", id(self.model), layer_key(self.layer))
+        return ("gradient-cam", id(self.model), layer_key(self.layer, self.reshape))
 
     def attribute(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
         return self.attribute_shared([self], inputs, target)[0]
@@ -186,8 +191,8 @@ class BaseCAM(Method):
         assert all(isinstance(m, BaseCAM) and m.share_key() == first.share_key() for m in cams)
         model = first.model
         check_inputs(model, inputs)
-        layer, name = layer_for(model, first.layer, inputs)  # type: ignore[attr-defined]
-        a, g, scores, resolved, predictions = layer_gradients(model, layer, name, inputs, target)
+        layer = layer_for(model, first.layer, inputs, first.reshape)  # type: ignore[attr-defined]
+        a, g, scores, resolved, predictions, layer = layer_gradients(model, layer, inputs, target)
         raws, weights = [], []
         for m in cams:
             w = m.weights(a, g)  # type: ignore[attr-defined]
@@ -201,7 +206,7 @@ class BaseCAM(Method):
         for m, raw, up, w in zip(cams, raws, ups, weights):
             out.append(Explanation(
                 method=m.name, maps=up, layer_maps=raw, scores=scores, targets=targets, predictions=predictions,
-                params={**m.params, "layer": name}, extras={} if w is None else {"weights": w},
+                params={**m.params, "layer": layer.name}, extras={} if w is None else {"weights": w},
             ))
         return out
 

@@ -22,10 +22,17 @@ from torch import nn
 from saliencekit import _layout
 from saliencekit.errors import InputError
 from saliencekit.methods._batching import BatchSize, check_batch_size, run_in_chunks
-from saliencekit.methods._capture import capture, eval_mode
+from saliencekit.methods._capture import ReshapeSpec, capture, check_reshape_option, eval_mode, settle
 from saliencekit.methods._precision import Precision, autocast, check_precision
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model
-from saliencekit.methods.cam import LayerSpec, check_layer_option, checked_activation, layer_for, upsample
+from saliencekit.methods.cam import (
+    LayerSpec,
+    check_layer_option,
+    checked_activation,
+    layer_for,
+    read_activation,
+    upsample,
+)
 from saliencekit.methods.normalize import minmax_scale_
 from saliencekit.methods.registry import register_method
 from saliencekit.methods.targets import as_target, predicted_classes
@@ -49,6 +56,7 @@ class ScoreCAM(Method):
         channels_last: build the masked batches in channels-last memory layout (faster convolutions
             on recent GPUs).
         progress: show a progress bar over the batches.
+        reshape: how the layer's output becomes (N, C, h, w) (see :class:`~saliencekit.methods.cam.BaseCAM`).
 
     >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
     ...                     nn.Linear(4, 2))
@@ -74,6 +82,7 @@ class ScoreCAM(Method):
         precision: Precision = "fp32",
         channels_last: bool = False,
         progress: bool = False,
+        reshape: ReshapeSpec = None,
     ):
         super().__init__(model)
         if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
@@ -85,17 +94,21 @@ class ScoreCAM(Method):
         self.precision = check_precision(precision)
         self.channels_last = bool(channels_last)
         self.progress = bool(progress)
+        self.reshape = check_reshape_option(reshape)
         self._store_params(layer=layer, top_n=top_n, baseline_subtract=self.baseline_subtract,
-                           batch_size=batch_size, precision=precision, channels_last=self.channels_last)
+                           batch_size=batch_size, precision=precision, channels_last=self.channels_last,
+                           reshape=reshape)
 
     def attribute(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
         model = self.model
         check_inputs(model, inputs)
-        layer, name = layer_for(model, self.layer, inputs)
+        layer = layer_for(model, self.layer, inputs, self.reshape)
         with preserve_model(model), eval_mode(model), torch.inference_mode():
-            with capture(model, [layer]) as cap:
+            with capture(model, [layer.module]) as cap:
                 output = _layout.forward(model, inputs)
-                a = checked_activation(cap, layer, name)
+                raw = checked_activation(cap, layer)
+                layer = settle(model, layer, raw, inputs)
+                a = read_activation(layer, raw)
             resolved = as_target(target).resolve(output)
             predictions = predicted_classes(output)
             scores = resolved.score(output)
@@ -117,7 +130,7 @@ class ScoreCAM(Method):
         return Explanation(
             method=self.name, maps=maps.clone(), layer_maps=layer_maps.clone(), scores=scores.clone(),
             targets=resolved.class_indices().to(inputs.device), predictions=predictions.clone(),
-            params={**self.params, "layer": name}, extras=extras,
+            params={**self.params, "layer": layer.name}, extras=extras,
         )
 
     def _channel_scores(

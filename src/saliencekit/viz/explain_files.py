@@ -13,6 +13,7 @@ Per image (``OUT/<image name>/``):
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
