@@ -136,6 +136,23 @@ def test_the_logit_reaches_the_adapters_sigmoid_module(lesson: dict) -> None:
     torch.testing.assert_close(seen[0], twin[:-1](_x()), atol=1e-6, rtol=1e-5)  # the twin's logit
 
 
+def test_the_output_rule_explains_the_keras_logit(lesson: dict) -> None:
+    """The final sigmoid is found through the adapter and bypassed: the explained score is the Dense layer's logit,
+    the probability is its sigmoid, the prediction is p >= 0.5."""
+    from saliencekit.methods.outputs import resolve_output
+
+    x = _x(4)
+    rule = resolve_output(KerasClassifier(lesson["keras"]), example=x)
+    assert rule.activation is not None and (rule.activation.kind, rule.activation.name) == ("sigmoid", "dense_1")
+    e = sk.create_method("gradient", lesson["keras"]).attribute(x, target=1)
+    logit_model = lesson["twin"][:-1]  # the twin without its nn.Sigmoid
+    xr = x.clone().requires_grad_(True)
+    logit_model(xr)[:, 0].sum().backward()
+    torch.testing.assert_close(e.attributions, xr.grad, atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(e.scores, logit_model(x)[:, 0].detach(), atol=1e-6, rtol=1e-5)
+    assert torch.equal(e.predictions, (logit_model(x)[:, 0] > 0).long())
+
+
 @pytest.mark.parametrize("head", ["softmax", "activation_layer"])
 def test_softmax_and_separate_activation_heads(head: str) -> None:
     km = keras_lesson_cnn(head=head, seed=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from saliencekit.cli._preprocessing import add_preprocessing_arguments, preprocessing_options
 from saliencekit.cli._types import positive_int
 from saliencekit.errors import InputError
 
@@ -21,7 +22,7 @@ MODEL_FILE_HELP = (
     ".safetensors) with --arch, .onnx (extra onnx), Keras .keras/.h5/.hdf5 (extra keras), or a run directory"
 )
 
-_PREPROCESSING_FLAGS = ("image_size", "color", "no_standardize", "classes")
+_PREPROCESSING_FLAGS = ("image_size", "color", "classes", "resize", "normalize", "mean", "std", "bit_depth")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,11 +43,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--color", action="store_true",
                    help="with --model-file: keep RGB (default: what the file says, else RGB for a 3-channel model "
                         "and greyscale otherwise)")
-    g.add_argument("--no-standardize", action="store_true",
-                   help="with --model-file: keep values in [0, 1] (default: what the file says, else per-image "
-                        "standardisation)")
     g.add_argument("--classes", default=None, metavar="A,B,...",
                    help="with --model-file: class names in label order (default: the file's, else class_0, ...)")
+    add_preprocessing_arguments(g, normalize_default=None,  # type: ignore[arg-type]
+                                prefix="with --model-file: ")
+    p.set_defaults(resize=None)  # None: not given (the file's or the default policy)
 
 
 def load_model_from_args(args: argparse.Namespace, device: Any) -> LoadedModel:
@@ -63,11 +64,11 @@ def load_model_from_args(args: argparse.Namespace, device: Any) -> LoadedModel:
 
 
 def preprocessing_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Preprocessing:
-    """The loaded model's preprocessing with the flags given on the command line applied over it."""
-    return loaded.preprocessing_or_default(
-        size=args.image_size, grayscale=False if args.color else None,
-        standardize="none" if args.no_standardize else None,
-    )
+    """The loaded model's preprocessing with the flags given on the command line applied over it (for a file that
+    does not say: greyscale or RGB by the model's channels, its input size or 256, per-image standardisation, or
+    ImageNet statistics for torchvision/timm architectures)."""
+    return loaded.preprocessing_or_default(size=args.image_size, grayscale=False if args.color else None,
+                                           **preprocessing_options(args))
 
 
 def class_names_from_args(args: argparse.Namespace, loaded: LoadedModel) -> list[str] | None:

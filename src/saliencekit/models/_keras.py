@@ -17,8 +17,8 @@ the three without touching the Keras model:
 - a final ``sigmoid`` / ``softmax`` (fused into ``Dense`` or a separate ``Activation`` / ``Softmax`` layer) is run as
   a real ``nn.Sigmoid`` / ``nn.Softmax`` module of the adapter, on the logit that Keras computes (a forward hook on
   the last layer, present only during the adapter's own forward, returns the pre-activation instead of the
-  probability). The output is the Keras model's own output; the logit is reachable by the same rule as for a
-  PyTorch model ending in ``nn.Sigmoid``;
+  probability). The output is the Keras model's own output; :meth:`KerasClassifier.saliencekit_final_activation`
+  hands the activation to saliencekit's output rule (:mod:`saliencekit.methods.outputs`), which explains the logit;
 - :meth:`KerasClassifier.relu_sites` lists where guided backprop's ReLU rule can act: Keras layers with a ``relu``
   activation (fused or standalone ``ReLU`` / ``Activation("relu")`` layers).
 
@@ -187,6 +187,7 @@ class KerasClassifier(nn.Module):
             activation = nn.Identity()
         # "/" cannot occur in a Keras name, so this name never collides with a layer's.
         self._activation_name = f"{self.final_layer}/activation"
+        self._bypassed = False
         self.add_module(self._activation_name, activation)
 
     def _register(self, model: Any, prefix: str) -> None:
@@ -233,6 +234,27 @@ class KerasClassifier(nn.Module):
                 sites.append((module, True))
         return sites
 
+    def saliencekit_final_activation(self) -> Any:
+        """The Keras model's final sigmoid/softmax for saliencekit's output rule (a
+        :class:`~saliencekit.methods.outputs.FinalActivation`, or None when the model returns logits): inside its
+        ``bypass()`` the adapter returns the logit that Keras computed before the activation."""
+        if self.final_activation is None:
+            return None
+        from saliencekit.methods.outputs import FinalActivation
+
+        columns = self.keras_model.outputs[0].shape[-1]
+        return FinalActivation(kind=self.final_activation, name=self.final_layer, bypass=self._bypass,
+                               columns=int(columns) if columns is not None else None)
+
+    @contextlib.contextmanager
+    def _bypass(self) -> Iterator[None]:
+        saved = self._bypassed
+        self._bypassed = True
+        try:
+            yield
+        finally:
+            self._bypassed = saved
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise InputError(f"the Keras model takes (N, C, H, W) images, got {getattr(x, 'shape', type(x))}")
@@ -251,7 +273,7 @@ class KerasClassifier(nn.Module):
             out = self.keras_model(feed)
         if not isinstance(out, torch.Tensor):
             raise InputError(f"the Keras model returned {type(out).__name__}, not one tensor")
-        return self.get_submodule(self._activation_name)(out)
+        return out if self._bypassed else self.get_submodule(self._activation_name)(out)
 
     @contextlib.contextmanager
     def _logit_hook(self) -> Iterator[None]:

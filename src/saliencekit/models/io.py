@@ -55,6 +55,8 @@ FORMAT_VERSION = 1
 
 # Keys under which training scripts keep the weights inside a checkpoint dict, in the order they are tried.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+# The registry's own architectures (trained with per-image standardisation); others default to ImageNet statistics.
+LESSON_ARCHS = ("effusion_cnn", "rps_cnn")
 # Prefixes that wrappers add to every key (DataParallel/DDP, Lightning, torch.compile, EMA copies).
 _WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.", "net.")
 
@@ -208,29 +210,34 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     run: Run | None = None
 
-    def preprocessing_or_default(self, *, size: int | tuple[int, int] | None = None, grayscale: bool | None = None,
-                                 standardize: str | None = None) -> Preprocessing:
-        """The preprocessing to feed this model: the file's, else the documented defaults, with overrides.
+    def preprocessing_or_default(self, **overrides: Any) -> Preprocessing:
+        """The preprocessing to feed this model: the file's, else the documented defaults, with ``overrides``.
 
         Defaults where the file says nothing: greyscale when the model takes one channel (RGB for three), the
-        model's fixed input size if it has one else 256 x 256, per-image standardisation (the lesson's).
+        model's fixed input size if it has one else 256 x 256, ImageNet normalisation for a torchvision or timm
+        architecture and per-image standardisation (the lesson's) otherwise, aspect ratio kept by padding.
+
+        Args:
+            **overrides: :class:`~saliencekit.data.Preprocessing` fields to set (``size``, ``grayscale``,
+                ``normalize``, ``resize``, ``mean``, ``std``, ``bit_depth``); None values are ignored.
         """
+        import dataclasses
+
         from saliencekit.data.preprocess import Preprocessing
 
-        base = dict(self.preprocessing or {})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if isinstance(given.get("size"), int):
+            given["size"] = (given["size"], given["size"])
+        if self.preprocessing is not None:
+            return dataclasses.replace(Preprocessing.from_dict(self.preprocessing), **given)
         channels, height, width = self.input_shape
-        if "grayscale" not in base:
-            base["grayscale"] = channels != 3
-        if "size" not in base:
-            base["size"] = [height or 256, width or height or 256]
-        base.setdefault("standardize", "per_image")
-        if size is not None:
-            base["size"] = [size, size] if isinstance(size, int) else list(size)
-        if grayscale is not None:
-            base["grayscale"] = grayscale
-        if standardize is not None:
-            base["standardize"] = standardize
-        return Preprocessing.from_dict(base)
+        merged: dict[str, Any] = {"grayscale": channels != 3, "size": (height or 256, width or height or 256),
+                                  **given}
+        if "normalize" not in given and not {"mean", "std"} & set(given):
+            # ImageNet statistics are per RGB channel: only for colour inputs of torchvision/timm architectures
+            pretrained = self.arch is not None and self.arch not in LESSON_ARCHS
+            merged["normalize"] = "imagenet" if pretrained and not merged["grayscale"] else "per-image"
+        return Preprocessing(**merged)
 
 
 @dataclass(frozen=True)
