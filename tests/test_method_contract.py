@@ -318,3 +318,50 @@ def test_declared_probabilities_explain_their_log_odds(name: str, device: torch.
     torch.testing.assert_close(e.maps, twin.maps, atol=1e-7, rtol=1e-5)
     torch.testing.assert_close(e.scores, twin.scores, atol=1e-9, rtol=1e-6)
     assert torch.equal(e.predictions, twin.predictions)
+
+
+def _keras_cnn() -> nn.Module:
+    """A small Keras 3 CNN ending in Dense(1, sigmoid), as the adapter every method sees (skips without keras)."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras", reason="Keras support is an optional extra: pip install saliencekit[keras]")
+    if keras.backend.backend() != "torch":  # pragma: no cover
+        pytest.skip("keras was imported with another backend")
+    from saliencekit.models import KerasClassifier
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return KerasClassifier(keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(x)))
+
+
+def _tiny_vit() -> nn.Module:
+    timm = pytest.importorskip("timm", reason="timm is an optional extra: pip install saliencekit[timm]")
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, depth=2,
+                             in_chans=1).double()
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("kind", ["keras", "vit"])
+def test_hygiene_on_a_keras_model_and_a_vision_transformer(name: str, kind: str) -> None:
+    """The contract on models that are not plain CNNs: a Keras model (through its adapter; no hook, flag or .grad
+    left on any Keras layer) and a timm ViT (token layers)."""
+    import warnings
+
+    model = _keras_cnn() if kind == "keras" else prepared_model(_tiny_vit(), torch.device("cpu"))
+    x = _x(torch.device("cpu"), n=2, dtype=torch.float32 if kind == "keras" else torch.float64)
+    if kind == "vit":
+        x = torch.nn.functional.interpolate(x, size=32)
+    before = snapshot(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ReLU-rule methods warn where no ReLU can be reached
+        e = sk.create_method(name, model).attribute(x)
+        _check_explanation(e, name, x)
+        assert_unchanged(model, before)
+        with pytest.raises(SaliencekitError, match="target class 7"):
+            sk.create_method(name, model).attribute(x, target=7)
+    assert_unchanged(model, before)

@@ -364,19 +364,24 @@ def _discover(model: nn.Module, example: torch.Tensor) -> _Discovery:
                            _inside(name, attention), declared)
         order.append(name)
 
+    from saliencekit._layout import _hooks_set_aside
+
     height, width = example.shape[-2:]
-    try:
-        for m in model.modules():
-            if id(m) in names:
-                handles.append(m.register_forward_hook(hook))
-        # Grad on (for the token layers' dependency below), through a non-leaf copy of the input; no parameter
-        # gradient is accumulated (autograd.grad). No inference_mode: inference tensors have no version counter.
-        with eval_mode(model), torch.enable_grad():
-            x = example[:1].detach().clone().requires_grad_(True)
-            output = model(x.clone())
-    finally:
-        for h in handles:
-            h.remove()
+    # Hooks already on the model (a capture that needs this pass to read its layer, the user's own) are set aside:
+    # a capture hook that detaches its layer's output would cut the graph the token dependency below is read from.
+    with _hooks_set_aside(model):
+        try:
+            for m in model.modules():
+                if id(m) in names:
+                    handles.append(m.register_forward_hook(hook))
+            # Grad on (for the token layers' dependency below), through a non-leaf copy of the input; no parameter
+            # gradient is accumulated (autograd.grad). No inference_mode: inference tensors have no version counter.
+            with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+                x = example[:1].detach().clone().requires_grad_(True)
+                output = model(x.clone())
+        finally:
+            for h in handles:
+                h.remove()
     reused = {n for n, m in model.named_modules() if calls.get(id(m), 0) > 1}
     grids: list[tuple[int, int]] = []
     for name in order:
