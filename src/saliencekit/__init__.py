@@ -24,10 +24,11 @@ _LAZY = {
     "load_checks": "saliencekit.trust.results",
     "build_report": "saliencekit.viz.report",
     "compare": "saliencekit.viz.inline",
+    "load_model": "saliencekit.models",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = ["CheckSettings", "Explanation", "__version__", "build_report", "compare", "create_method", "explain",
-           "list_methods", "load_checks", "load_run", "run_checks"]
+           "list_methods", "load_checks", "load_model", "load_run", "run_checks"]

@@ -14,12 +14,36 @@ from collections.abc import Sequence
 
 from saliencekit.errors import SaliencekitError
 
-# One module per command group, in the order ``--help`` lists them.
-_COMMAND_MODULES = ("data", "train", "explain", "check", "report", "audit", "demo")
+# Every command: the module that registers it and its one-line help, in the order ``--help`` lists them. The
+# modules add everything else; the table lets ``saliencekit --help`` / ``--version`` answer without importing any
+# command module (several import torch, which takes seconds), and each command imports only its own module.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("data", "make the synthetic chest X-ray dataset, or look at a dataset folder"),
+    "train": ("train", "train a classifier on a folder of images (one sub-folder per class, or labels from a CSV)"),
+    "evaluate": ("train", "test metrics of a run (accuracy, ROC AUC, sensitivity, specificity, confusion matrix)"),
+    "models": ("train", "list the model architectures and the model file formats"),
+    "methods": ("explain", "list the saliency methods, or show one method's options"),
+    "explain": ("explain", "explain images with saliency maps (overlays, comparison figure, raw maps)"),
+    "check": ("check", "check which saliency maps to trust (sanity checks, invariance, agreement, faithfulness, "
+                       "localisation)"),
+    "report": ("report", "write the HTML trust report of a run (one self-contained file)"),
+    "audit": ("audit", "explain a whole dataset into a resumable store (local or Ray) and find Clever-Hans clusters"),
+    "demo": ("demo", "run the whole pipeline on built-in synthetic chest X-rays"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every sub-command registered."""
+class _Commands:
+    """The sub-parsers action handed to the modules' ``register``: each command's help comes from the table."""
+
+    def __init__(self, action: argparse._SubParsersAction):
+        self._action = action
+
+    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+        kwargs.setdefault("help", _COMMANDS[name][1])
+        return self._action.add_parser(name, **kwargs)  # type: ignore[arg-type]
+
+
+def _top_level() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     from saliencekit import __version__
 
     parser = argparse.ArgumentParser(
@@ -27,16 +51,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train image classifiers, explain them with saliency maps, and check which maps to trust.",
     )
     parser.add_argument("--version", action="version", version=f"saliencekit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        module = importlib.import_module(f"saliencekit.cli.{name}")
-        module.register(sub)
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every sub-command registered, or only those of ``command``'s module."""
+    parser, sub = _top_level()
+    modules = dict.fromkeys(m for m, _ in _COMMANDS.values()) if command is None else [_COMMANDS[command][0]]
+    for name in modules:
+        importlib.import_module(f"saliencekit.cli.{name}").register(_Commands(sub))
+    return parser
+
+
+def _listing_parser() -> argparse.ArgumentParser:
+    """The top-level parser with the commands' names and help only (no command module imported)."""
+    parser, sub = _top_level()
+    for name, (_, text) in _COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line tool; returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)  # the top level has no options with values
+    parser = build_parser(command) if command in _COMMANDS else _listing_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

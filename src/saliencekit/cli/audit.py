@@ -32,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``audit`` to ``subparsers``."""
     p = subparsers.add_parser(
         "audit",
-        help="explain a whole dataset into a resumable store (local or Ray) and find Clever-Hans clusters",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Explain every image of DATA with the model of RUN and write OUT/maps.zarr: a zarr v3 store with one "

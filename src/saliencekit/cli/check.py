@@ -17,7 +17,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "check",
-        help="check which saliency maps to trust (sanity checks, invariance, agreement, faithfulness, localisation)",
         description="Run the trust checks on the test images of RUN_DIR (written by `saliencekit train`) and write "
         "OUT/checks.json and figures under OUT/ (layout: docs/checks_json.md). Checks: model_randomization (cascading "
         "and independent layer re-initialisation, Adebayo 2018), data_randomization (a copy trained on permuted "

@@ -10,7 +10,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data synth`` and ``data show``."""
     data = subparsers.add_parser(
         "data",
-        help="make the synthetic chest X-ray dataset, or look at a dataset folder",
         description="Make the synthetic chest X-ray dataset (synth), or draw random samples of a dataset (show).",
     )
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)

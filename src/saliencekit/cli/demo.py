@@ -13,7 +13,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``demo`` to ``subparsers``."""
     p = subparsers.add_parser(
         "demo",
-        help="run the whole pipeline on built-in synthetic chest X-rays",
         description="Generate synthetic chest X-rays (350 effusion + 350 normal, 512x512, with masks) into OUT/data, "
         "train the lesson's effusion CNN into OUT/run, evaluate it on the test split, explain a few test images "
         "(OUT/explanations), run the trust checks (OUT/run/checks) and write the HTML trust report "

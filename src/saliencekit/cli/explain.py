@@ -27,7 +27,7 @@ _TORCHSCRIPT_NOTE = (
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``methods`` and ``explain`` to ``subparsers``."""
     p = subparsers.add_parser(
-        "methods", help="list the saliency methods, or show one method's options",
+        "methods",
         description="Without NAME: one line per registered method with its description. With NAME: the method's "
                     "documentation, its options with their defaults, and its capabilities.",
     )
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_methods)
 
     p = subparsers.add_parser(
-        "explain", help="explain images with saliency maps (overlays, comparison figure, raw maps)",
+        "explain",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Explain image files with saliency methods. Writes, per image, OUT/<image>/<method>.png (the image in "

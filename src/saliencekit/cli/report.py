@@ -14,7 +14,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "report",
-        help="write the HTML trust report of a run (one self-contained file)",
         description=(
             "Write one self-contained HTML page (images embedded, no network, no JavaScript) that shows the data, "
             "training, test performance, saliency maps of chosen test images, the trust checks, a verdict table "

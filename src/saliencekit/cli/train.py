@@ -43,7 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``evaluate`` and ``models`` to ``subparsers``."""
     p = subparsers.add_parser(
         "train",
-        help="train a classifier on a folder of images (one sub-folder per class, or labels from a CSV)",
         description="Train a classifier on DATA (one sub-folder of images per class, e.g. DATA/effusion/*.png and "
         "DATA/normal/*.png, or the images listed in a label CSV with --labels: one finding against the rest, one "
         "label per image, or multi-label) and write a run directory: checkpoint.pt (best epoch by validation "
@@ -108,7 +107,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "evaluate",
-        help="test metrics of a run (accuracy, ROC AUC, sensitivity, specificity, confusion matrix)",
         description="Evaluate a run directory on its test split (or on every image of another folder with --data), "
         "print the table and save metrics.json, confusion.png and roc.png in the run directory "
         "(metrics_<folder>.json, confusion_<folder>.png, roc_<folder>.png for --data).",
@@ -123,8 +121,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
-    p = subparsers.add_parser("models", help="list the model architectures",
-                              description="List the registered model names usable with `train --model`.")
+    p = subparsers.add_parser(
+        "models",
+        description="List the registered model names (usable with `train --model` and `explain --arch`), the other "
+                    "architecture names `--arch` takes, and the model file formats `explain --model-file` loads.")
     p.set_defaults(func=cmd_models)
 
 
@@ -182,8 +182,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from saliencekit.models import describe, list_models
+    from saliencekit.models import describe, list_formats, list_models
+    from saliencekit.models.zoo import timm_available
 
     for name in list_models():
         print(f"{name:<20} {describe(name)}")
+    timm_note = "timm:NAME (timm is installed)" if timm_available() else "timm:NAME (pip install saliencekit[timm])"
+    print(f"{'(others)':<20} with --arch: any torchvision classification model name, or {timm_note}")
+    print("\nmodel files (explain --model-file):")
+    for fmt in list_formats():
+        extra = f" (pip install saliencekit[{fmt.extra}])" if fmt.extra else ""
+        print(f"  {fmt.name:<12} {fmt.description}{extra}")
     return 0

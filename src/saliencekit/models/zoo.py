@@ -107,7 +107,7 @@ def create(name: str, in_channels: int = 1, num_classes: int = 2, *, outputs: in
             return _torchvision(name, in_channels, units, **kwargs)
         if _timm_has(name):
             return _timm(name, in_channels, units, **kwargs)
-        hint = "" if _timm_available() else " (timm model names need `pip install saliencekit[timm]`)"
+        hint = "" if timm_available() else " (timm model names need `pip install saliencekit[timm]`)"
         raise UnknownNameError("model", name, [*list_models(), f"any torchvision or timm model name{hint}"])
     model = factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
     if units != output_units(num_classes):
@@ -260,14 +260,14 @@ def _torchvision(name: str, in_channels: int, units: int, **kwargs: Any) -> nn.M
     return model
 
 
-def _timm_available() -> bool:
+def timm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("timm") is not None
 
 
 def _timm_has(name: str) -> bool:
-    if not _timm_available():
+    if not timm_available():
         return False
     import timm
 
@@ -276,7 +276,7 @@ def _timm_has(name: str) -> bool:
 
 def _timm(name: str, in_channels: int, units: int, **kwargs: Any) -> nn.Module:
     """A timm model with random weights (``pretrained=False``: nothing is downloaded)."""
-    if not _timm_available():
+    if not timm_available():
         raise InputError(f"model {name!r} comes from timm, which is not installed; pip install saliencekit[timm]")
     import timm
 
