@@ -25,6 +25,7 @@ feature map, whatever layout the layer hands over (see the comment above :class:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ from saliencekit.errors import InputError, UnknownNameError
 
 ReluRule = Literal["guided", "deconv"]
 _RULES = ("guided", "deconv")
+# While set, the hooks of every open capture do nothing: the layer-discovery pass, which may run inside a capture
+# (a named layer's reader is settled from its output), sees the model's own forward pass.
+_PAUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("saliencekit_capture_paused", default=False)
 
 
 class _RuleSwitch:
@@ -144,6 +148,8 @@ def capture(
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def record(module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if _PAUSED.get():
+            return None
         if not isinstance(output, torch.Tensor):
             raise InputError(f"layer {module.__class__.__name__} returns {type(output).__name__}, not a tensor; "
                              "choose a layer whose output is a feature map")
@@ -154,6 +160,8 @@ def capture(
         return output.clone()
 
     def guided_post(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        if _PAUSED.get():
+            return
         # Guided backprop = the ReLU's own backward (forward mask x > 0) applied to relu(incoming
         # gradient): a hook on the output tensor clips the gradient before it enters the ReLU's
         # backward. No copy of the activation, no custom function; the hook lives on this forward
@@ -165,9 +173,13 @@ def capture(
     def deconv_pre(module: nn.Module, inputs: tuple[Any, ...]) -> None:
         # DeconvNet ignores the forward mask, so the ReLU's own backward must be bypassed: keep the
         # pre-activation (an in-place ReLU overwrites it) and hand the network a rule output.
+        if _PAUSED.get():
+            return
         module_inputs[id(module)] = inputs[0].clone() if getattr(module, "inplace", False) else inputs[0]
 
-    def deconv_post(module: nn.Module, _inputs: Any, _output: Any) -> torch.Tensor:
+    def deconv_post(module: nn.Module, _inputs: Any, _output: Any) -> torch.Tensor | None:
+        if _PAUSED.get():
+            return None
         return _DeconvReLU.apply(module_inputs.pop(id(module)), cap._switch)
 
     module_inputs: dict[int, torch.Tensor] = {}
@@ -364,24 +376,21 @@ def _discover(model: nn.Module, example: torch.Tensor) -> _Discovery:
                            _inside(name, attention), declared)
         order.append(name)
 
-    from saliencekit._layout import _hooks_set_aside
-
     height, width = example.shape[-2:]
-    # Hooks already on the model (a capture that needs this pass to read its layer, the user's own) are set aside:
-    # a capture hook that detaches its layer's output would cut the graph the token dependency below is read from.
-    with _hooks_set_aside(model):
-        try:
-            for m in model.modules():
-                if id(m) in names:
-                    handles.append(m.register_forward_hook(hook))
-            # Grad on (for the token layers' dependency below), through a non-leaf copy of the input; no parameter
-            # gradient is accumulated (autograd.grad). No inference_mode: inference tensors have no version counter.
-            with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
-                x = example[:1].detach().clone().requires_grad_(True)
-                output = model(x.clone())
-        finally:
-            for h in handles:
-                h.remove()
+    paused = _PAUSED.set(True)  # an open capture (a named layer settled inside it) must not cut this pass's graph
+    try:
+        for m in model.modules():
+            if id(m) in names:
+                handles.append(m.register_forward_hook(hook))
+        # Grad on (for the token layers' dependency below), through a non-leaf copy of the input; no parameter
+        # gradient is accumulated (autograd.grad). No inference_mode: inference tensors have no version counter.
+        with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+            x = example[:1].detach().clone().requires_grad_(True)
+            output = model(x.clone())
+    finally:
+        _PAUSED.reset(paused)
+        for h in handles:
+            h.remove()
     reused = {n for n, m in model.named_modules() if calls.get(id(m), 0) > 1}
     grids: list[tuple[int, int]] = []
     for name in order:
