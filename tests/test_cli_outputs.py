@@ -16,6 +16,7 @@ from torch import nn
 import saliencekit as sk
 from saliencekit.cli import main
 from saliencekit.data.preprocess import Preprocessing
+from saliencekit.models import LoadedModel
 from toy_models import make
 
 SIZE = 20
@@ -133,7 +134,8 @@ def test_list_classes(image: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "give an image" in capsys.readouterr().err
     run = SimpleNamespace(model=make("plain", classes=1), preprocessing=Preprocessing(size=(16, 16)),
                           class_names=["normal", "effusion"])
-    monkeypatch.setattr("saliencekit.cli.explain._load_run", lambda path, device: run)
+    monkeypatch.setattr("saliencekit.cli.explain._load_run", lambda path, device: LoadedModel(
+        run.model, "run", Path(path), run.preprocessing.to_dict(), run.class_names))
     assert _run(["explain", tmp_path / "run", "--list-classes"]) == 0
     assert capsys.readouterr().out.split() == ["normal", "effusion"]
 
