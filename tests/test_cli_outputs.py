@@ -179,8 +179,8 @@ def test_failing_model_forward_is_one_line_naming_the_input_that_works(
     assert _run(["explain", "--model-file", vit, image, "--out", tmp_path / "o", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1
-    assert "the model failed on input of shape (1, 1, 256, 256)" in err
-    assert "the model runs on input of shape (1, 3, 224, 224): try --color --image-size 224" in err
+    assert "the model failed on input of shape (1, 3, 256, 256)" in err  # RGB: the loader reads its first conv
+    assert "the model runs on input of shape (1, 3, 224, 224): try --image-size 224" in err
     assert _run(["explain", "--model-file", vit, image, "--out", tmp_path / "o", "--no-progress", "--color",
                  "--image-size", 224]) == 0
 

@@ -22,7 +22,8 @@ MODEL_FILE_HELP = (
     ".safetensors) with --arch, .onnx (extra onnx), Keras .keras/.h5/.hdf5 (extra keras), or a run directory"
 )
 
-_PREPROCESSING_FLAGS = ("image_size", "color", "classes", "resize", "normalize", "mean", "std", "bit_depth")
+_PREPROCESSING_FLAGS = ("image_size", "color", "classes", "no_standardize", "resize", "normalize", "mean", "std",
+                        "bit_depth")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +46,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "and greyscale otherwise)")
     g.add_argument("--classes", default=None, metavar="A,B,...",
                    help="with --model-file: class names in label order (default: the file's, else class_0, ...)")
+    g.add_argument("--no-standardize", action="store_true",
+                   help="with --model-file: keep values in [0, 1] (the same as --normalize unit)")
     add_preprocessing_arguments(g, normalize_default=None,  # type: ignore[arg-type]
                                 prefix="with --model-file: ")
     p.set_defaults(resize=None)  # None: not given (the file's or the default policy)
@@ -67,8 +70,12 @@ def preprocessing_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Pr
     """The loaded model's preprocessing with the flags given on the command line applied over it (for a file that
     does not say: greyscale or RGB by the model's channels, its input size or 256, per-image standardisation, or
     ImageNet statistics for torchvision/timm architectures)."""
-    return loaded.preprocessing_or_default(size=args.image_size, grayscale=False if args.color else None,
-                                           **preprocessing_options(args))
+    options = preprocessing_options(args)
+    if args.no_standardize:
+        if options["normalize"] not in (None, "unit"):
+            raise InputError(f"--no-standardize and --normalize {options['normalize']} disagree; give one of them")
+        options["normalize"] = "unit"
+    return loaded.preprocessing_or_default(size=args.image_size, grayscale=False if args.color else None, **options)
 
 
 def class_names_from_args(args: argparse.Namespace, loaded: LoadedModel) -> list[str] | None:

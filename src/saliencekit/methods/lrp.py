@@ -577,6 +577,10 @@ class LRP(PixelGradientMethod):
     ):
         super().__init__(model, reduce=reduce, batch_size=batch_size)
         refuse_torchscript(model, "lrp")
+        if hasattr(self.model, "keras_model"):  # a KerasClassifier: Keras' ops (Dense as matmul...) have no rules yet
+            raise InputError("lrp does not support Keras models yet (its rules follow PyTorch's layer functions; on "
+                             "Keras' ops its maps differ from the same weights in PyTorch); use gradient-family "
+                             "methods, the CAMs or deeplift, or copy the weights into a PyTorch model")
         if composite not in COMPOSITES:
             raise UnknownNameError("LRP composite", str(composite), list(COMPOSITES))
         for key, value in (("epsilon", epsilon), ("gamma", gamma), ("stabilizer", stabilizer)):
