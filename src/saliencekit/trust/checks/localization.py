@@ -192,7 +192,7 @@ def cam_layers(ctx: CheckContext, masks: torch.Tensor, tolerance: float, kind: s
         return None
     example = ctx.images[:1]
     try:
-        _, used = layer_for(ctx.model, ctx.layer, example)
+        used = layer_for(ctx.model, ctx.layer, example).name
         stages = cam_stages(ctx.model, example)
     except SaliencekitError:
         return None
