@@ -157,8 +157,10 @@ def test_hygiene_after_normal_run_bad_target_and_raising_layer(name: str, device
         before_net = snapshot(net)
         try:
             sk.create_method(name, net).attribute(x)
-        except RuntimeError as exc:
-            assert "boom" in str(exc)  # propagated unchanged, not swallowed or rewrapped
+        except SaliencekitError as exc:
+            # a failure inside the model's forward becomes one line naming it, chained from the model's exception
+            assert "the model failed on input of shape" in str(exc) and "boom" in str(exc)
+            assert isinstance(exc.__cause__, RuntimeError) and "boom" in str(exc.__cause__)
         else:
             assert fail_on > 1, "the first forward pass raised, so the method must raise"
         assert_unchanged(net, before_net)

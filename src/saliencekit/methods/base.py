@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from saliencekit import _layout
+from saliencekit._model_input import model_failures
 from saliencekit.errors import InputError
 from saliencekit.methods.outputs import check_output_option, output_scope
 from saliencekit.methods.targets import ResolvedTarget, as_target, predicted_classes
@@ -331,7 +332,7 @@ def _in_output_scope(attribute: Any) -> Any:
         example = _example(inputs)
         if example is None:  # let the method's own input check say what is wrong
             return attribute(self, inputs, target)
-        with output_scope(self.model, self.output, self.threshold, example):
+        with model_failures(self.model, example), output_scope(self.model, self.output, self.threshold, example):
             return attribute(self, inputs, target)
 
     return wrapped
@@ -345,7 +346,7 @@ def _shared_in_output_scope(attribute_shared: Any) -> Any:
         if example is None or not methods:
             return attribute_shared(cls, methods, inputs, target)
         first = methods[0]
-        with output_scope(first.model, first.output, first.threshold, example):
+        with model_failures(first.model, example), output_scope(first.model, first.output, first.threshold, example):
             return attribute_shared(cls, methods, inputs, target)
 
     return wrapped

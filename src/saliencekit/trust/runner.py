@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from saliencekit._model_input import model_failures
 from saliencekit._options import with_options
 from saliencekit._threads import torch_threads
 from saliencekit.errors import InputError
@@ -195,6 +196,9 @@ def _run_checks(
     if param is not None:
         images = images.to(param.device)
     masks = {k: (v > 0.5).cpu() for k, v in masks.items()}
+    # A model that fails on these images (wrong channels or size) is named in one line, chained from its error;
+    # entered before the output scope, so that the scope's hook is off when the model is probed.
+    scope.enter_context(model_failures(model, images[:1]))
     # Every forward pass of the model in the checks reads its outputs by one rule (a final Sigmoid/Softmax bypassed).
     declared = s.output if (s.output != "auto" or run is None) else run.info.extra.get("output", "auto")
     threshold = s.threshold if (s.output != "auto" or run is None) else run.info.extra.get("threshold", s.threshold)
