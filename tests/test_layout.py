@@ -8,6 +8,7 @@ from torch import nn
 
 import saliencekit as sk
 from saliencekit import _layout
+from saliencekit.errors import InputError
 from saliencekit.methods import method_options
 from toy_models import Boom
 
@@ -129,5 +130,6 @@ def test_a_model_whose_channels_last_output_differs_keeps_its_layout():
 
 def test_a_model_that_always_raises_raises_its_own_error():
     model = nn.Sequential(Boom(fail_on=1), nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(InputError, match="boom") as exc:  # named in one line, chained from the model's error
         sk.explain(model, torch.randn(1, 1, 6, 6), ["gradient"], target=0)
+    assert isinstance(exc.value.__cause__, RuntimeError) and "boom" in str(exc.value.__cause__)
