@@ -209,6 +209,8 @@ def test_timm_architecture_by_name(tmp_path: Path) -> None:
     torch.save(vit.state_dict(), tmp_path / "vit.pt")
     loaded = load_model(tmp_path / "vit.pt", arch="timm:vit_tiny_patch16_224", img_size=32)
     assert loaded.arch_kwargs == {"in_channels": 3, "num_classes": 3, "img_size": 32}
+    assert loaded.input_shape == (3, 32, 32) and loaded.preprocessing_or_default().size == (32, 32)  # its grid
+    assert loaded.preprocessing_or_default().normalize == "imagenet"
     _same(loaded.model, vit, torch.randn(1, 3, 32, 32))
 
 

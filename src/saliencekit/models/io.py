@@ -501,8 +501,20 @@ def _build_from_weights(path: Path, fmt: str, state: Mapping[str, torch.Tensor],
     arch_kwargs = {"in_channels": in_channels, "num_classes": num_classes, **kwargs}
     if outputs is not None:
         arch_kwargs["outputs"] = outputs
-    return LoadedModel(model, fmt, path, input_shape=(in_channels, None, None), arch=req.arch,
+    height, width = _input_size(model)
+    return LoadedModel(model, fmt, path, input_shape=(in_channels, height, width), arch=req.arch,
                        arch_kwargs=arch_kwargs, notes=notes)
+
+
+def _input_size(model: nn.Module) -> tuple[int | None, int | None]:
+    """The input size an architecture is built for, where it says (a timm model's config, torchvision's ViT)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(cfg, Mapping) and len(cfg.get("input_size") or ()) == 3:
+        embed = getattr(getattr(model, "patch_embed", None), "img_size", None)  # timm ViTs built at another size
+        h, w = embed if isinstance(embed, tuple | list) and len(embed) == 2 else cfg["input_size"][1:]
+        return int(h), int(w)
+    size = getattr(model, "image_size", None)  # torchvision VisionTransformer (its patch grid is fixed)
+    return (int(size), int(size)) if isinstance(size, int) else (None, None)
 
 
 def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor], req: LoadRequest,
