@@ -266,3 +266,24 @@ def test_a_second_writer_is_refused(toy: tuple[Path, Path], tmp_path: Path) -> N
     with writer_lock(tmp_path / "maps.zarr"), pytest.raises(InputError, match="another audit is writing"):
         run_audit(run, data, tmp_path, ["gradient"], device="cpu", workers=0, progress=False)
     assert not (tmp_path / "maps.zarr").exists()
+
+
+def test_a_forked_child_does_not_keep_the_writer_lock(tmp_path: Path) -> None:
+    """DataLoader workers are forked while the lock is held; once the writer is gone they must not hold it."""
+    from saliencekit.audit.store import writer_lock
+
+    store = tmp_path / "maps.zarr"
+    with writer_lock(store):
+        pid = os.fork()
+        if pid == 0:  # the 'worker': outlives its parent's lock for a while
+            time.sleep(20)
+            os._exit(0)
+    try:
+        probe = ("import sys; from saliencekit.audit.store import writer_lock\n"
+                 f"with writer_lock({str(store)!r}): print('got it')")
+        got = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        assert got.returncode == 0 and "got it" in got.stdout, got.stderr
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

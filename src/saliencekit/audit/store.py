@@ -373,21 +373,34 @@ class ChunkWriter:
 def writer_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside the store while writing it (released by the OS if the process dies).
 
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process alone, so the DataLoader
+    workers it forks do not inherit it and a killed audit's orphaned workers cannot keep it held.
+
     Raises:
         InputError: another process is writing the same store.
     """
     lock = Path(path).with_name(Path(path).name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
+    key = str(lock.resolve())
+    busy = InputError(f"another audit is writing {path} right now; wait for it to finish or use another --out folder")
+    if key in _HELD:  # record locks never conflict within one process: a second writer here is refused by this set
+        raise busy
     fh = open(lock, "a+")
     try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"another audit is writing {path} right now; wait for it to finish or use another "
-                             "--out folder") from None
-        yield
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise busy from None
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
     finally:
         fh.close()
+
+
+_HELD: set[str] = set()  # lock files this process holds
 
 
 def differing_files(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> list[str]:
