@@ -24,3 +24,12 @@ def test_import_saliencekit_does_not_import_torch() -> None:
     code = "import sys, saliencekit; saliencekit.__version__; print('torch' in sys.modules, 'jinja2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_audit_is_one_attribute_away() -> None:
+    """``sk.audit`` is the audit package (not a function shadowing it) and ``sk.run_audit`` its entry point."""
+    code = ("import sys, saliencekit as sk; before = 'saliencekit.audit' in sys.modules; "
+            "import saliencekit.audit as pkg; from saliencekit.audit import run_audit; "
+            "print(before, sk.audit is pkg, sk.run_audit is run_audit, 'audit' in dir(sk))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True", "True"]

@@ -25,10 +25,12 @@ _LAZY = {
     "build_report": "saliencekit.viz.report",
     "compare": "saliencekit.viz.inline",
     "load_model": "saliencekit.models",
+    "audit": "saliencekit.audit",
+    "run_audit": "saliencekit.audit",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
-__all__ = ["CheckSettings", "Explanation", "__version__", "build_report", "compare", "create_method", "explain",
-           "list_methods", "load_checks", "load_model", "load_run", "run_checks"]
+__all__ = ["CheckSettings", "Explanation", "__version__", "audit", "build_report", "compare", "create_method",
+           "explain", "list_methods", "load_checks", "load_model", "load_run", "run_audit", "run_checks"]

@@ -22,7 +22,9 @@ def lazy_attributes(module_name: str, table: Mapping[str, str]) -> tuple[Callabl
     def __getattr__(name: str) -> Any:
         if name not in table:
             raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(table[name]), name)
+        imported = importlib.import_module(table[name])
+        # a subpackage listed under its own name (``"audit": "saliencekit.audit"``) is the value itself
+        value = imported if table[name] == f"{module_name}.{name}" else getattr(imported, name)
         setattr(module, name, value)
         return value
 
