@@ -101,7 +101,8 @@ def test_docs_methods_has_a_true_row_for_every_registered_method() -> None:
 
     from saliencekit.methods import list_methods, method_class
 
-    references = ("ref_gradient", "ref_backprop", "ref_cam", "ref_perturbation", "ref_lrp", "ref_deeplift")
+    references = ("ref_gradient", "ref_backprop", "ref_cam", "ref_perturbation", "ref_lrp", "ref_deeplift",
+                  "ref_attention")
     text = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
     rows = {m.group(1): [c.strip() for c in m.group(2).split("|")]
             for m in re.finditer(r"^\| `([^`]+)` \|(.*)\|$", text, flags=re.M)}

@@ -26,7 +26,7 @@ if keras.backend.backend() != "torch":  # pragma: no cover - a session that impo
 import saliencekit as sk  # noqa: E402
 from saliencekit.cli import main  # noqa: E402
 from saliencekit.errors import InputError  # noqa: E402
-from saliencekit.methods.registry import method_options  # noqa: E402
+from saliencekit.methods.registry import method_class, method_options  # noqa: E402
 from saliencekit.models import KerasClassifier, load_model  # noqa: E402
 from test_method_contract import assert_unchanged, snapshot  # noqa: E402
 
@@ -171,7 +171,8 @@ def _options(name: str) -> dict[str, object]:
     return {"seed": 0} if "seed" in method_options(name) else {}
 
 
-TWIN_METHODS = [m for m in sk.list_methods() if m not in ("deconvnet", "lrp")]
+# lrp and the attention methods refuse Keras models by name (tests/test_method_contract.py)
+TWIN_METHODS = [m for m in sk.list_methods() if m not in ("deconvnet", "lrp") and not method_class(m).needs_attention]
 
 
 def test_lrp_refuses_keras_models_by_name(lesson: dict) -> None:

@@ -4,6 +4,10 @@ A new method gets these tests without writing any: it runs with its default opti
 in-place ReLUs, batch norm, a residual block, functional ReLUs and nested ``nn.Sequential``; leaves
 no hook, mode, flag, gradient or weight changed (also when the target is bad or a layer raises);
 returns finite (N, H, W) maps on the input's device; and explains a batch as it explains each image.
+
+Methods that read a transformer's attention (``needs_attention``) are checked the same way on tiny ViTs (attention
+through ``F.scaled_dot_product_attention``, an explicit softmax and ``nn.MultiheadAttention`` in place of the CNN
+kinds), and must refuse every CNN by name.
 """
 
 from __future__ import annotations
@@ -18,10 +22,19 @@ from torch import nn
 import saliencekit as sk
 from saliencekit.errors import SaliencekitError
 from saliencekit.methods.registry import method_class, method_options
-from toy_models import Boom, ResidualCNN, make
+from toy_models import Boom, ResidualCNN, TinyViT, make
 
 METHODS = sk.list_methods()
+ATTENTION_METHODS = [m for m in METHODS if method_class(m).needs_attention]
 SIZE = 16
+# The tiny ViT an attention method is checked on in place of each CNN kind.
+_VIT_FOR = {"residual": "vit_sdpa", "inplace": "vit_sdpa", "plain": "vit_sdpa", "functional": "vit_softmax",
+            "nested": "vit_mha"}
+
+
+def kind_for(name: str, kind: str) -> str:
+    """The toy model kind ``name`` is checked on: a tiny ViT for attention methods, else ``kind``."""
+    return _VIT_FOR[kind] if method_class(name).needs_attention else kind
 
 _MODULE_HOOK_DICTS = (
     "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -130,7 +143,7 @@ def test_registry_is_complete_and_documented() -> None:
         assert cls.name == name and cls.description and cls.__doc__, name
         assert cls.family, name
         for flag in ("uses_gradients", "multiplies_by_inputs", "needs_layer", "satisfies_completeness",
-                     "works_on_torchscript"):
+                     "works_on_torchscript", "needs_attention"):
             assert isinstance(getattr(cls, flag), bool), (name, flag)
         missing = [k for k, v in method_options(name).items() if v is __import__("inspect").Parameter.empty]
         assert not missing, f"{name}: options without defaults {missing}"
@@ -138,7 +151,7 @@ def test_registry_is_complete_and_documented() -> None:
 
 @pytest.mark.parametrize("name", METHODS)
 def test_hygiene_after_normal_run_bad_target_and_raising_layer(name: str, device: torch.device) -> None:
-    model = prepared_model(make("residual", classes=1), device)
+    model = prepared_model(make(kind_for(name, "residual"), classes=1), device)
     x = _x(device)
     before = snapshot(model)
     e = sk.create_method(name, model).attribute(x)
@@ -151,8 +164,12 @@ def test_hygiene_after_normal_run_bad_target_and_raising_layer(name: str, device
 
     for fail_on in (1, 2, 3):
         boom = Boom(fail_on)
-        net = ResidualCNN()
-        net.block = nn.Sequential(boom, net.block)  # raises inside a nested module, before the last conv stage
+        if method_class(name).needs_attention:
+            net = TinyViT()
+            net.blocks[1] = nn.Sequential(boom, net.blocks[1])  # raises inside a nested module, before the last block
+        else:
+            net = ResidualCNN()
+            net.block = nn.Sequential(boom, net.block)  # raises inside a nested module, before the last conv stage
         net = prepared_model(net.double(), device)
         before_net = snapshot(net)
         try:
@@ -171,7 +188,7 @@ def test_hygiene_after_normal_run_bad_target_and_raising_layer(name: str, device
                                                    ("plain", 3, 3)])
 def test_runs_on_every_toy_architecture(name: str, kind: str, classes: int, channels: int,
                                         device: torch.device) -> None:
-    model = make(kind, in_channels=channels, classes=classes).to(device)
+    model = make(kind_for(name, kind), in_channels=channels, classes=classes).to(device)
     x = _x(device, n=2, c=channels)
     before = snapshot(model)
     e = sk.create_method(name, model).attribute(x)
@@ -185,7 +202,7 @@ def test_runs_on_every_toy_architecture(name: str, kind: str, classes: int, chan
 
 @pytest.mark.parametrize("name", METHODS)
 def test_batched_equals_per_image_for_every_method(name: str, device: torch.device) -> None:
-    model = make("residual", classes=3).to(device)
+    model = make(kind_for(name, "residual"), classes=3).to(device)
     x = _x(device, n=3)
     batched = sk.create_method(name, model).attribute(x, target=[0, 2, 1])
     for i, cls in enumerate([0, 2, 1]):
@@ -193,21 +210,38 @@ def test_batched_equals_per_image_for_every_method(name: str, device: torch.devi
         torch.testing.assert_close(single.maps[0], batched.maps[i], atol=1e-9, rtol=1e-6)
 
 
-def test_explain_all_methods_together_is_hygienic_and_equal_to_separate(device: torch.device) -> None:
-    model = prepared_model(make("residual", classes=3), device)
+@pytest.mark.parametrize("kind", ["residual", "vit_sdpa"])
+def test_explain_all_methods_together_is_hygienic_and_equal_to_separate(kind: str, device: torch.device) -> None:
+    """Every method that applies (on the tiny ViT: every method) at once, as separately."""
+    import warnings
+
+    model = prepared_model(make(kind, classes=3), device)
+    methods = [m for m in METHODS if kind.startswith("vit") or m not in ATTENTION_METHODS]
     x = _x(device, n=2)
     before = snapshot(model)
-    together = sk.explain(model, x, methods=METHODS, target=1)
-    assert list(together) == METHODS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # on the ViT: no ReLU for the ReLU rules, no LRP rule for matmul
+        together = sk.explain(model, x, methods=methods, target=1)
+        assert list(together) == methods
+        assert_unchanged(model, before)
+        for name in methods:
+            alone = sk.create_method(name, model).attribute(x, target=1)
+            torch.testing.assert_close(together[name].maps, alone.maps, atol=1e-9, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ATTENTION_METHODS)
+@pytest.mark.parametrize("kind", ["residual", "inplace", "functional", "nested", "plain"])
+def test_attention_methods_refuse_models_without_attention(name: str, kind: str) -> None:
+    model = prepared_model(make(kind, classes=3), torch.device("cpu"))
+    before = snapshot(model)
+    with pytest.raises(SaliencekitError, match=f"{name} explains vision transformers: .* computes no attention"):
+        sk.create_method(name, model).attribute(_x(torch.device("cpu"), n=2))
     assert_unchanged(model, before)
-    for name in METHODS:
-        alone = sk.create_method(name, model).attribute(x, target=1)
-        torch.testing.assert_close(together[name].maps, alone.maps, atol=1e-9, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_gradients_stay_off_parameters_and_inputs(name: str) -> None:
-    model = make("plain", classes=3)
+    model = make(kind_for(name, "plain"), classes=3)
     x = _x(torch.device("cpu"), n=2)
     x_before = x.clone()
     sk.create_method(name, model).attribute(x)
@@ -218,9 +252,9 @@ def test_gradients_stay_off_parameters_and_inputs(name: str) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", METHODS)
 def test_cuda_matches_cpu(name: str) -> None:
-    cpu_model = make("residual", classes=3, dtype=torch.float32)
+    cpu_model = make(kind_for(name, "residual"), classes=3, dtype=torch.float32)
     x = _x(torch.device("cpu"), n=2, dtype=torch.float32)
-    gpu_model = make("residual", classes=3, dtype=torch.float32).cuda()
+    gpu_model = make(kind_for(name, "residual"), classes=3, dtype=torch.float32).cuda()
     before = snapshot(gpu_model)
     e_gpu = sk.create_method(name, gpu_model).attribute(x.cuda())
     _check_explanation(e_gpu, name, x.cuda())
@@ -271,7 +305,7 @@ def test_final_activation_is_bypassed_so_maps_equal_the_logit_twin(name: str, he
     """A model ending in nn.Sigmoid (binary or 3 independent labels), nn.Softmax or nn.LogSoftmax is explained by
     its logit: every method's maps, scores, targets and predictions equal those of the same network without the
     activation (declared multi-label for 3 sigmoid labels), and the model is left exactly as it was."""
-    net = make("residual", classes=classes).to(device)
+    net = make(kind_for(name, "residual"), classes=classes).to(device)
     act = {"sigmoid": nn.Sigmoid(), "softmax": nn.Softmax(dim=1), "log_softmax": nn.LogSoftmax(dim=1)}[head]
     model = prepared_model(nn.Sequential(net, act), device)
     twin_output = "multilabel" if (head == "sigmoid" and classes > 1) else "logits"
@@ -294,7 +328,7 @@ def test_final_activation_is_bypassed_so_maps_equal_the_logit_twin(name: str, he
 def test_multilabel_model_without_activation_explains_the_most_probable_label(name: str,
                                                                              device: torch.device) -> None:
     """A declared multi-label model: default target = the label with the highest sigmoid (not a softmax rule)."""
-    model = prepared_model(make("residual", classes=4), device)
+    model = prepared_model(make(kind_for(name, "residual"), classes=4), device)
     x = _x(device, n=2)
     before = snapshot(model)
     e = sk.create_method(name, model, output="multilabel").attribute(x)
@@ -310,7 +344,7 @@ def test_multilabel_model_without_activation_explains_the_most_probable_label(na
 def test_declared_probabilities_explain_their_log_odds(name: str, device: torch.device) -> None:
     """A functional sigmoid cannot be bypassed: declared ``output='probabilities'``, the score is logit(p), which
     for a sigmoid output is the logit itself, so the maps equal the logit twin's (float64, p not saturated)."""
-    net = make("residual", classes=1).to(device)
+    net = make(kind_for(name, "residual"), classes=1).to(device)
     model = _FunctionalSigmoid(net)
     x = _x(device, n=2)
     before = snapshot(model)
@@ -359,7 +393,7 @@ def test_hygiene_on_a_keras_model_and_a_vision_transformer(name: str, kind: str)
     if kind == "vit":
         x = torch.nn.functional.interpolate(x, size=32)
     before = snapshot(model)
-    if kind == "keras" and name == "lrp":  # refused by name (tests/test_keras_models.py)
+    if kind == "keras" and (name == "lrp" or name in ATTENTION_METHODS):  # refused by name
         with pytest.raises(SaliencekitError, match="does not support Keras"):
             sk.create_method(name, model)
         assert_unchanged(model, before)

@@ -88,4 +88,5 @@ def test_the_python_example_runs_as_written(files: Path, monkeypatch: pytest.Mon
     scope: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["e"].params["layer"] == "blocks.11.norm1"
+    assert scope["t"]["attention_rollout"].layer_maps.shape == (1, 14, 14)
     assert set(scope["maps"]) == {"gradcam", "gradient"} and scope["maps"]["gradcam"].params["layer"] == "conv2d_3"

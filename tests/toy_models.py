@@ -1,4 +1,4 @@
-"""Small CNN factories for the method tests (random weights, seeded by the caller).
+"""Small CNN (and vision-transformer) factories for the method tests (random weights, seeded by the caller).
 
 Every factory takes ``in_channels`` and ``classes`` (1 = a single-logit binary head, else a
 multi-class head) and builds a model small enough for float64 reference comparisons.
@@ -130,6 +130,74 @@ class LinearModel(nn.Module):
         return torch.einsum("nchw,kchw->nk", x, self.weight) + self.bias
 
 
+class TinyBlock(nn.Module):
+    """A pre-norm transformer block, ``t + attn(norm1(t))`` then ``t + mlp(norm2(t))``, whose attention is computed
+    one of three ways: ``"sdpa"`` (``F.scaled_dot_product_attention``, as timm's fused path), ``"mha"``
+    (``nn.MultiheadAttention`` with ``need_weights=False``, as torchvision's ViT) or ``"softmax"`` (``q k^T``,
+    ``softmax(dim=-1)``, ``@ v``, as timm's non-fused path)."""
+
+    def __init__(self, dim: int, heads: int, attention: str):
+        super().__init__()
+        self.heads, self.attention = heads, attention
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        if attention == "mha":
+            self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        else:
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def attend(self, t: torch.Tensor) -> torch.Tensor:
+        if self.attention == "mha":
+            return self.attn(t, t, t, need_weights=False)[0]
+        b, n, d = t.shape
+        q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if self.attention == "sdpa":
+            o = F.scaled_dot_product_attention(q, k, v)
+        else:
+            o = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(dim=-1) @ v
+        return self.proj(o.transpose(1, 2).reshape(b, n, d))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t = t + self.attend(self.norm1(t))
+        return t + self.mlp(self.norm2(t))
+
+
+class TinyViT(nn.Module):
+    """A vision transformer small enough for float64 references: 4x4 patches of a 16x16 image embedded by a
+    convolution, a class token, learned position embeddings, ``depth`` :class:`TinyBlock` s, a final norm and a
+    linear head on the class token."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 1, width: int = 4, attention: str = "sdpa",
+                 depth: int = 2, heads: int = 2, patch: int = 4, size: int = 16):
+        super().__init__()
+        dim = 2 * width
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(0.5 * torch.randn(1, 1, dim))
+        self.pos_embed = nn.Parameter(0.5 * torch.randn(1, 1 + (size // patch) ** 2, dim))
+        self.blocks = nn.ModuleList(TinyBlock(dim, heads, attention) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embed
+        for block in self.blocks:
+            t = block(t)
+        return self.head(self.norm(t)[:, 0])
+
+
+def tiny_vit_sdpa(in_channels: int = 1, classes: int = 1, width: int = 4) -> nn.Module:
+    return TinyViT(in_channels, classes, width, attention="sdpa")
+
+
+def tiny_vit_mha(in_channels: int = 1, classes: int = 1, width: int = 4) -> nn.Module:
+    return TinyViT(in_channels, classes, width, attention="mha")
+
+
+def tiny_vit_softmax(in_channels: int = 1, classes: int = 1, width: int = 4) -> nn.Module:
+    return TinyViT(in_channels, classes, width, attention="softmax")
+
+
 FACTORIES = {
     "plain": plain_cnn,
     "inplace": inplace_cnn,
@@ -137,6 +205,9 @@ FACTORIES = {
     "residual": ResidualCNN,
     "nested": nested_cnn,
     "smooth": smooth_cnn,
+    "vit_sdpa": tiny_vit_sdpa,
+    "vit_mha": tiny_vit_mha,
+    "vit_softmax": tiny_vit_softmax,
 }
 
 

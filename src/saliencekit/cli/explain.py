@@ -112,7 +112,7 @@ def _methods(args: argparse.Namespace) -> int:
         print(f"  {k} = {shown}")
     print("  output = 'auto', threshold = 0.5  (every method: how the model's outputs are read; docs/outputs.md)")
     flags = [f for f in ("uses_gradients", "multiplies_by_inputs", "needs_layer", "satisfies_completeness",
-                         "works_on_torchscript") if getattr(cls, f)]
+                         "works_on_torchscript", "needs_attention") if getattr(cls, f)]
     print(f"\ncapabilities: {', '.join(flags) or '(none)'}")
     return 0
 

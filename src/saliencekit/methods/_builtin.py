@@ -13,3 +13,4 @@ import saliencekit.methods.scorecam  # scorecam
 import saliencekit.methods.perturbation  # occlusion, rise
 import saliencekit.methods.lrp  # lrp
 import saliencekit.methods.deeplift  # deeplift, deeplift_shap
+import saliencekit.methods.transformer  # attention_rollout, transformer_attribution

@@ -242,6 +242,8 @@ class Method(abc.ABC):
     needs_layer: ClassVar[bool] = False
     satisfies_completeness: ClassVar[bool] = False
     works_on_torchscript: ClassVar[bool] = True
+    #: Whether the method reads a transformer's attention (models without attention are refused by name).
+    needs_attention: ClassVar[bool] = False
     #: How the CLI, the report and ``Explanation.normalized("auto")`` scale the maps for display: "percentile" for
     #: signed pixel-level maps (Smilkov et al.'s display), "minmax" for the others (see docs/methods.md).
     display_normalization: ClassVar[str] = "minmax"
