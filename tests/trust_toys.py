@@ -174,7 +174,7 @@ def validate_checks_json(d: dict, out_dir: Path | None = None, figures_drawn: bo
     for key in ("saliencekit_version", "created", "command", "run_dir", "settings", "methods", "images", "checks",
                 "summary"):
         assert key in d, key
-    n = d["settings"]["images"]
+    n = d["settings"].get("rows", d["settings"]["images"])  # multi-label: one row per (image, explained label)
     assert len(d["images"]) == n
     for row in d["images"]:
         assert {"file", "label", "label_name", "prediction", "probability"} <= set(row)

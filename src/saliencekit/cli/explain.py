@@ -139,9 +139,12 @@ def _explain(args: argparse.Namespace) -> int:
     model = loaded.model
     preprocessing = preprocessing_from_args(args, loaded)
     class_names = class_names_from_args(args, loaded)
+    # what the outputs are: as given, else as the file declares (a multi-label run: per-label sigmoids)
+    output = args.output if args.output is not None else loaded.output
+    threshold = args.threshold if args.threshold is not None else loaded.threshold
     if args.list_classes:
-        for name in list_classes(model, preprocessing, images, class_names, device=device, output=args.output,
-                                 threshold=args.threshold):
+        for name in list_classes(model, preprocessing, images, class_names, device=device, output=output,
+                                 threshold=threshold):
             print(name)
         return 0
     if not images:
@@ -153,8 +156,8 @@ def _explain(args: argparse.Namespace) -> int:
     results = explain_files(model, preprocessing, images, methods, args.out, class_names=class_names,
                             target=args.target, layer=args.layer, top_k=args.top_k, batch_size=batch_size,
                             precision=args.precision, device=device, progress=not args.no_progress,
-                            normalization=args.normalization, num_threads=args.threads, output=args.output,
-                            threshold=args.threshold)
+                            normalization=args.normalization, num_threads=args.threads, output=output,
+                            threshold=threshold)
     print(f"explained {len(results)} image(s) with {len(methods)} method(s); wrote {Path(args.out)}/")
     for r in results:
         print(f"  {r.path} -> {r.folder}/ (predicted {r.predicted})")

@@ -107,14 +107,25 @@ class FolderIndex:
         (fewest positives in the data), ``len(classes)`` for images with no positive label."""
         if not self.multilabel:
             return list(self.labels)
-        t = self.targets
-        rank = np.empty(len(self.classes), dtype=np.int64)
-        rank[np.argsort(t.sum(0), kind="stable")] = np.arange(len(self.classes))
-        out = []
-        for row in t:
-            pos = np.flatnonzero(row)
-            out.append(int(pos[np.argmin(rank[pos])]) if len(pos) else len(self.classes))
-        return out
+        return rarest_label_strata(self.targets)
+
+
+def rarest_label_strata(targets: np.ndarray | Sequence[Sequence[float]]) -> list[int]:
+    """One stratum per row of multi-label ``(N, L)`` 0/1 targets: its rarest positive label (fewest positives among
+    these rows; ties by label order), ``L`` for a row with no positive label.
+
+    >>> rarest_label_strata([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 0, 1]])
+    [1, 0, 3, 2]
+    """
+    t = np.asarray(targets, dtype=np.float64) > 0.5
+    n_labels = t.shape[1]
+    rank = np.empty(n_labels, dtype=np.int64)
+    rank[np.argsort(t.sum(0), kind="stable")] = np.arange(n_labels)
+    out = []
+    for row in t:
+        pos = np.flatnonzero(row)
+        out.append(int(pos[np.argmin(rank[pos])]) if len(pos) else n_labels)
+    return out
 
 
 def default_class_order(names: Sequence[str]) -> list[str]:

@@ -197,6 +197,9 @@ class LoadedModel:
         notes: what the loader inferred or adjusted (e.g. a stripped ``module.`` key prefix, in_channels read from
             the weights), one sentence each.
         run: the :class:`~saliencekit.run.Run` for a run directory, else None.
+        output: what the model's outputs are, when the file declares it (a multi-label run or checkpoint:
+            ``"multilabel"``; see :mod:`saliencekit.methods.outputs`), else None (``"auto"``).
+        threshold: the multi-label threshold the file declares, else None.
     """
 
     model: nn.Module
@@ -209,6 +212,8 @@ class LoadedModel:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     run: Run | None = None
+    output: str | None = None
+    threshold: float | None = None
 
     def preprocessing_or_default(self, **overrides: Any) -> Preprocessing:
         """The preprocessing to feed this model: the file's, else the documented defaults, with ``overrides``.
@@ -330,7 +335,13 @@ def _load_run(path: Path, probe: _Probe, req: LoadRequest) -> LoadedModel:
     run = load_run(path, device=req.device)
     prep = run.info.preprocessing
     return LoadedModel(run.model, "run", path, dict(prep), list(run.class_names), _prep_shape(prep, run.info),
-                       run.info.arch, dict(run.info.arch_kwargs), run=run)
+                       run.info.arch, dict(run.info.arch_kwargs), run=run, **_declared_output(run.info))
+
+
+def _declared_output(info: CheckpointInfo) -> dict[str, Any]:
+    """``output`` / ``threshold`` a checkpoint declares (``extra``; a multi-label run: ``"multilabel"``, 0.5)."""
+    out, thr = info.extra.get("output"), info.extra.get("threshold")
+    return {"output": str(out) if out else None, "threshold": float(thr) if thr is not None else None}
 
 
 def _prep_shape(prep: Mapping[str, Any], info: CheckpointInfo) -> tuple[int | None, int | None, int | None]:
@@ -344,7 +355,8 @@ def _load_checkpoint_file(path: Path, probe: _Probe, req: LoadRequest) -> Loaded
         raise InputError(f"{path} was written by a newer saliencekit (format {payload['format_version']}); upgrade")
     model, info = _from_checkpoint_payload(payload, req.device)
     return LoadedModel(model, "checkpoint", path, dict(info.preprocessing), list(info.class_names),
-                       _prep_shape(info.preprocessing, info), info.arch, dict(info.arch_kwargs))
+                       _prep_shape(info.preprocessing, info), info.arch, dict(info.arch_kwargs),
+                       **_declared_output(info))
 
 
 def _load_torchscript(path: Path, probe: _Probe, req: LoadRequest) -> LoadedModel:

@@ -311,13 +311,15 @@ def _null_levels_cached(shape: tuple[int, int], n: int, seed: int, metrics: tupl
     return {k: v.cpu().numpy() for k, v in null_level(shape, n=n, generator=seed, metrics=metrics).items()}
 
 
-def image_null_levels(maps: Mapping[str, torch.Tensor],
-                      metrics: Sequence[str] = METRICS) -> dict[str, dict[str, np.ndarray]]:
-    """Per method: similarity between the original maps of different images (image ``i`` vs ``i - 1``)."""
+def image_null_levels(maps: Mapping[str, torch.Tensor], metrics: Sequence[str] = METRICS,
+                      image_index: torch.Tensor | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per method: similarity between the original maps of different images (image ``i`` vs ``i - 1``; with
+    ``image_index``, the image of each map, vs the nearest earlier map of another image)."""
     from saliencekit.trust.similarity import null_level_from_maps
 
-    return {label: {k: v.cpu().numpy() for k, v in null_level_from_maps(m, metrics).items()}
-            for label, m in maps.items() if m.shape[0] >= 2}
+    distinct = None if image_index is None else len(set(image_index.tolist()))
+    return {label: {k: v.cpu().numpy() for k, v in null_level_from_maps(m, metrics, image_index).items()}
+            for label, m in maps.items() if m.shape[0] >= 2 and (distinct is None or distinct >= 2)}
 
 
 @dataclass
@@ -477,6 +479,7 @@ def model_randomization(
     strip_images: int = 3,
     batch_size: int = 16,
     progress: bool = True,
+    image_index: torch.Tensor | None = None,
 ) -> RandomizationResult:
     """Model parameter randomisation test, cascading or independent, on a deep copy of ``model``.
 
@@ -495,6 +498,8 @@ def model_randomization(
         strip_images: how many images to keep the maps of at every step (for the strip figure).
         batch_size: images per engine call.
         progress: show a progress bar over the steps.
+        image_index: the image each row of ``images`` is (N,), when an image comes several times (a multi-label
+            image explained for several labels), so that the other-image reference compares different images.
 
     Returns:
         A :class:`RandomizationResult`.
@@ -561,9 +566,9 @@ def model_randomization(
         methods=specs, metrics=metrics,
         similarity={label: {m: np.stack(v) for m, v in d.items()} for label, d in similarity.items()},
         null=null_levels(shape, images.shape[0], seed, metrics),
-        null_images=image_null_levels(orig, metrics),
+        null_images=image_null_levels(orig, metrics, image_index),
         controls={label: {m: np.stack(v) for m, v in d.items()} for label, d in control_sims.items()},
-        control_null_images=image_null_levels(orig_controls, READINGS),
+        control_null_images=image_null_levels(orig_controls, READINGS, image_index),
         strip={label: np.stack(v) for label, v in strip.items()},
         strip_images=images[:k].detach().cpu().numpy(),
         half_step=math.ceil(len(groups) / 2) if mode == "cascading" else 0,
@@ -671,19 +676,22 @@ def train_on_permuted_labels(
     re-initialised; the labels are permuted with
     ``seed``, and the training loop of :func:`saliencekit.train.fit.fit_model` (Adam, cross-entropy / BCE
     on the logit, no augmentation, best epoch by training loss) runs in rounds of 5 epochs until the
-    training accuracy reaches ``target_accuracy`` or ``epochs`` have run.
+    training accuracy reaches ``target_accuracy`` or ``epochs`` have run. Multi-label labels (``(N, L)``
+    0/1 rows) are shuffled as whole rows and fit with BCE per label; their accuracy is the share of label
+    decisions that are right.
 
     Returns:
         The random-label model (eval mode) and facts: ``train_accuracy``, ``epochs``, ``images``,
-        ``label_agreement`` (share of permuted labels equal to the true ones).
+        ``label_agreement`` (share of permuted labels, or of label decisions, equal to the true ones).
     """
     from saliencekit.train.fit import TrainConfig, evaluate_loss, fit_model, loss_function
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    k = num_classes or max(2, int(train_labels.max()) + 1)
+    multilabel = train_labels.ndim == 2  # multi-hot rows: each image's whole row of labels moves with the shuffle
+    k = num_classes or (train_labels.shape[1] if multilabel else max(2, int(train_labels.max()) + 1))
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(train_labels.shape[0], generator=gen)
-    y = train_labels.cpu()[perm].long()
+    y = train_labels.cpu()[perm].float() if multilabel else train_labels.cpu()[perm].long()
     x = train_images.detach().cpu()
     if factory is not None:
         with torch.random.fork_rng(devices=[]):
@@ -702,14 +710,14 @@ def train_on_permuted_labels(
             cfg = TrainConfig(epochs=n, batch_size=batch_size, lr=lr, seed=seed + done, device=str(device))
             fit_model(rnd, x, y, empty_x, empty_y, cfg, device, k, progress=progress)
             done += n
-            _, acc = evaluate_loss(rnd, x, y, loss_function(k), 64, device)
+            _, acc = evaluate_loss(rnd, x, y, loss_function(k, multilabel=multilabel), 64, device)
             if acc >= target_accuracy:
                 break
     rnd.eval()
     for p in rnd.parameters():
         p.requires_grad_(True)
     facts = {"train_accuracy": float(acc), "epochs": done, "images": int(x.shape[0]),
-             "label_agreement": float((y == train_labels.cpu().long()).float().mean()),
+             "label_agreement": float((y == train_labels.cpu().to(y.dtype)).float().mean()),
              "target_accuracy": target_accuracy}
     return rnd, facts
 
@@ -728,6 +736,7 @@ def data_randomization(
     training: Mapping[str, Any] | None = None,
     keep_images: int = 3,
     batch_size: int = 16,
+    image_index: torch.Tensor | None = None,
 ) -> DataRandomizationResult:
     """Compare the maps of the true model with those of a model trained on permuted labels.
 
@@ -744,6 +753,7 @@ def data_randomization(
         training: facts from :func:`train_on_permuted_labels` (accuracy, epochs).
         keep_images: maps of the first images kept for the figure.
         batch_size: images per engine call.
+        image_index: the image each row of ``images`` is (see :func:`model_randomization`).
     """
     from saliencekit.trust._controls import control_maps
 
@@ -755,10 +765,10 @@ def data_randomization(
     rnd_maps = compute_maps(random_model, images, specs, target, layer, batch_size)
     sims = _similarities(orig, rnd_maps, metrics)
     null = null_levels(tuple(images.shape[-2:]), images.shape[0], seed, metrics)
-    null_images = image_null_levels(orig, metrics)
+    null_images = image_null_levels(orig, metrics, image_index)
     orig_controls = control_maps(model, images)
     control_sims = _similarities(orig_controls, control_maps(random_model, images), READINGS)
-    control_null = image_null_levels(orig_controls, READINGS)
+    control_null = image_null_levels(orig_controls, READINGS, image_index)
     training = dict(training or {})
     acc = training.get("train_accuracy")
     fit_note = "" if acc is None else f"; random-label model fits its training labels to {acc:.0%}"

@@ -34,7 +34,21 @@ def _mapping(v: Any) -> dict[str, Any]:
 
 @dataclass
 class ImageRow:
-    """One checked image (``images[i]``)."""
+    """One checked image (``images[i]``); for a multi-label model one (image, explained label) row.
+
+    Attributes:
+        file: the image's file (or ``image_<i>``).
+        label: true class (None: unknown, or a multi-label row: see ``true_labels``).
+        label_name: its name.
+        prediction: the explained class: the predicted class, or a multi-label row's label.
+        prediction_name: its name.
+        probability: its probability (a per-label sigmoid for multi-label models).
+        image: multi-label rows: the index of the image among the checked images (rows of one image share it).
+        true_labels: multi-label rows: the image's true labels (None: unknown).
+        positive_labels: multi-label rows: the labels predicted positive for the image, most probable first.
+        explained_positive: multi-label rows: whether the explained label is predicted positive (False: the image
+            has no positive label and its most probable one is explained).
+    """
 
     file: str
     label: int | None = None
@@ -42,16 +56,26 @@ class ImageRow:
     prediction: int | None = None
     prediction_name: str | None = None
     probability: float | None = None
+    image: int | None = None
+    true_labels: list[str] | None = None
+    positive_labels: list[str] | None = None
+    explained_positive: bool | None = None
+
+    _MULTILABEL = ("image", "true_labels", "positive_labels", "explained_positive")
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "label": self.label, "label_name": self.label_name, "prediction": self.prediction,
-                "prediction_name": self.prediction_name, "probability": self.probability}
+        d = {"file": self.file, "label": self.label, "label_name": self.label_name, "prediction": self.prediction,
+             "prediction_name": self.prediction_name, "probability": self.probability}
+        if self.image is not None:
+            d.update({k: getattr(self, k) for k in self._MULTILABEL})
+        return d
 
     @classmethod
     def from_json(cls, d: Any) -> ImageRow:
         d = _mapping(d)
         return cls(str(d.get("file", "")), d.get("label"), d.get("label_name"), d.get("prediction"),
-                   d.get("prediction_name"), d.get("probability"))
+                   d.get("prediction_name"), d.get("probability"), d.get("image"), d.get("true_labels"),
+                   d.get("positive_labels"), d.get("explained_positive"))
 
 
 @dataclass
@@ -282,5 +306,30 @@ def image_rows(files: Sequence[str] | None, labels: torch.Tensor | None, preds: 
     return rows
 
 
+def label_rows(files: Sequence[str] | None, labels: torch.Tensor | None, rows: Any, probs: torch.Tensor,
+               class_names: Sequence[str] | None) -> list[ImageRow]:
+    """The ``images`` rows of a multi-label check: one per (image, explained label).
+
+    Args:
+        files: a name per checked image.
+        labels: (R, L) true 0/1 rows of the checked rows, or None.
+        rows: the runner's (image, label) rows (``image``, ``label`` (R,), ``positives`` per image).
+        probs: (R,) probability of each row's label.
+        class_names: the label names.
+    """
+
+    def name(c: int) -> str:
+        return class_names[c] if class_names is not None else f"class_{c}"
+
+    out = []
+    for r, (i, c) in enumerate(zip(rows.image.tolist(), rows.label.tolist())):
+        true = None if labels is None else [name(k) for k in torch.nonzero(labels[r] > 0.5).flatten().tolist()]
+        positive = [name(k) for k in rows.positives[i]]
+        out.append(ImageRow(file=files[i] if files is not None else f"image_{i}", prediction=int(c),
+                            prediction_name=name(int(c)), probability=float(probs[r]), image=int(i),
+                            true_labels=true, positive_labels=positive, explained_positive=int(c) in rows.positives[i]))
+    return out
+
+
 __all__ = ["RECOMMENDATION_RULE", "SCHEMA_VERSION", "CheckResults", "ImageRow", "Summary", "build_summary",
-           "image_rows", "load_checks"]
+           "image_rows", "label_rows", "load_checks"]

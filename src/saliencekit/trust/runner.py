@@ -18,6 +18,7 @@ import contextlib
 import datetime as _dt
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from saliencekit.trust._explaining import compute_maps, predicted
 from saliencekit.trust.checks import check_names, get_check, list_checks
 from saliencekit.trust.checks.base import CheckContext
 from saliencekit.trust.checks.faithfulness import faithfulness_curves
-from saliencekit.trust.results import CheckResults, build_summary, image_rows
+from saliencekit.trust.results import CheckResults, build_summary, image_rows, label_rows
 from saliencekit.trust.settings import CheckSettings
 
 
@@ -44,8 +45,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _strata(labels: torch.Tensor | None) -> torch.Tensor | None:
+    """One stratum per image for balanced picking: its class, or for multi-label rows (N, L) its rarest positive
+    label (:func:`saliencekit.data.folder.rarest_label_strata`, as the data's split does)."""
+    if labels is None or labels.ndim == 1:
+        return labels
+    from saliencekit.data.folder import rarest_label_strata
+
+    return torch.tensor(rarest_label_strata(labels.detach().cpu().numpy()), dtype=torch.long)
+
+
 def _pick(labels: torch.Tensor | None, n_total: int, n: int, seed: int) -> torch.Tensor:
-    """``n`` indices, classes interleaved (balanced), order reproducible from ``seed``."""
+    """``n`` indices, classes interleaved (balanced), order reproducible from ``seed``; multi-label rows (N, L)
+    are balanced over their rarest positive label (:func:`_strata`)."""
+    labels = _strata(labels)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n_total, generator=gen)
     if labels is None:
@@ -161,11 +174,6 @@ def _run_checks(
         if not isinstance(run, Run):
             run = load_run(run, device=resolve_device(str(s.device)))
         run_dir = str(Path(run.path).resolve())
-        if getattr(run, "multilabel", False):
-            raise InputError(f"{run_dir} is a multi-label run (one sigmoid per label); the trust checks do not take "
-                             "multi-label runs yet. Explain its labels with `saliencekit explain RUN IMAGES --target "
-                             "LABEL`, or train one finding against the rest (train --labels CSV --finding NAME) "
-                             "and check that run")
         model = run.model
         factory = _run_factory(run.info)
         train_config = dict(run.config.get("config", {}))
@@ -205,13 +213,32 @@ def _run_checks(
     rule = scope.enter_context(output_scope(model, declared, threshold, images[:1]))
 
     logits, preds = predicted(model, images)
+    n_classes = rule.num_classes(logits)
+    names = list(class_names) if class_names is not None else None
+    if names is not None and len(names) != n_classes:
+        kind = "labels" if rule.multilabel else "classes"
+        raise InputError(f"{len(names)} class names for a model with {n_classes} {kind} (its outputs have "
+                         f"{logits.shape[1]} column(s)); give one name per {kind[:-1]}, in output order")
+    _check_labels(labels, rule.multilabel, n_classes)
+    rows = None
+    if rule.multilabel:
+        rows = _label_rows(rule, logits, s.labels_per_image)
+        which = rows.image
+        images, logits = images[which.to(images.device)], logits[which.to(logits.device)]
+        preds = rows.label.to(logits.device)
+        labels = labels[which] if labels is not None else None
+        masks = _row_masks(masks, rows, names)
+        if train_data is not None and train_data[1].ndim != 2:
+            raise InputError("train_data labels must be (N, L) 0/1 rows for a multi-label model, got shape "
+                             f"{tuple(train_data[1].shape)}")
     probs = class_probabilities(logits, preds)
     out_path = Path(out_dir) if out_dir is not None else None
     ctx = CheckContext(model=model, images=images, labels=labels, preds=preds, probs=probs, specs=specs, maps={},
                        masks=masks, layer=s.layer, seed=s.seed, settings=s, out_dir=out_path, figures=s.figures,
                        progress=progress, train_data=train_data, random_model=random_model,
-                       num_classes=rule.num_classes(logits), factory=factory,
-                       train_config=train_config)
+                       num_classes=n_classes, factory=factory, train_config=train_config,
+                       multilabel=rule.multilabel, image_index=None if rows is None else rows.image,
+                       class_names=names)
     skipped: dict[str, str] = {}
     todo = []
     for check in chosen:
@@ -245,17 +272,82 @@ def _run_checks(
         created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         command=command or "",
         run_dir=run_dir,
-        settings={"images": int(images.shape[0]), "seed": s.seed, "device": str(images.device),
-                  "num_threads": torch.get_num_threads(), "checks": [c.name for c in todo if c.name in results],
-                  "skipped": skipped, "layer": s.layer, "output": rule.describe(), **s.to_dict()},
+        settings={"images": int(images.shape[0]) if rows is None else rows.n_images, "seed": s.seed,
+                  "device": str(images.device), "num_threads": torch.get_num_threads(),
+                  "checks": [c.name for c in todo if c.name in results], "skipped": skipped, "layer": s.layer,
+                  "output": rule.describe(), **({} if rows is None else rows.describe(s.labels_per_image)),
+                  **s.to_dict()},
         methods={lb: {"method": spec["method"], "options": dict(spec["options"])} for lb, spec in specs.items()},
-        images=image_rows(files, labels, preds, probs, class_names),
+        images=image_rows(files, labels, preds, probs, names) if rows is None else
+        label_rows(files, labels, rows, probs, names),
         checks=results,
         summary=build_summary(results, specs, masks),
     )
     if out_path is not None:
         result.write(out_path / "checks.json")
     return result
+
+
+def _check_labels(labels: torch.Tensor | None, multilabel: bool, n_classes: int) -> None:
+    """True labels must fit the model: one class per image, or (N, L) 0/1 rows for a multi-label model."""
+    if labels is None:
+        return
+    if multilabel and (labels.ndim != 2 or labels.shape[1] != n_classes):
+        raise InputError(f"labels of a multi-label model with {n_classes} labels must be (N, {n_classes}) 0/1 rows "
+                         f"(1 where a label is present), got shape {tuple(labels.shape)}")
+    if not multilabel and labels.ndim != 1:
+        raise InputError(f"labels of shape {tuple(labels.shape)} look like multi-label rows, but the model's outputs "
+                         "are read as exclusive classes; declare output='multilabel' (CLI --output multilabel) for a "
+                         "model with one sigmoid per label, or give one class index per image")
+
+
+@dataclass(frozen=True)
+class _LabelRows:
+    """The (image, label) rows of a multi-label check: rows label rank by label rank (every image's most probable
+    label first), so that neighbouring rows are of different images."""
+
+    image: torch.Tensor  # (R,) image index of each row
+    label: torch.Tensor  # (R,) explained label of each row
+    positives: list[list[int]]  # per image: its positive labels, most probable first
+    n_images: int
+
+    def explained(self, i: int) -> list[int]:
+        return [int(c) for c, g in zip(self.label.tolist(), self.image.tolist()) if g == i]
+
+    def describe(self, limit: int) -> dict[str, Any]:
+        skipped = sum(max(0, len(p) - limit) for p in self.positives)
+        return {"rows": int(self.image.shape[0]), "labels_per_image": limit, "positive_not_explained": skipped,
+                "rows_rule": "each image explained for its positive labels (probability >= threshold), most probable "
+                             f"first, at most {limit}; the most probable label when none is positive"}
+
+
+def _label_rows(rule: Any, logits: torch.Tensor, limit: int) -> _LabelRows:
+    """The rows of a multi-label check: each image's default targets (:meth:`OutputRule.default_targets`)."""
+    targets, _ = rule.default_targets(logits, limit)
+    positives, _ = rule.default_targets(logits, logits.shape[1])
+    counts = rule.positives(logits).sum(1).tolist()
+    positives = [p if n else [] for p, n in zip(positives, counts)]
+    pairs = [(i, t[r]) for r in range(max(len(t) for t in targets)) for i, t in enumerate(targets) if r < len(t)]
+    return _LabelRows(torch.tensor([i for i, _ in pairs], dtype=torch.long),
+                      torch.tensor([c for _, c in pairs], dtype=torch.long), positives, len(targets))
+
+
+def _row_masks(masks: Mapping[str, torch.Tensor], rows: _LabelRows,
+               names: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """The masks of every row: each image's masks repeated, and a mask kind named after a label (e.g.
+    ``masks={"Effusion": ...}``) used as the ``lesion`` mask of the rows that explain that label (the image's
+    ``lesion`` mask, or none, for the other rows)."""
+    own = [k for k in masks if names is not None and k in names]
+    out = {k: v[rows.image] for k, v in masks.items() if k not in own}
+    if own:
+        assert names is not None
+        first = masks[own[0]]
+        lesion = out.get("lesion", torch.zeros((rows.image.shape[0], *first.shape[1:]), dtype=torch.bool)).clone()
+        for r, (i, c) in enumerate(zip(rows.image.tolist(), rows.label.tolist())):
+            if names[c] in own:
+                lesion[r] = masks[names[c]][i]
+        out["lesion"] = lesion
+    return out
 
 
 __all__ = ["CHECKS", "CheckSettings", "default_methods", "faithfulness_curves", "run_checks"]  # noqa: F822

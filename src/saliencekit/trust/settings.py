@@ -40,6 +40,9 @@ class CheckSettings:
             ``"multilabel_probabilities"``; see :mod:`saliencekit.methods.outputs`); for a run directory ``"auto"``
             means the run's own declaration.
         threshold: probability at or above which a label is positive (multi-label models).
+        labels_per_image: multi-label models: each checked image is explained for its positive labels (the most
+            probable label when none is positive), at most this many, most probable first; each (image, label)
+            pair is one checked row (checks.json ``images``).
         shift: constant of the input-shift check.
         deletion_steps: steps of the deletion / insertion curves.
         road_fractions: shares of pixels removed by ROAD.
@@ -83,6 +86,10 @@ class CheckSettings:
              "logit is explained), logits, probabilities, multilabel or multilabel_probabilities (docs/outputs.md)"))
     threshold: float = field(default=0.5, metadata=option(
         run=True, flag="--threshold", metavar="P", help="multi-label models: a label is positive at probability >= P"))
+    labels_per_image: int = field(default=3, metadata=option(
+        run=True, flag="--labels-per-image", metavar="K", positive=True,
+        help="multi-label models: explain each image for at most K of its positive labels (most probable first; "
+             "the most probable label when none is positive)"))
     shift: float = field(default=1.0, metadata=option(
         flag="--shift", help="constant added to the model input by the input-shift check"))
     deletion_steps: int = 20
@@ -122,6 +129,9 @@ class CheckSettings:
         if self.costly_images is not None and self.costly_images < 2:
             raise InputError(f"costly_images must be at least 2 (the null level compares different images) or None,"
                              f" got {self.costly_images}")
+        if isinstance(self.labels_per_image, bool) or not isinstance(self.labels_per_image, int) \
+                or self.labels_per_image < 1:
+            raise InputError(f"labels_per_image must be a whole number >= 1, got {self.labels_per_image!r}")
         if self.n_images < 2:
             raise InputError(f"n_images must be at least 2 (the null level compares different images), "
                              f"got {self.n_images}")

@@ -344,17 +344,46 @@ def null_level(shape: tuple[int, int], n: int = 32, generator: torch.Generator |
     return similarity_all(maps[:n], maps[n:], metrics)
 
 
-def null_level_from_maps(maps: Tensor, metrics: Sequence[str] = SIMILARITY_METRICS) -> dict[str, Tensor]:
+def null_level_from_maps(maps: Tensor, metrics: Sequence[str] = SIMILARITY_METRICS,
+                         image_index: Tensor | Sequence[int] | None = None) -> dict[str, Tensor]:
     """Reference level from real maps: map ``i`` compared with the map of another image (``i - 1``, cyclic).
 
     Args:
         maps: (N, H, W) maps of N different images, N >= 2.
         metrics: as in :func:`similarity_all`.
+        image_index: the image each map belongs to (N,), when several maps are of one image (a multi-label image
+            explained for several labels): map ``i`` is then compared with the nearest map before it (cyclic) of
+            another image. None: every map is of its own image.
 
     Returns:
         Metric name -> (N,) float64 tensor.
+
+    >>> other_image_index([0, 1, 2, 0, 2])
+    tensor([2, 0, 1, 2, 0])
     """
     maps = as_maps(maps)
     if maps.shape[0] < 2:
         raise InputError(f"null_level_from_maps needs maps of at least 2 images, got {maps.shape[0]}")
-    return similarity_all(maps, torch.roll(maps, 1, dims=0), metrics)
+    if image_index is None:
+        return similarity_all(maps, torch.roll(maps, 1, dims=0), metrics)
+    other = other_image_index(image_index)
+    return similarity_all(maps, maps[other.to(maps.device)], metrics)
+
+
+def other_image_index(groups: Tensor | Sequence[int]) -> Tensor:
+    """For each position ``i``, the nearest position before it (cyclic) whose group differs from ``groups[i]``.
+
+    Raises:
+        InputError: fewer than two distinct groups.
+    """
+    g = torch.as_tensor(groups).flatten().tolist()
+    n = len(g)
+    if len(set(g)) < 2:
+        raise InputError(f"comparing maps of other images needs at least 2 images, got {len(set(g))}")
+    out = []
+    for i in range(n):
+        j = (i - 1) % n
+        while g[j] == g[i]:
+            j = (j - 1) % n
+        out.append(j)
+    return torch.tensor(out, dtype=torch.long)

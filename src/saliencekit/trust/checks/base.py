@@ -150,12 +150,17 @@ class Column:
 class CheckContext:
     """What a check gets: the model, the checked images, their predictions and each method's maps.
 
+    A multi-label model's image is checked once per explained label (every positive label, most probable first, at
+    most ``settings.labels_per_image``): each of those (image, label) pairs is one *row* of ``images``, ``preds``,
+    ``maps`` and ``masks``, and ``image_index`` says which image a row is. The rows are ordered label rank by label rank
+    (every image's most probable label first), so that consecutive rows are of different images.
+
     Attributes:
         model: the classifier (never modified).
-        images: (N, C, H, W) checked images on the model's device.
-        labels: true labels (N,) or None.
-        preds: predicted classes (N,), the explained class of every map.
-        probs: probability of the predicted class (N,).
+        images: (N, C, H, W) checked images (rows) on the model's device.
+        labels: true labels (N,), or (N, L) 0/1 rows of a multi-label model, or None.
+        preds: the explained class of every map (N,): the predicted class, or a multi-label row's label.
+        probs: probability of the explained class (N,) (a per-label sigmoid for multi-label models).
         specs: normalised method specs (:func:`saliencekit.methods.specs.parse_methods`).
         maps: label -> (N, H, W) maps of the original model (CPU, float64).
         masks: kind -> (N, H, W) boolean ground-truth masks (``"lesion"``, ``"shortcut"``...).
@@ -170,6 +175,9 @@ class CheckContext:
         num_classes: classes of the model (2 for one logit).
         factory: builds a fresh model of the same architecture (run directories), or None.
         train_config: the run's training settings (learning rate, batch size).
+        multilabel: the model's outputs are independent labels (rows are (image, label) pairs).
+        image_index: the image of every row (N,) when an image comes several times (multi-label), else None.
+        class_names: class (label) names in output order, when known.
     """
 
     model: nn.Module
@@ -191,6 +199,9 @@ class CheckContext:
     num_classes: int = 2
     factory: Callable[[], nn.Module] | None = None
     train_config: dict[str, Any] = field(default_factory=dict)
+    multilabel: bool = False
+    image_index: torch.Tensor | None = None
+    class_names: list[str] | None = None
 
     def save_figure(self, fig: Any, rel: str, into: list[str]) -> None:
         """Write ``fig`` to ``out_dir / rel`` (when figures are on) and append ``rel`` to ``into``; always closes it."""
@@ -210,7 +221,38 @@ class CheckContext:
         return dataclasses.replace(
             self, images=self.images[:n], labels=None if self.labels is None else self.labels[:n],
             preds=self.preds[:n], probs=self.probs[:n], maps={k: v[:n] for k, v in self.maps.items()},
-            masks={k: v[:n] for k, v in self.masks.items()})
+            masks={k: v[:n] for k, v in self.masks.items()},
+            image_index=None if self.image_index is None else self.image_index[:n])
+
+    def label_name(self, c: int) -> str:
+        """The name of class (label) ``c`` (``class_<c>`` when the names are unknown)."""
+        names = self.class_names or []
+        return names[c] if 0 <= c < len(names) else f"class_{c}"
+
+    def by_explained_label(self, values: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]] | None:
+        """Multi-label models: per-row values summarised over the rows of each explained label.
+
+        Args:
+            values: method label -> metric -> per-row values (N,).
+
+        Returns:
+            explained label name -> method label -> metric -> summary (mean, CI, n), labels in output order; None
+            for models with exclusive classes.
+        """
+        if not self.multilabel:
+            return None
+        import torch
+
+        from saliencekit.trust._explaining import summarize
+
+        preds = self.preds.detach().cpu()
+        out: dict[str, dict[str, Any]] = {}
+        for c in sorted(set(preds.tolist())):
+            rows = preds == c
+            out[self.label_name(int(c))] = {
+                label: {k: _without_values(summarize(torch.as_tensor(v, dtype=torch.float64).cpu()[rows], self.seed))
+                        for k, v in metrics.items()} for label, metrics in values.items()}
+        return out
 
     @property
     def lesion_kind(self) -> str | None:
@@ -336,6 +378,11 @@ class Check(abc.ABC):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def _without_values(summary: dict[str, Any]) -> dict[str, Any]:
+    """A summary without its per-image values (they are in the method's own entry)."""
+    return {k: v for k, v in summary.items() if k != "values"}
 
 
 def mean_value(d: Mapping[str, Any], key: str) -> float:

@@ -51,7 +51,8 @@ class DataRandomization(Check):
                 progress=ctx.progress)
         res = data_randomization(ctx.model, rnd, ctx.images, ctx.specs, target=ctx.preds, layer=ctx.layer,
                                  seed=ctx.seed, original_maps=ctx.maps, training=training,
-                                 metrics=list(s.similarity_metrics), batch_size=s.batch_size)
+                                 metrics=list(s.similarity_metrics), batch_size=s.batch_size,
+                                 image_index=ctx.image_index)
         d = res.to_dict()
         figs: list[str] = []
         ctx.save_figure(F.plot_data_randomization(res), "data_randomization/maps.png", figs)

@@ -92,6 +92,7 @@ class Faithfulness(Check):
 
         s = ctx.settings
         methods: dict[str, Any] = {}
+        per_row: dict[str, dict[str, Any]] = {}
         all_curves: dict[str, Any] = {}
         figs: list[str] = []
         for label in tqdm(ctx.specs, desc="faithfulness", disable=not ctx.progress, leave=False):
@@ -102,17 +103,22 @@ class Faithfulness(Check):
             ctx.save_figure(F.plot_faithfulness_curves({label: curves}, title=f"Faithfulness of {label}"),
                             f"faithfulness/curves_{safe_filename(label, plus='p')}.png", mfigs)
             methods[label] = {f"{k}_auc": summarize(c.auc, ctx.seed) for k, c in curves.items()}
+            per_row[label] = {f"{k}_auc": c.auc for k, c in curves.items()}
             methods[label]["curves"] = {k: {"fractions": c.fractions.tolist(),
                                             "mean": [mean_of(col) for col in c.scores.T]} for k, c in curves.items()}
             methods[label]["figures"] = mfigs
         ctx.save_figure(F.plot_faithfulness_curves(all_curves, kinds=["deletion", "insertion"]),
                         "faithfulness/curves.png", figs)
         score = {lb: mean_value(m, INSERTION.key) - mean_value(m, DELETION.key) for lb, m in methods.items()}
-        return {"methods": methods, "ranking": rank(score, INSERTION.higher_is_better),
+        extra = {}
+        by_label = ctx.by_explained_label(per_row)
+        if by_label is not None:
+            extra["by_label"] = by_label
+        return {"methods": methods, **extra, "ranking": rank(score, INSERTION.higher_is_better),
                 "ranking_by": "insertion AUC - deletion AUC (higher is better)",
                 "settings": {"deletion_steps": s.deletion_steps, "deletion_baseline": "zero",
                              "insertion_baseline": "blur", "road_fractions": list(s.road_fractions),
-                             "target": "predicted class",
+                             "target": "explained label (each row's)" if ctx.multilabel else "predicted class",
                              "pixel_order": "map value, highest first (signed maps as is)"},
                 "figures": figs}
 
@@ -129,6 +135,7 @@ class Faithfulness(Check):
         cols = [(k, t) for k, t in TABLE_COLUMNS if any(k in v for v in methods.values())]
         return {
             "table": report.method_table(methods, cols) if methods else None,
+            "by_label": report.by_label_table(entry.get("by_label"), cols),
             "ranking": entry.get("ranking") or [],
             "figures": report.figures(entry.get("figures"), "faithfulness", method_figures(entry)),
         }

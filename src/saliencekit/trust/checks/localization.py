@@ -71,12 +71,14 @@ class Localization(Check):
         h, w = ctx.images.shape[-2:]
         tol = ctx.settings.pointing_tolerance * min(h, w) / 256
         methods: dict[str, Any] = {}
+        per_row: dict[str, dict[str, Any]] = {}
         for label, maps in ctx.maps.items():
+            values = {"pointing_game": pointing_game(maps, masks, tolerance=tol),
+                      "energy_pointing_game": energy_pointing_game(maps, masks),
+                      "relevance_mass": relevance_mass(maps, masks), "relevance_rank": relevance_rank(maps, masks)}
+            per_row[label] = values
             entry = {
-                "pointing_game": summarize(pointing_game(maps, masks, tolerance=tol), ctx.seed),
-                "energy_pointing_game": summarize(energy_pointing_game(maps, masks), ctx.seed),
-                "relevance_mass": summarize(relevance_mass(maps, masks), ctx.seed),
-                "relevance_rank": summarize(relevance_rank(maps, masks), ctx.seed),
+                **{k: summarize(v, ctx.seed) for k, v in values.items()},
                 "lesion_share": summarize(mask_share(maps, masks), ctx.seed),
                 "shortcut_share": None,
                 "figures": [],
@@ -97,6 +99,9 @@ class Localization(Check):
                "ranking_by": "relevance mass (higher is better)", "figures": figs}
         if shortcut is not None:
             out["shortcut_area_share"] = summarize(area_share(shortcut), ctx.seed)
+        by_label = ctx.by_explained_label(per_row)
+        if by_label is not None:
+            out["by_label"] = by_label
         cam = cam_layers(ctx, masks, tol, kind)
         if cam is not None:
             out["cam_layers"] = cam
@@ -161,6 +166,7 @@ class Localization(Check):
             "cam_table": cam_table,
             "cam_advice": cam.get("advice"),
             "table": report.method_table(methods, cols) if methods else None,
+            "by_label": report.by_label_table(entry.get("by_label"), [c for c in cols if c[0] != "shortcut_share"]),
             "ranking": entry.get("ranking") or [],
             "figures": report.figures(entry.get("figures"), "localisation", method_figures(entry)),
         }

@@ -41,7 +41,7 @@ class ModelRandomization(Check):
                 continue
             res = model_randomization(ctx.model, ctx.images, ctx.specs, mode=mode, target=ctx.preds, layer=ctx.layer,
                                       seed=ctx.seed, original_maps=ctx.maps, batch_size=ctx.settings.batch_size,
-                                      metrics=metrics, progress=ctx.progress)
+                                      metrics=metrics, progress=ctx.progress, image_index=ctx.image_index)
             d = res.to_dict()
             ctx.save_figure(F.plot_randomization_curves(res), f"model_randomization/{mode}_curves.png", figs)
             for label in ctx.specs:

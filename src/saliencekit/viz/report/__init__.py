@@ -143,10 +143,15 @@ def build_report(
     finally:
         steps.close()
     m = run.metrics or {}
-    performance = (f"test accuracy {num(m.get('accuracy'))}, ROC AUC {num(m.get('roc_auc'))} on {m.get('n')} images"
-                   if m else "no test metrics")
+    if not m:
+        performance = "no test metrics"
+    elif m.get("multilabel"):
+        performance = f"mean ROC AUC {num(m.get('roc_auc'))} over the labels on {m.get('n')} test images"
+    else:
+        performance = f"test accuracy {num(m.get('accuracy'))}, ROC AUC {num(m.get('roc_auc'))} on {m.get('n')} images"
     page = render("page.html.j2", title=f"Trust report: {run.info.arch} on {run.data_root.name}",
-                  arch=run.info.arch, classes=list(run.class_names), performance=performance, run_dir=str(run_dir),
+                  arch=run.info.arch, classes=list(run.class_names), multilabel=run.multilabel,
+                  performance=performance, run_dir=str(run_dir),
                   created=created, version=__version__, warning=gather_warning(ctx), sections=sections,
                   audit=_audit_link(run, audit, out_html))
     _atomic.write_text(out_html, page)

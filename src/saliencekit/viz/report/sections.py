@@ -137,6 +137,17 @@ class TrustTools:
         rows = [[label, *(summary((vals or {}).get(k)) for k, _ in columns)] for label, vals in methods.items()]
         return cls.table(["method", *(t for _, t in columns)], rows, range(1, len(columns) + 1))
 
+    @classmethod
+    def by_label_table(cls, by_label: Any, columns: Sequence[tuple[str, str]]) -> Table | None:
+        """Multi-label checks: one row per (explained label, method), the ``mean [ci_low, ci_high]`` of each column
+        over the rows explaining that label (``by_label`` of a check's entry), or None when there is none."""
+        if not isinstance(by_label, Mapping) or not by_label:
+            return None
+        rows = [[name, label, *(summary((vals or {}).get(k)) for k, _ in columns)]
+                for name, methods in by_label.items() if isinstance(methods, Mapping)
+                for label, vals in methods.items()]
+        return cls.table(["explained label", "method", *(t for _, t in columns)], rows, range(2, len(columns) + 2))
+
     @staticmethod
     def verdict(value: Any, yes: str = "pass", no: str = "fail") -> Tag | str:
         """A pass / fail mark (``n/a`` for anything else)."""
@@ -239,7 +250,8 @@ def gather_verdict(ctx: ReportContext) -> dict[str, Any]:
     if sc.get("present_in_data") and sc.get("detected") is not True:
         note = {"marker": pct(sc.get("marker_share")), "lesion": pct(sc.get("lesion_share")),
                 "evidence": str(sc["evidence"]).rstrip(".") if sc.get("evidence") else ""}
-    return {"n": ctx.checks.settings.get("images"), "columns": columns, "rows": rows,
+    return {"n": ctx.checks.settings.get("images"), "label_rows": ctx.checks.settings.get("rows"),
+            "columns": columns, "rows": rows,
             "recommended": [(m, s.reasons.get(m, "passes the checks.")) for m in s.recommended],
             "other": other, "rule": s.recommendation_rule, "shortcut_note": note,
             "legend": [c.sentence for c in columns if c.sentence]}
@@ -323,6 +335,8 @@ def gather_performance(ctx: ReportContext) -> dict[str, Any]:
     m = run.metrics
     if not m:
         return {"missing": str(run.path)}
+    if m.get("multilabel"):
+        return _multilabel_performance(run, m)
     items = {"test images": m.get("n"), "accuracy": m.get("accuracy"), "ROC AUC": m.get("roc_auc"),
              "sensitivity": m.get("sensitivity"), "specificity": m.get("specificity")}
     if m.get("positive_class") is not None:
@@ -343,20 +357,49 @@ def gather_performance(ctx: ReportContext) -> dict[str, Any]:
             "figures": figs}
 
 
-def select_images(labels: Sequence[int], predicted: Sequence[int], confidence: Sequence[float], n: int) -> list[int]:
+def _multilabel_performance(run: Run, m: Mapping[str, Any]) -> dict[str, Any]:
+    """The test metrics of a multi-label run: the means, and a row per label (evaluate's ``per_class``)."""
+    items = {"test images": m.get("n"), "labels": len(m.get("class_names") or run.class_names),
+             "threshold (a label is predicted at sigmoid >= threshold)": m.get("threshold"),
+             "mean ROC AUC": m.get("roc_auc"), "mean sensitivity": m.get("sensitivity"),
+             "mean specificity": m.get("specificity"), "accuracy (share of label decisions right)": m.get("accuracy"),
+             "exact match (share of images with every label right)": m.get("exact_match")}
+    per = m.get("per_class") or {}
+    rows = [[name, v.get("positives"), num(v.get("auc")), num(v.get("sensitivity")), num(v.get("specificity")),
+             num(v.get("accuracy"))] for name, v in per.items() if isinstance(v, Mapping)]
+    figs = [embed_file(run.path / "roc.png", "ROC curves per label")] if (run.path / "roc.png").is_file() else []
+    if not figs and m.get("roc_curves"):
+        from saliencekit.viz.training import plot_roc
+
+        figs.append(embed_figure(plot_roc(m), "ROC curves per label"))
+    return {"metrics": key_values(items), "confusion": None, "figures": figs,
+            "per_label": Table(["label", "positives", "ROC AUC", "sensitivity", "specificity", "accuracy"], rows,
+                               range(1, 6)) if rows else None}
+
+
+def select_images(labels: Sequence[int], predicted: Sequence[int], confidence: Sequence[float], n: int,
+                  correct: Sequence[bool] | None = None) -> list[int]:
     """Pick up to ``n`` images covering correct and wrong predictions of every class.
 
     Categories (true class, correct?) take turns, each giving its most confident image first, so
     that the selection shows confident successes and confident mistakes of both classes.
     Returns indices grouped by category (class order, correct before wrong).
 
+    Args:
+        labels: true class (or stratum, e.g. a multi-label image's rarest true label) per image.
+        predicted: predicted class per image.
+        confidence: how sure the model is per image.
+        n: how many to pick.
+        correct: whether each prediction is right (default: label == predicted).
+
     >>> select_images([0, 0, 1, 1], [0, 1, 1, 1], [0.9, 0.8, 0.7, 0.95], 3)
     [0, 1, 3]
     """
     labels, predicted = list(map(int, labels)), list(map(int, predicted))
+    right = [y == p for y, p in zip(labels, predicted)] if correct is None else [bool(c) for c in correct]
     cats: dict[tuple[int, bool], list[int]] = {}
-    for i, (y, p) in enumerate(zip(labels, predicted)):
-        cats.setdefault((y, y != p), []).append(i)
+    for i, (y, ok) in enumerate(zip(labels, right)):
+        cats.setdefault((y, not ok), []).append(i)
     order = sorted(cats)
     for k in order:
         cats[k].sort(key=lambda i: (-float(confidence[i]), i))
@@ -386,8 +429,7 @@ def gather_explanations(ctx: ReportContext) -> dict[str, Any]:
     import torch
     from tqdm.auto import tqdm
 
-    from saliencekit.methods import explain, list_methods
-    from saliencekit.methods.normalize import display_normalization
+    from saliencekit.methods import explain
     from saliencekit.viz.overlay import comparison_figure
 
     run = ctx.run
@@ -399,6 +441,8 @@ def gather_explanations(ctx: ReportContext) -> dict[str, Any]:
         return {"problem": f"Test images not available: {exc}"}
     if n_images <= 0 or len(ds) == 0:
         return {"none_chosen": True}
+    if run.multilabel:
+        return _multilabel_explanations(ctx, ds, x_all)
     labels = ds.labels().tolist()
     preds_by_file = {p["file"]: p for p in (run.metrics or {}).get("predictions", []) if "file" in p}
     files = [ds.sample(i).relpath for i in range(len(ds))]
@@ -412,10 +456,7 @@ def gather_explanations(ctx: ReportContext) -> dict[str, Any]:
     confidence = [pr[k] for pr, k in zip(proba, predicted)]
     chosen = select_images(labels, predicted, confidence, n_images)
 
-    spec = _method_spec(ctx.settings.methods, ctx.checks)
-    registered = set(list_methods())
-    out: dict[str, Any] = {"skipped": [(lbl, s["method"]) for lbl, s in spec.items() if s["method"] not in registered]}
-    spec = {lbl: s for lbl, s in spec.items() if s["method"] in registered}
+    spec, out = _registered_spec(ctx)
     if not spec:
         return {**out, "problem": "No registered method to explain with."}
     x = x_all[chosen].to(run.device)
@@ -424,9 +465,7 @@ def gather_explanations(ctx: ReportContext) -> dict[str, Any]:
         results = explain(run.model, x, methods=spec)
     except SaliencekitError as exc:
         return {**out, "problem": f"Explaining failed: {exc}"}
-    norms = {lbl: display_normalization(spec[lbl]["method"]) for lbl in results}  # registered: checked above
-    ctx.method_params = {lbl: {"method": e.method, **e.params, "display_normalization": norms[lbl]}
-                         for lbl, e in results.items()}
+    norms = _record_methods(ctx, spec, results)
     names = run.class_names
     rows, figures = [], []
     for j, i in enumerate(tqdm(chosen, desc="report: explanation figures", disable=not ctx.progress, leave=False)):
@@ -440,6 +479,98 @@ def gather_explanations(ctx: ReportContext) -> dict[str, Any]:
         figures.append((badge, embed_figure(fig, f"saliency maps of {files[i]}", title)))
     return {**out, "count": len(chosen), "table": Table(["", "file", "true class", "predicted", "probabilities"],
                                                         rows), "figures": figures}
+
+
+def _registered_spec(ctx: ReportContext) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The methods to explain with (registered ones) and the section data naming those skipped."""
+    from saliencekit.methods import list_methods
+
+    spec = _method_spec(ctx.settings.methods, ctx.checks)
+    registered = set(list_methods())
+    out: dict[str, Any] = {"skipped": [(lbl, s["method"]) for lbl, s in spec.items() if s["method"] not in registered]}
+    return {lbl: s for lbl, s in spec.items() if s["method"] in registered}, out
+
+
+def _record_methods(ctx: ReportContext, spec: Mapping[str, Mapping[str, Any]],
+                    results: Mapping[str, Any]) -> dict[str, str]:
+    """Each method's display normalisation; records the methods' parameters for the reproducibility section."""
+    from saliencekit.methods.normalize import display_normalization
+
+    norms = {lbl: display_normalization(spec[lbl]["method"]) for lbl in results}  # registered: checked by the caller
+    ctx.method_params = {lbl: {"method": e.method, **e.params, "display_normalization": norms[lbl]}
+                         for lbl, e in results.items()}
+    return norms
+
+
+def _multilabel_explanations(ctx: ReportContext, ds: Any, x_all: Any) -> dict[str, Any]:
+    """Saliency maps of chosen test images of a multi-label run, one row of maps per explained label.
+
+    Each image is explained for its positive labels (sigmoid >= the run's threshold), most probable first, at most
+    ``settings.labels_per_image``, or for its most probable label when none is positive. The images are chosen as
+    :func:`select_images` does, with an image's rarest true label as its class and "every label right" as correct.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from saliencekit.data.folder import rarest_label_strata
+    from saliencekit.methods import explain
+    from saliencekit.methods.outputs import OutputRule
+    from saliencekit.viz.overlay import comparison_figure
+
+    run = ctx.run
+    names = list(run.class_names)
+    threshold = float(run.info.extra.get("threshold", 0.5))
+    truth = ds.labels() > 0.5
+    files = [ds.sample(i).relpath for i in range(len(ds))]
+    preds_by_file = {p["file"]: p for p in (run.metrics or {}).get("predictions", []) if "file" in p}
+    if all(isinstance(preds_by_file.get(f, {}).get("probabilities"), list) for f in files):
+        probs = torch.tensor([preds_by_file[f]["probabilities"] for f in files], dtype=torch.float64)
+    else:
+        probs = run.predict(x_all).double().cpu()
+    rule = OutputRule(multilabel=True, from_probabilities=True, threshold=threshold)
+    positive = rule.positives(probs)
+    targets, counts = rule.default_targets(probs, ctx.settings.labels_per_image)
+    exact = (positive == truth).all(1).tolist()
+    confidence = [float(probs[i, t[0]]) for i, t in enumerate(targets)]
+    strata = rarest_label_strata(truth.numpy())
+    chosen = select_images(strata, strata, confidence, ctx.settings.images, correct=exact)
+
+    spec, out = _registered_spec(ctx)
+    if not spec:
+        return {**out, "problem": "No registered method to explain with."}
+    pairs = [(i, c) for i in chosen for c in targets[i]]
+    x = x_all[[i for i, _ in pairs]].to(run.device)
+    torch.manual_seed(ctx.settings.seed)
+    try:
+        results = explain(run.model, x, methods=spec, target=[c for _, c in pairs], output="multilabel",
+                          threshold=threshold)
+    except SaliencekitError as exc:
+        return {**out, "problem": f"Explaining failed: {exc}"}
+    norms = _record_methods(ctx, spec, results)
+
+    def listed(labels: Sequence[int]) -> str:
+        return ", ".join(f"{names[c]} {float(probs[i, c]):.2f}" for c in labels) if labels else "none"
+
+    rows, figures = [], []
+    for i in tqdm(chosen, desc="report: explanation figures", disable=not ctx.progress, leave=False):
+        ok = bool(exact[i])
+        badge = Tag("span", "all labels right" if ok else "some wrong", f"badge {'correct' if ok else 'wrong'}")
+        true = [names[c] for c in torch.nonzero(truth[i]).flatten().tolist()]
+        pos = [c for c in targets[i] if positive[i, c]] if counts[i] else []
+        more = max(0, counts[i] - len(targets[i]))
+        rows.append([badge, files[i], ", ".join(true) or "none", listed(pos) if counts[i] else "none",
+                     ", ".join(names[c] for c in targets[i]) + (f" (+{more} more positive)" if more else "")])
+        own = [r for r, (j, _) in enumerate(pairs) if j == i]
+        blocks = [{lbl: e.maps[r] for lbl, e in results.items()} for r in own]
+        titles = [f"explaining {names[pairs[r][1]]} (p={float(probs[i, pairs[r][1]]):.2f}"
+                  f"{'' if positive[i, pairs[r][1]] else f', below {threshold:g}'})" for r in own]
+        title = f"{files[i]}: true {', '.join(true) or 'none'}; predicted {', '.join(names[c] for c in pos) or 'none'}"
+        fig = comparison_figure(x_all[i], blocks, title=title, row_titles=titles, normalization=norms)
+        figures.append((badge, embed_figure(fig, f"saliency maps of {files[i]}", title)))
+    return {**out, "multilabel": True, "threshold": f"{threshold:g}", "count": len(chosen),
+            "labels_per_image": ctx.settings.labels_per_image,
+            "table": Table(["", "file", "true labels", "predicted positive (probability)", "explained"], rows),
+            "figures": figures}
 
 
 @section("trust", "Trust checks")
@@ -467,7 +598,9 @@ def gather_trust(ctx: ReportContext) -> dict[str, Any]:
             part.update(ctx.not_computed(f"{check.name} is not in checks.json"))
         parts.append(part)
     known = {c.name for c in list_checks()}
-    return {"images": len(ctx.checks.images), "path": str(ctx.checks_path), "parts": parts,
+    rows = ctx.checks.settings.get("rows")
+    images = ctx.checks.settings.get("images") if rows is not None else len(ctx.checks.images)
+    return {"images": images, "rows": rows, "path": str(ctx.checks_path), "parts": parts,
             "unknown": [name for name in ctx.checks.checks if name not in known]}
 
 

@@ -24,6 +24,8 @@ class ReportSettings:
         images: how many test images to explain (correct and wrong predictions of each class).
         device: where to run the model (``"cpu"``, ``"cuda"``).
         seed: seeds the noise of sampling methods (SmoothGrad, RISE...).
+        labels_per_image: multi-label models: each image is explained for at most this many of its positive labels
+            (most probable first; its most probable label when none is positive).
     """
 
     methods: MethodSpecs | None = field(default=None, metadata=option(
@@ -36,7 +38,13 @@ class ReportSettings:
     device: str = field(default="cpu", metadata=option(
         flag="--device", help="device for the model: cpu, cuda, cuda:1 ..."))
     seed: int = field(default=0, metadata=option(flag="--seed", help="seed for the noise of sampling methods"))
+    labels_per_image: int = field(default=3, metadata=option(
+        flag="--labels-per-image", metavar="K", positive=True,
+        help="multi-label models: explain each image for at most K of its positive labels (most probable first)"))
 
     def __post_init__(self) -> None:
         if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images < 0:
             raise InputError(f"images must be a whole number >= 0, got {self.images!r}")
+        if isinstance(self.labels_per_image, bool) or not isinstance(self.labels_per_image, int) \
+                or self.labels_per_image < 1:
+            raise InputError(f"labels_per_image must be a whole number >= 1, got {self.labels_per_image!r}")
