@@ -94,7 +94,7 @@ def _strip(mean_map: np.ndarray | None, rule: dict[str, Any], images: Sequence[n
     panels = []
     mm = np.zeros((_PANEL, _PANEL, 3))
     if mean_map is not None:
-        mm = _jet(_resize(_unit(mean_map, 100.0), _PANEL))
+        mm = _jet(_resize(_unit(mean_map, 99.0), _PANEL))
         if rule:
             g, w = rule["grid"], rule["size"]
             s = _PANEL / g
