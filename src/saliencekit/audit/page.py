@@ -261,7 +261,8 @@ def build_page(store: Any, analysis: dict[str, MethodAnalysis], out: str | os.Pa
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resources.files("saliencekit.audit") / "templates")),
                              autoescape=jinja2.select_autoescape(["html"]), trim_blocks=False, lstrip_blocks=False)
-    css = (resources.files("saliencekit.audit") / "templates" / "audit.css").read_text(encoding="utf-8")
+    css = "\n".join((resources.files(pkg) / "templates" / name).read_text(encoding="utf-8")
+                    for pkg, name in (("saliencekit.viz.report", "report.css"), ("saliencekit.audit", "audit.css")))
     title = "Dataset audit"
     subtitle = (f"{store.n_images} images of {', '.join(names)} explained with {', '.join(store.methods)}; "
                 f"spectral relevance analysis of every class's maps")
