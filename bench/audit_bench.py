@@ -164,7 +164,8 @@ def overhead(work: Path, per_class: int = 128, image_size: int = 256, rounds: in
 
 
 def _tree_rss(pid: int) -> int:
-    """Resident memory (bytes) of a process and all its descendants."""
+    """Proportional resident memory (PSS, bytes) of a process and all its descendants: pages shared between the
+    forked loader workers and the main process are counted once, split between them."""
     kids: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -177,8 +178,8 @@ def _tree_rss(pid: int) -> int:
     while todo:
         p = todo.pop()
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
         except OSError:
             pass
@@ -187,7 +188,7 @@ def _tree_rss(pid: int) -> int:
 
 
 def memory(work: Path, sizes: tuple[int, ...] = (1000, 10000), image_size: int = 64) -> dict[str, Any]:
-    """Peak resident memory of ``saliencekit audit`` (the process and its loader workers) against N."""
+    """Peak memory (PSS) of ``saliencekit audit`` (the process and its two loader workers) against N."""
     out: dict[str, Any] = {"image_size": image_size, "methods": "gradient", "cases": {}}
     run = _run_dir(work, image_size)
     for n in sizes:
@@ -215,10 +216,10 @@ def memory(work: Path, sizes: tuple[int, ...] = (1000, 10000), image_size: int =
         t.join()
         if proc.returncode:
             raise RuntimeError(text)
-        out["cases"][str(n)] = {"peak_rss_mib": peak[0] / 2**20, "seconds": time.perf_counter() - t0,
+        out["cases"][str(n)] = {"peak_pss_mib": peak[0] / 2**20, "seconds": time.perf_counter() - t0,
                                 "summary": text.strip().splitlines()[-1]}
         print(f"N={n}: peak {peak[0] / 2**20:.0f} MiB", flush=True)
-    a, b = (out["cases"][str(s)]["peak_rss_mib"] for s in sizes[:2])
+    a, b = (out["cases"][str(s)]["peak_pss_mib"] for s in sizes[:2])
     out["ratio_10x_images"] = b / a
     return out
 
