@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -68,7 +69,23 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
         keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(h)).save(root / "best_model.hdf5")
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2)
     torch.save(vit.state_dict(), root / "vit.pt")
+    _cxr(root)
     return root
+
+
+def _cxr(root: Path) -> None:
+    """data/cxr: two class folders of 64x64 images with lesion masks (a bright square on the effusion images)."""
+    rng = np.random.default_rng(1)
+    for cls in ("normal", "effusion"):
+        for i in range(6):
+            a = rng.normal(90, 15, (64, 64))
+            mask = np.zeros((64, 64), dtype=np.uint8)
+            if cls == "effusion":
+                a[40:56, 8 + 4 * i:24 + 4 * i] += 100
+                mask[40:56, 8 + 4 * i:24 + 4 * i] = 255
+            for folder, arr in ((root / "data" / "cxr" / cls, a), (root / "data" / "cxr" / "masks" / cls, mask)):
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(folder / f"{cls}_{i}.png")
 
 
 def test_the_commands_run_as_written(files: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -83,10 +100,40 @@ def test_the_commands_run_as_written(files: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_the_python_example_runs_as_written(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (code,) = _blocks("python")
+    code = _blocks("python")[0]
     monkeypatch.chdir(files)
     scope: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["e"].params["layer"] == "blocks.11.norm1"
     assert scope["t"]["attention_rollout"].layer_maps.shape == (1, 14, 14)
     assert set(scope["maps"]) == {"gradcam", "gradient"} and scope["maps"]["gradcam"].params["layer"] == "conv2d_3"
+
+
+def test_the_check_and_report_commands_run_as_written(files: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    commands = [line for line in _blocks("bash")[1].splitlines() if line.startswith("saliencekit ")]
+    assert [shlex.split(c)[1] for c in commands] == ["check", "check", "report"]
+    monkeypatch.chdir(files)
+    cheap = ["--images", "2", "--methods", "gradient,gradcam", "--checks",
+             "faithfulness,localization,data_randomization", "--random-label-epochs", "1", "--random-label-images", "4",
+             "--quiet", "--image-size", "64"]
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        if argv[0] == "check":  # the same command on a budget: fewer images, checks and pixels
+            argv = [a for a in argv if a not in ("--images", "8")] + cheap
+        else:
+            argv += ["--images", "1", "--quiet"]
+        assert main(argv) == 0, (command, capsys.readouterr().err)
+    resnet = json.loads((files / "checks_resnet" / "checks.json").read_text())
+    assert resnet["model"]["format"] == "safetensors" and "data_randomization" in resnet["checks"]
+    keras = json.loads((files / "checks_keras" / "checks.json").read_text())
+    assert "cannot be rebuilt" in keras["settings"]["skipped"]["data_randomization"]
+    assert "not available for a model file" in (files / "checks_resnet" / "report.html").read_text()
+
+
+def test_the_check_python_example_runs_as_written(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code = _blocks("python")[1]
+    monkeypatch.chdir(files)
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert (files / "checks_py" / "report.html").is_file()
+    assert set(scope["result"].checks) == {"model_randomization", "faithfulness"}

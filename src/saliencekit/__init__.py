@@ -27,10 +27,12 @@ _LAZY = {
     "load_model": "saliencekit.models",
     "audit": "saliencekit.audit",
     "run_audit": "saliencekit.audit",
+    "open_model_data": "saliencekit.model_data",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = ["CheckSettings", "Explanation", "__version__", "audit", "build_report", "compare", "create_method",
-           "explain", "list_methods", "load_checks", "load_model", "load_run", "run_audit", "run_checks"]
+           "explain", "list_methods", "load_checks", "load_model", "load_run", "open_model_data",
+           "run_audit", "run_checks"]

@@ -10,9 +10,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from saliencekit.cli._labels import add_label_arguments, label_spec
 from saliencekit.cli._preprocessing import add_preprocessing_arguments, preprocessing_options
 from saliencekit.cli._types import positive_float, positive_int
-from saliencekit.errors import InputError
 
 
 @contextlib.contextmanager
@@ -75,27 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "'normal' folder first for two classes so that the single logit scores the finding); with "
                    "--labels: the classes in label order (rows of other classes left out), or with --multilabel "
                    "the findings to learn (others ignored)")
-    p.add_argument("--labels", default=None, metavar="CSV",
-                   help="take the images and labels from a CSV instead of class sub-folders: one row per image, an "
-                   "image file column (found under DATA, also in sub-folders) and a label column with "
-                   "'|'-separated findings, as the NIH Data_Entry_2017.csv ('Image Index', 'Finding Labels', "
-                   "'No Finding'; a 'Patient ID' column keeps each patient in one split part)")
-    p.add_argument("--image-column", default=None, metavar="NAME",
-                   help="with --labels: the image file column (default: 'Image Index', image, file, filename or path)")
-    p.add_argument("--label-column", default=None, metavar="NAME",
-                   help="with --labels: the label column (default: 'Finding Labels', label, labels, class, finding "
-                   "or findings); any column works for one label per image, e.g. 'View Position'")
-    p.add_argument("--finding", default=None, metavar="NAME",
-                   help="with --labels: a binary task, images with finding NAME (class 1) against the rest")
-    p.add_argument("--vs", default=None, metavar="NAME",
-                   help="with --finding: class 0 is only the images labelled exactly NAME (e.g. 'No Finding'); "
-                   "images with other findings are left out")
-    p.add_argument("--multilabel", action="store_true",
-                   help="with --labels: one sigmoid output per finding ('No Finding' = none), trained with binary "
-                   "cross-entropy on each")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="with --labels: leave out (and count) CSV rows whose image is not under DATA instead of "
-                   "stopping at the first")
+    add_label_arguments(p)
     p.add_argument("--test-fraction", type=float, default=0.15,
                    help="fraction of each class for testing (default: 0.15)")
     p.add_argument("--val-fraction", type=float, default=0.15,
@@ -154,19 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _label_spec(args: argparse.Namespace) -> Any:  # a LabelSpec, or None without --labels
-    csv_only = {"--image-column": args.image_column, "--label-column": args.label_column, "--finding": args.finding,
-                "--vs": args.vs, "--multilabel": args.multilabel, "--skip-missing": args.skip_missing}
-    if args.labels is None:
-        given = [flag for flag, value in csv_only.items() if value]
-        if given:
-            raise InputError(f"{', '.join(given)} need(s) --labels CSV (labels from class sub-folders need none)")
-        return None
-    from saliencekit.data.labels import LabelSpec
-
-    return LabelSpec(args.labels, image_column=args.image_column, label_column=args.label_column,
-                     finding=args.finding, versus=args.vs, multilabel=args.multilabel,
-                     classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
-                     skip_missing=args.skip_missing)
+    return label_spec(args, [c.strip() for c in args.classes.split(",")] if args.classes else None)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

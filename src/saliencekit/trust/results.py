@@ -137,6 +137,8 @@ class CheckResults:
         created: UTC time stamp.
         command: the command line (or empty).
         run_dir: the run directory checked (None for a model and images).
+        model: for a model file checked on a data folder (``check --model-file``): how to reopen both
+            (:meth:`saliencekit.model_data.ModelData.to_json`); else None.
         schema_version: the layout version of ``checks.json`` (docs/checks_json.md; files without one are 1).
     """
 
@@ -149,6 +151,7 @@ class CheckResults:
     created: str = ""
     command: str = ""
     run_dir: str | None = None
+    model: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -201,7 +204,8 @@ class CheckResults:
         """The ``checks.json`` content (NaN is written as null by the JSON writer)."""
         return {"schema_version": self.schema_version,
                 "saliencekit_version": self.saliencekit_version, "created": self.created, "command": self.command,
-                "run_dir": self.run_dir, "settings": self.settings, "methods": self.methods,
+                "run_dir": self.run_dir, **({} if self.model is None else {"model": self.model}),
+                "settings": self.settings, "methods": self.methods,
                 "images": [r.to_json() for r in self.images], "checks": self.checks, "summary": self.summary.to_json()}
 
     def __getitem__(self, key: str) -> Any:
@@ -227,6 +231,7 @@ class CheckResults:
             created=str(data.get("created") or ""),
             command=str(data.get("command") or ""),
             run_dir=data.get("run_dir"),
+            model=_mapping(data.get("model")) or None,
             schema_version=int(data.get("schema_version") or 1),
         )
 

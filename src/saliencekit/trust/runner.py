@@ -31,6 +31,7 @@ from saliencekit._options import with_options
 from saliencekit._threads import torch_threads
 from saliencekit.errors import InputError
 from saliencekit.methods.specs import default_methods, parse_methods
+from saliencekit.model_data import ModelData, architecture_factory
 from saliencekit.trust._explaining import compute_maps, predicted
 from saliencekit.trust.checks import check_names, get_check, list_checks
 from saliencekit.trust.checks.base import CheckContext
@@ -88,11 +89,30 @@ def run_checks(
     """Run the trust checks and return (and, with ``out_dir``, write) the results.
 
     Either ``run`` (a run directory path or a :class:`saliencekit.run.Run`: its test images, masks,
-    training images and model are used) or ``model`` + ``images`` (+ optional ``labels``, ``masks``,
-    ``train_data`` or ``random_model`` for data randomisation).
+    training images and model are used; or a model file with its data, :func:`saliencekit.open_model_data`: the
+    images are picked from the data folder, and data randomisation trains on other images of it when the model's
+    architecture can be rebuilt) or ``model`` + ``images`` (+ optional ``labels``, ``masks``, ``train_data`` or
+    ``random_model`` for data randomisation).
+
+    A multi-label model (its rule: a final Sigmoid over several outputs, ``output="multilabel"``, a multi-label run)
+    is checked once per explained label of each image (its positive labels, at most ``labels_per_image``); see
+    docs/checks_json.md, "Multi-label models". A model that fails on the images raises one
+    :class:`~saliencekit.errors.InputError` naming the input it runs on.
+
+    >>> import torch, saliencekit as sk
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+    ...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    >>> images, labels = torch.randn(6, 1, 16, 16), torch.tensor([0, 1, 0, 1, 0, 1])
+    >>> result = sk.run_checks(model=net, images=images, labels=labels, methods=["gradient", "gradcam"],
+    ...                        checks=["model_randomization", "faithfulness"], randomization_modes=("cascading",),
+    ...                        progress=False)
+    >>> sorted(result.checks), len(result.images)
+    (['faithfulness', 'model_randomization'], 6)
 
     Args:
-        run: run directory or Run.
+        run: run directory, Run, or :class:`~saliencekit.model_data.ModelData`.
         settings: what to check and how (:class:`CheckSettings`; default: its defaults).
         model: the classifier (never modified) when no run is given.
         images: (N, C, H, W) preprocessed images when no run is given.
@@ -124,20 +144,6 @@ def run_checks(
                            progress=progress, command=command)
 
 
-def _run_factory(info: Any) -> Callable[[], nn.Module]:
-    def factory() -> nn.Module:
-        # The same architecture with dropout off (when the factory has that option), so that the random-label
-        # model can memorise its labels in an affordable number of epochs; dropout has no weights.
-        from saliencekit import models
-
-        try:
-            return models.create(info.arch, **{**info.arch_kwargs, "dropout": 0.0})
-        except TypeError:
-            return models.create(info.arch, **info.arch_kwargs)
-
-    return factory
-
-
 def _run_checks(
     run: Any,
     settings: CheckSettings,
@@ -167,7 +173,17 @@ def _run_checks(
     run_dir = None
     factory: Callable[[], nn.Module] | None = None
     train_config: dict[str, Any] = {}
-    if run is not None:
+    declared, threshold = s.output, s.threshold
+    no_train_data: str | None = None  # why data randomisation has no training images (a model file)
+    model_block: dict[str, Any] | None = None
+    if isinstance(run, ModelData):
+        model, images, labels, files, class_names, picked_masks, train_data, factory, no_train_data = _from_model_data(
+            run, s, chosen, train_data, random_model)
+        masks.update(picked_masks)
+        model_block = run.to_json()
+        if s.output == "auto":
+            declared, threshold = run.output or "auto", run.threshold if run.threshold is not None else s.threshold
+    elif run is not None:
         from saliencekit.device import resolve_device
         from saliencekit.run import Run, load_run
 
@@ -175,8 +191,10 @@ def _run_checks(
             run = load_run(run, device=resolve_device(str(s.device)))
         run_dir = str(Path(run.path).resolve())
         model = run.model
-        factory = _run_factory(run.info)
+        factory = architecture_factory(run.info.arch, run.info.arch_kwargs)
         train_config = dict(run.config.get("config", {}))
+        if s.output == "auto":
+            declared, threshold = run.info.extra.get("output", "auto"), run.info.extra.get("threshold", s.threshold)
         test = run.dataset("test")
         all_labels = test.labels()
         pick = _pick(all_labels, len(test), min(s.n_images, len(test)), s.seed).tolist()
@@ -208,8 +226,6 @@ def _run_checks(
     # entered before the output scope, so that the scope's hook is off when the model is probed.
     scope.enter_context(model_failures(model, images[:1]))
     # Every forward pass of the model in the checks reads its outputs by one rule (a final Sigmoid/Softmax bypassed).
-    declared = s.output if (s.output != "auto" or run is None) else run.info.extra.get("output", "auto")
-    threshold = s.threshold if (s.output != "auto" or run is None) else run.info.extra.get("threshold", s.threshold)
     rule = scope.enter_context(output_scope(model, declared, threshold, images[:1]))
 
     logits, preds = predicted(model, images)
@@ -246,7 +262,7 @@ def _run_checks(
         if reason is None:
             todo.append(check)
         else:
-            skipped[check.name] = reason
+            skipped[check.name] = no_train_data if (no_train_data and "train_data" in check.needs) else reason
     results: dict[str, Any] = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
@@ -272,6 +288,7 @@ def _run_checks(
         created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         command=command or "",
         run_dir=run_dir,
+        model=model_block,
         settings={"images": int(images.shape[0]) if rows is None else rows.n_images, "seed": s.seed,
                   "device": str(images.device), "num_threads": torch.get_num_threads(),
                   "checks": [c.name for c in todo if c.name in results], "skipped": skipped, "layer": s.layer,
@@ -286,6 +303,41 @@ def _run_checks(
     if out_path is not None:
         result.write(out_path / "checks.json")
     return result
+
+
+def _from_model_data(md: ModelData, s: CheckSettings, chosen: Sequence[Any],
+                     train_data: tuple[torch.Tensor, torch.Tensor] | None, random_model: nn.Module | None) -> tuple[
+        nn.Module, torch.Tensor, torch.Tensor, list[str], list[str], dict[str, torch.Tensor],
+        tuple[torch.Tensor, torch.Tensor] | None, Callable[[], nn.Module] | None, str | None]:
+    """The checked images of a model file's data (``n_images``, balanced over the classes or rarest labels) and the
+    training images of data randomisation: up to ``random_label_images`` *other* images of the data, when the
+    model's architecture can be rebuilt (else the reason it cannot)."""
+    everything = md.dataset()
+    all_labels = everything.labels()
+    n = len(everything)
+    pick = _pick(all_labels, n, min(s.n_images, n), s.seed).tolist()
+    ds = md.dataset(pick, cache=True)
+    param = next(md.model.parameters(), None)
+    images = ds.images().to(param.device) if param is not None else ds.images()
+    masks = {kind: torch.stack([ds.mask(i, kind) for i in range(len(ds))]) > 0.5 for kind in md.index.mask_kinds}
+    files = [ds.sample(i).relpath for i in range(len(ds))]
+    factory, reason = md.random_label_factory()
+    if train_data is None and random_model is None and reason is None and any("train_data" in c.needs
+                                                                               for c in chosen):
+        chosen_set = set(pick)
+        rest = [i for i in torch.randperm(n, generator=torch.Generator().manual_seed(s.seed + 1)).tolist()
+                if i not in chosen_set][: s.random_label_images]
+        rest_labels = all_labels[rest]
+        why = "it is trained on images that are not checked; give a larger data folder or fewer --images"
+        if len(rest) < 2:
+            reason = (f"the data has {len(rest)} image(s) besides the {len(pick)} checked: too few to train a "
+                      f"random-label model on ({why})")
+        elif rest_labels.ndim == 1 and len(set(rest_labels.tolist())) < 2:
+            reason = (f"the {len(rest)} images besides the {len(pick)} checked are all of one class: shuffling their "
+                      f"labels changes nothing ({why})")
+        if reason is None:
+            train_data = (md.dataset(rest, cache=True).images(), rest_labels)
+    return md.model, images, all_labels[pick], files, list(md.class_names), masks, train_data, factory, reason
 
 
 def _check_labels(labels: torch.Tensor | None, multilabel: bool, n_classes: int) -> None:

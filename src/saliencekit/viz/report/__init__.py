@@ -36,11 +36,14 @@ if TYPE_CHECKING:
     from saliencekit.trust.results import CheckResults
 
 
-def _resolve_checks(run_dir: Path, checks: str | Path | None) -> tuple[CheckResults | None, Path | None, str | None]:
-    """(checks, path, problem): an explicit path must exist; the default location may be absent."""
+def _resolve_checks(run_dir: Path | None, checks: str | Path | None
+                    ) -> tuple[CheckResults | None, Path | None, str | None]:
+    """(checks, path, problem): an explicit path must exist; the default location (``RUN/checks``) may be absent."""
     from saliencekit.trust.results import load_checks
 
     if checks is None:
+        if run_dir is None:
+            return None, None, None
         path = run_dir / "checks" / "checks.json"
         if not path.is_file():
             return None, None, None
@@ -53,6 +56,16 @@ def _resolve_checks(run_dir: Path, checks: str | Path | None) -> tuple[CheckResu
         return load_checks(path), path, None
     except DataError as exc:
         return None, path, str(exc)
+
+
+def is_checks_path(path: str | Path) -> bool:
+    """Whether ``path`` is a ``checks.json`` or a folder holding one (and not a run directory)."""
+    from saliencekit.run import is_run_dir
+
+    path = Path(path)
+    if path.is_file():
+        return path.suffix == ".json"
+    return path.is_dir() and (path / "checks.json").is_file() and not is_run_dir(path)
 
 
 def _audit_link(run: Any, audit: str | Path | None, out_html: Path) -> dict[str, Any] | None:
@@ -76,59 +89,87 @@ def _audit_link(run: Any, audit: str | Path | None, out_html: Path) -> dict[str,
 
 
 def build_report(
-    run_dir: str | Path,
+    run_dir: str | Path | None = None,
     out_html: str | Path | None = None,
     checks: str | Path | None = None,
     settings: ReportSettings | None = None,
     *,
     data: str | Path | None = None,
+    model_file: str | Path | None = None,
     audit: str | Path | None = None,
     progress: bool = True,
     command: str | None = None,
     **options: Any,
 ) -> Path:
-    """Write the trust report of a run as one self-contained HTML file.
+    """Write the trust report of a run, or of checks made from a model file, as one self-contained HTML file.
 
     Args:
-        run_dir: the run directory written by ``saliencekit train``.
-        out_html: where to write the report (default ``RUN/report.html``); written atomically.
+        run_dir: the run directory written by ``saliencekit train``; None (or a checks folder / ``checks.json``)
+            for the report of ``checks`` alone: of its run directory when it was made from one, else of the model
+            file and data folder it records (``saliencekit check --model-file``), whose training and test
+            performance sections then say they are not available for a model file.
+        out_html: where to write the report (default ``RUN/report.html``, or ``report.html`` beside the checks for
+            a model file); written atomically.
         checks: ``checks.json`` or the folder holding it (default ``RUN/checks/checks.json``; when that is
             absent the verdict and trust sections say how to compute it).
         settings: what to explain and how (:class:`~saliencekit.viz.report.settings.ReportSettings`).
-        data: the data folder, when it moved since training.
+        data: the data folder, when it moved since training (or since the checks of a model file).
+        model_file: the model file, when it moved since the checks (a model file's checks).
         audit: a ``saliencekit audit`` folder to link to (default: ``RUN/audit`` or an ``audit`` folder beside the
             run); linked only when its store was made with this model's weights.
         progress: show a progress bar.
         command: the command line shown in the reproducibility section (default: the Python call).
         **options: fields of :class:`~saliencekit.viz.report.settings.ReportSettings` that replace those of
-            ``settings`` (``methods=``, ``images=``, ``device=``, ``seed=``).
+            ``settings`` (``methods=``, ``images=``, ``device=``, ``seed=``, ``labels_per_image=``).
 
     Returns:
         The path of the written report.
 
     Raises:
         TypeError: an option that is not a field of the settings.
-        RunDirError: ``run_dir`` is not a run directory.
-        DataError: ``checks`` was given but does not exist.
+        RunDirError: ``run_dir`` is not a run directory (nor a checks folder).
+        DataError: ``checks`` was given but does not exist or cannot be read.
+        InputError: neither a run directory nor checks.
+
+    >>> build_report(checks="checks_resnet")  # a model file's checks  # doctest: +SKIP
+    PosixPath('checks_resnet/report.html')
     """
     from tqdm.auto import tqdm
 
     from saliencekit import __version__, _atomic
     from saliencekit._options import with_options
+    from saliencekit.errors import InputError
     from saliencekit.run import load_run
     from saliencekit.viz.report._render import environment, num, render
 
     settings = with_options(ReportSettings, settings, options, "build_report")
-    run_dir = Path(run_dir)
-    run = load_run(run_dir, device=settings.device, data=data)  # raises RunDirError
-    out_html = Path(out_html) if out_html is not None else run_dir / "report.html"
-    results, checks_path, problem = _resolve_checks(run_dir, checks)
+    if run_dir is not None and checks is None and is_checks_path(run_dir):
+        run_dir, checks = None, run_dir  # `saliencekit report CHECKS`
+    if run_dir is None and checks is None:
+        raise InputError("give a run directory, or the checks (a folder or checks.json written by `saliencekit "
+                         "check`) to report on")
+    results, checks_path, problem = _resolve_checks(None if run_dir is None else Path(run_dir), checks)
+    if run_dir is None and results is None:
+        raise DataError(problem or f"cannot read {checks}")
+    if run_dir is None and results is not None and results.run_dir:
+        run_dir = results.run_dir  # checks of a run directory: the report of that run
+    run = subject = subject_problem = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run = load_run(run_dir, device=settings.device, data=data)  # raises RunDirError
+        default_out = run_dir / "report.html"
+    else:
+        assert results is not None and checks_path is not None
+        subject, subject_problem = _reopen_model_data(results, settings.device, data, model_file)
+        default_out = checks_path.parent / "report.html"
+    out_html = Path(out_html) if out_html is not None else default_out
     if command is None:
-        args = [repr(str(run_dir)), repr(str(out_html))]
+        args = [repr(str(run_dir)), repr(str(out_html))] if run_dir is not None else [f"out_html={str(out_html)!r}"]
         args += [f"{k}={v!r}" for k, v in (("checks", checks and str(checks)), ("methods", settings.methods)) if v]
         command = f"saliencekit.viz.report.build_report({', '.join([*args, f'images={settings.images}'])})"
     ctx = ReportContext(run_dir=run_dir, run=run, checks=results, checks_path=checks_path, checks_problem=problem,
-                        settings=settings, command=command, progress=progress)
+                        settings=settings, command=command, progress=progress, subject=subject,
+                        subject_problem=subject_problem)
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     env = environment()
     sections = []
@@ -142,20 +183,48 @@ def build_report(
             steps.update()
     finally:
         steps.close()
-    m = run.metrics or {}
-    if not m:
-        performance = "no test metrics"
-    elif m.get("multilabel"):
-        performance = f"mean ROC AUC {num(m.get('roc_auc'))} over the labels on {m.get('n')} test images"
+    if run is not None:
+        m = run.metrics or {}
+        if not m:
+            performance = "no test metrics"
+        elif m.get("multilabel"):
+            performance = f"mean ROC AUC {num(m.get('roc_auc'))} over the labels on {m.get('n')} test images"
+        else:
+            performance = (f"test accuracy {num(m.get('accuracy'))}, ROC AUC {num(m.get('roc_auc'))} on "
+                           f"{m.get('n')} images")
+        head = {"title": f"Trust report: {run.info.arch} on {run.data_root.name}", "arch": run.info.arch,
+                "classes": list(run.class_names), "multilabel": run.multilabel, "performance": performance,
+                "source_kind": "Run", "source": str(run_dir), "audit": _audit_link(run, audit, out_html)}
     else:
-        performance = f"test accuracy {num(m.get('accuracy'))}, ROC AUC {num(m.get('roc_auc'))} on {m.get('n')} images"
-    page = render("page.html.j2", title=f"Trust report: {run.info.arch} on {run.data_root.name}",
-                  arch=run.info.arch, classes=list(run.class_names), multilabel=run.multilabel,
-                  performance=performance, run_dir=str(run_dir),
-                  created=created, version=__version__, warning=gather_warning(ctx), sections=sections,
-                  audit=_audit_link(run, audit, out_html))
+        assert results is not None
+        block = results.model or {}
+        name = block.get("arch") or Path(str(block.get("file") or "model")).name
+        where = Path(str(block["data"])).name if block.get("data") else "images given in Python"
+        kind = (results.settings.get("output") or {}).get("kind")
+        head = {"title": f"Trust report: {name} on {where}", "arch": name,
+                "classes": list(block.get("class_names") or []), "multilabel": kind == "multilabel",
+                "performance": "no test split (a model file)", "source_kind": "Model file",
+                "source": str(block.get("file") or "a model given in Python"),
+                "audit": _audit_link(subject, audit, out_html) if subject is not None else None}
+    page = render("page.html.j2", created=created, version=__version__, warning=gather_warning(ctx),
+                  sections=sections, **head)
     _atomic.write_text(out_html, page)
     return out_html
 
 
-__all__ = ["SECTION_IDS", "ReportSettings", "build_report", "select_images"]
+def _reopen_model_data(results: CheckResults, device: str, data: str | Path | None,
+                       model_file: str | Path | None) -> tuple[Any, str | None]:
+    """The model file and data folder a model file's checks record, reopened (or None and why not)."""
+    from saliencekit.errors import SaliencekitError
+    from saliencekit.model_data import ModelData
+
+    if not results.model:
+        return None, None
+    try:
+        return ModelData.from_json(results.model, device=device, data=data, model_file=model_file), None
+    except (SaliencekitError, OSError, KeyError) as exc:
+        return None, (f"{exc} (give the data folder with --data and the model file with --model-file when they "
+                      "moved)")
+
+
+__all__ = ["SECTION_IDS", "ReportSettings", "build_report", "is_checks_path", "select_images"]

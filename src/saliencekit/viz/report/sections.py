@@ -34,17 +34,30 @@ from saliencekit.viz.report._render import (
 from saliencekit.viz.report.settings import ReportSettings
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from saliencekit.model_data import ModelData
     from saliencekit.run import Run
     from saliencekit.trust.results import CheckResults
+
+#: what the sections that need a run directory say for a model file
+NOT_FOR_MODEL_FILE = ("not available for a model file: the checks were run on a model file and a data folder "
+                      "(saliencekit check --model-file), and only a run directory written by `saliencekit train` has "
+                      "a training history and a test split")
 
 
 @dataclass
 class ReportContext:
     """Everything the sections read (each part may be missing).
 
+    The report is of a run directory (``run``), or of checks made from a model file and a data folder (``subject``,
+    reopened from ``checks.json``; ``subject_problem`` says why it could not be reopened); the sections that need a
+    run directory say they are not available for a model file.
+
     Attributes:
-        run_dir: the run directory.
-        run: the loaded run.
+        run_dir: the run directory (None for a model file).
+        run: the loaded run (None for a model file).
         checks: the checks' results (None when there are none).
         checks_path: the ``checks.json`` read (or that could not be read).
         checks_problem: why it could not be read.
@@ -52,10 +65,12 @@ class ReportContext:
         command: the command line shown in the reproducibility section.
         progress: show progress bars.
         method_params: label -> parameters of the methods the explanations used (set by that section).
+        subject: the model file and its data, reopened from ``checks.json`` (no run directory).
+        subject_problem: why the model file or its data could not be reopened.
     """
 
-    run_dir: Path
-    run: Run
+    run_dir: Path | None
+    run: Run | None
     checks: CheckResults | None = None
     checks_path: Path | None = None
     checks_problem: str | None = None
@@ -63,13 +78,29 @@ class ReportContext:
     command: str = ""
     progress: bool = True
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    subject: ModelData | None = None
+    subject_problem: str | None = None
 
     @property
     def checks_dir(self) -> Path | None:
         return None if self.checks_path is None else self.checks_path.parent
 
     @property
+    def model_block(self) -> dict[str, Any]:
+        """The ``model`` block of ``checks.json`` (empty for a run directory)."""
+        return dict(self.checks.model or {}) if self.checks is not None else {}
+
+    @property
+    def image_kind(self) -> str:
+        """What the checked images are: a run's test images, or images of a data folder."""
+        return "test images" if self.run is not None or (self.checks and self.checks.run_dir) else "images"
+
+    @property
     def check_hint(self) -> str:
+        if self.run_dir is None:
+            m = self.model_block
+            return (f"saliencekit check --model-file {m.get('file', 'MODEL')} {m.get('data', 'DATA')} --out "
+                    f"{self.checks_dir or 'DIR'}")
         return f"saliencekit check {self.run_dir} --out {self.run_dir / 'checks'}"
 
     def not_computed(self, what: str) -> dict[str, Any]:
@@ -251,6 +282,7 @@ def gather_verdict(ctx: ReportContext) -> dict[str, Any]:
         note = {"marker": pct(sc.get("marker_share")), "lesion": pct(sc.get("lesion_share")),
                 "evidence": str(sc["evidence"]).rstrip(".") if sc.get("evidence") else ""}
     return {"n": ctx.checks.settings.get("images"), "label_rows": ctx.checks.settings.get("rows"),
+            "what": ctx.image_kind,
             "columns": columns, "rows": rows,
             "recommended": [(m, s.reasons.get(m, "passes the checks.")) for m in s.recommended],
             "other": other, "rule": s.recommendation_rule, "shortcut_note": note,
@@ -280,6 +312,8 @@ def gather_data(ctx: ReportContext) -> dict[str, Any]:
     from saliencekit.viz.samples import plot_samples
 
     run = ctx.run
+    if run is None:
+        return _model_file_data(ctx)
     cfg = run.config
     counts = cfg.get("class_counts") or {}
     out: dict[str, Any] = {
@@ -288,25 +322,67 @@ def gather_data(ctx: ReportContext) -> dict[str, Any]:
         if counts else None,
         "split": [(str(k), v) for k, v in (cfg.get("split_sizes") or {}).items()],
     }
-    meta_path = run.data_root / "dataset.json"
+    _data_extras(out, run.data_root, plot_samples)
+    return out
+
+
+def _model_file_data(ctx: ReportContext) -> dict[str, Any]:
+    """The data section of a model file's checks: the data folder the model was checked on, its classes, counts."""
+    from saliencekit.viz.samples import plot_samples
+
+    m = ctx.model_block
+    if not m:
+        return {"unavailable": "the checks were made from a model and images given in Python (run_checks(model=..., "
+                               "images=...)): no data folder is recorded"}
+    out: dict[str, Any] = {"root": str(m.get("data")), "classes": list(m.get("class_names") or []),
+                           "counts": None, "split": [], "model_file": True}
+    md = ctx.subject
+    if md is None:
+        out["problem"] = ctx.subject_problem
+        return out
+    out["root"] = str(md.data_root)  # where it is now (--data when it moved)
+    index = md.index
+    if index.multilabel:
+        counts = [int(v) for v in index.targets.sum(0)]
+        out["counts"] = Table(["label", "images with it"], [[c, n] for c, n in zip(md.class_names, counts)], (1,))
+    else:
+        out["counts"] = Table(["class", "images"], [[c, sum(1 for s_ in index.samples if s_.label == k)]
+                                                    for k, c in enumerate(md.class_names)], (1,))
+    if md.labels is not None:
+        out["labels_csv"] = md.labels.csv
+    else:
+        _data_extras(out, md.data_root, plot_samples)
+    return out
+
+
+def _data_extras(out: dict[str, Any], root: Path, plot_samples: Callable[..., Any]) -> None:
+    """How the data was made (``dataset.json``) and sample images, into the data section's ``out``."""
+    meta_path = root / "dataset.json"
     if meta_path.is_file():
         try:
             out["meta"] = key_values(_brief(json.loads(meta_path.read_text())))
         except (OSError, json.JSONDecodeError) as exc:
             out["meta_problem"] = {"path": str(meta_path), "error": str(exc)}
     try:
-        out["samples"] = embed_figure(plot_samples(run.data_root, per_class=4),
+        out["samples"] = embed_figure(plot_samples(root, per_class=4),
                                       "sample images per class with mask outlines",
                                       "Sample images of each class; outlines show the masks.")
     except (DataError, OSError) as exc:
         out["samples_problem"] = str(exc)
-    return out
 
 
 @section("training", "Training")
 def gather_training(ctx: ReportContext) -> dict[str, Any]:
-    """How training went: epochs, the kept epoch, the curves and the settings."""
+    """How training went: epochs, the kept epoch, the curves and the settings (a model file: what the file is)."""
     run = ctx.run
+    if run is None:
+        m = ctx.model_block
+        facts = {"model file": m.get("file"), "format": m.get("format"), "architecture": m.get("arch"),
+                 "architecture arguments": m.get("arch_kwargs") or None, "preprocessing": m.get("preprocessing"),
+                 "how the outputs are read": m.get("output") or "auto"}
+        return {"unavailable": NOT_FOR_MODEL_FILE,
+                "model": key_values({k: v for k, v in facts.items() if v is not None}) if m else None,
+                "notes": list(m.get("notes") or [])}
     h = run.history
     out: dict[str, Any] = {"info": None, "curves": None, "settings": None}
     if h:
@@ -332,6 +408,8 @@ def gather_training(ctx: ReportContext) -> dict[str, Any]:
 def gather_performance(ctx: ReportContext) -> dict[str, Any]:
     """The test metrics, the confusion matrix and the ROC curve."""
     run = ctx.run
+    if run is None:
+        return {"unavailable": NOT_FOR_MODEL_FILE}
     m = run.metrics
     if not m:
         return {"missing": str(run.path)}
@@ -423,50 +501,135 @@ def _method_spec(methods: Any, checks: CheckResults | None) -> dict[str, dict[st
     return engine_specs(parse_methods(methods or default_methods(), validate=False))
 
 
+@dataclass
+class ImagePool:
+    """The images the explanations section chooses from, and the model's view of them.
+
+    Attributes:
+        model: the classifier.
+        device: where it runs.
+        images: (N, C, H, W) preprocessed images (CPU).
+        files: a name per image.
+        labels: true classes (N,), or (N, L) 0/1 rows of multi-label data.
+        probs: (N, K) probabilities by the model's output rule (per-label sigmoids for multi-label models).
+        predicted: the predicted class per image.
+        names: class (label) names in output order.
+        multilabel: independent labels.
+        threshold: multi-label threshold.
+        output: the declared output (None: ``"auto"``).
+        what: what the images are, for the text ("test images", "checked images").
+    """
+
+    model: nn.Module
+    device: torch.device
+    images: torch.Tensor
+    files: list[str]
+    labels: torch.Tensor
+    probs: torch.Tensor
+    predicted: list[int]
+    names: list[str]
+    multilabel: bool = False
+    threshold: float = 0.5
+    output: str | None = None
+    what: str = "test images"
+
+
+def _run_pool(ctx: ReportContext) -> ImagePool | str:
+    """The test split of a run directory (probabilities from ``metrics.json`` when it has every file)."""
+    import torch
+
+    run = ctx.run
+    assert run is not None
+    try:
+        ds = run.dataset("test")
+        x_all = ds.images()
+    except (SaliencekitError, OSError) as exc:
+        return f"Test images not available: {exc}"
+    files = [ds.sample(i).relpath for i in range(len(ds))]
+    threshold = float(run.info.extra.get("threshold", 0.5))
+    preds_by_file = {p["file"]: p for p in (run.metrics or {}).get("predictions", []) if "file" in p}
+    if files and all(isinstance(preds_by_file.get(f, {}).get("probabilities"), list) for f in files):
+        probs = torch.tensor([preds_by_file[f]["probabilities"] for f in files], dtype=torch.float64)
+    else:
+        probs = run.predict(x_all).double().cpu() if len(ds) else torch.zeros(0, len(run.class_names))
+    if run.multilabel:
+        predicted = probs.argmax(1).tolist()
+    elif files and all(isinstance(preds_by_file.get(f, {}).get("predicted"), int) for f in files):
+        predicted = [int(preds_by_file[f]["predicted"]) for f in files]
+    else:
+        predicted = (probs[:, 1] >= 0.5).long().tolist() if run.binary else probs.argmax(1).tolist()
+    return ImagePool(run.model, run.device, x_all, files, ds.labels(), probs, predicted, list(run.class_names),
+                     run.multilabel, threshold, run.info.extra.get("output"))
+
+
+def _model_file_pool(ctx: ReportContext) -> ImagePool | str:
+    """The checked images of a model file's checks, reloaded from its data folder and run through the model by the
+    output rule the checks used."""
+    import torch
+
+    from saliencekit.methods.outputs import model_outputs
+
+    md = ctx.subject
+    if md is None:
+        if not ctx.model_block:
+            return ("not available: the checks were made from a model and images given in Python "
+                    "(run_checks(model=..., images=...)), which the report cannot reopen")
+        return f"The model file or its data could not be reopened: {ctx.subject_problem}"
+    assert ctx.checks is not None
+    by_file = {s_.relpath: i for i, s_ in enumerate(md.index.samples)}
+    files = [f for f in dict.fromkeys(r.file for r in ctx.checks.images) if f in by_file]
+    missing = [r.file for r in ctx.checks.images if r.file not in by_file]
+    if missing:
+        return f"{len(set(missing))} checked image(s) are no longer under {md.data_root} (e.g. {missing[0]})"
+    if not files:
+        return "checks.json lists no checked images"
+    ds = md.dataset([by_file[f] for f in files], cache=True)
+    x_all = ds.images()
+    declared = (ctx.checks.settings.get("output") or {}).get("declared") or md.output or "auto"
+    threshold = float((ctx.checks.settings.get("output") or {}).get("threshold") or md.threshold or 0.5)
+    device = next((p_.device for p_ in md.model.parameters()), torch.device("cpu"))
+    logits, rule = model_outputs(md.model, x_all.to(device), output=declared, threshold=threshold)
+    probs = rule.probabilities(logits).double().cpu()
+    return ImagePool(md.model, device, x_all, files, ds.labels(), probs, rule.predicted(logits).tolist(),
+                     list(md.class_names), rule.multilabel, threshold, declared, "checked images")
+
+
 @section("explanations", "Explanations")
 def gather_explanations(ctx: ReportContext) -> dict[str, Any]:
-    """Saliency maps of chosen test images (confident right and wrong predictions of each class)."""
+    """Saliency maps of chosen test images (confident right and wrong predictions of each class); for a model file,
+    chosen from the checked images."""
     import torch
     from tqdm.auto import tqdm
 
     from saliencekit.methods import explain
     from saliencekit.viz.overlay import comparison_figure
 
-    run = ctx.run
+    pool = _run_pool(ctx) if ctx.run is not None else _model_file_pool(ctx)
+    if isinstance(pool, str):
+        return {"problem": pool}
     n_images = ctx.settings.images
-    try:
-        ds = run.dataset("test")
-        x_all = ds.images()
-    except (SaliencekitError, OSError) as exc:
-        return {"problem": f"Test images not available: {exc}"}
-    if n_images <= 0 or len(ds) == 0:
+    if n_images <= 0 or len(pool.files) == 0:
         return {"none_chosen": True}
-    if run.multilabel:
-        return _multilabel_explanations(ctx, ds, x_all)
-    labels = ds.labels().tolist()
-    preds_by_file = {p["file"]: p for p in (run.metrics or {}).get("predictions", []) if "file" in p}
-    files = [ds.sample(i).relpath for i in range(len(ds))]
-    if all(f in preds_by_file for f in files):
-        proba = [preds_by_file[f]["probabilities"] for f in files]
-        predicted = [int(preds_by_file[f]["predicted"]) for f in files]
-    else:
-        p = run.predict(x_all)
-        proba = p.tolist()
-        predicted = (p[:, 1] >= 0.5).long().tolist() if run.binary else p.argmax(1).tolist()
+    if pool.multilabel:
+        return _multilabel_explanations(ctx, pool)
+    labels = pool.labels.tolist()
+    predicted = pool.predicted
+    proba = pool.probs.tolist()
+    files = pool.files
     confidence = [pr[k] for pr, k in zip(proba, predicted)]
     chosen = select_images(labels, predicted, confidence, n_images)
 
     spec, out = _registered_spec(ctx)
     if not spec:
         return {**out, "problem": "No registered method to explain with."}
-    x = x_all[chosen].to(run.device)
+    x = pool.images[chosen].to(pool.device)
     torch.manual_seed(ctx.settings.seed)
     try:
-        results = explain(run.model, x, methods=spec)
+        results = explain(pool.model, x, methods=spec, output=pool.output, threshold=pool.threshold)
     except SaliencekitError as exc:
         return {**out, "problem": f"Explaining failed: {exc}"}
     norms = _record_methods(ctx, spec, results)
-    names = run.class_names
+    names = pool.names
     rows, figures = [], []
     for j, i in enumerate(tqdm(chosen, desc="report: explanation figures", disable=not ctx.progress, leave=False)):
         y, p = labels[i], predicted[i]
@@ -474,11 +637,11 @@ def gather_explanations(ctx: ReportContext) -> dict[str, Any]:
         badge = Tag("span", "correct" if ok else "wrong", f"badge {'correct' if ok else 'wrong'}")
         rows.append([badge, files[i], names[y], names[p], " / ".join(f"{n} {float(v):.3f}"
                                                                      for n, v in zip(names, proba[i]))])
-        fig = comparison_figure(x_all[i], {lbl: e.maps[j] for lbl, e in results.items()}, normalization=norms)
+        fig = comparison_figure(pool.images[i], {lbl: e.maps[j] for lbl, e in results.items()}, normalization=norms)
         title = f"{files[i]}: true {names[y]}, predicted {names[p]} ({'correct' if ok else 'wrong'})"
         figures.append((badge, embed_figure(fig, f"saliency maps of {files[i]}", title)))
-    return {**out, "count": len(chosen), "table": Table(["", "file", "true class", "predicted", "probabilities"],
-                                                        rows), "figures": figures}
+    return {**out, "count": len(chosen), "what": pool.what,
+            "table": Table(["", "file", "true class", "predicted", "probabilities"], rows), "figures": figures}
 
 
 def _registered_spec(ctx: ReportContext) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -502,10 +665,10 @@ def _record_methods(ctx: ReportContext, spec: Mapping[str, Mapping[str, Any]],
     return norms
 
 
-def _multilabel_explanations(ctx: ReportContext, ds: Any, x_all: Any) -> dict[str, Any]:
-    """Saliency maps of chosen test images of a multi-label run, one row of maps per explained label.
+def _multilabel_explanations(ctx: ReportContext, pool: ImagePool) -> dict[str, Any]:
+    """Saliency maps of chosen images of a multi-label model, one row of maps per explained label.
 
-    Each image is explained for its positive labels (sigmoid >= the run's threshold), most probable first, at most
+    Each image is explained for its positive labels (sigmoid >= the threshold), most probable first, at most
     ``settings.labels_per_image``, or for its most probable label when none is positive. The images are chosen as
     :func:`select_images` does, with an image's rarest true label as its class and "every label right" as correct.
     """
@@ -517,16 +680,9 @@ def _multilabel_explanations(ctx: ReportContext, ds: Any, x_all: Any) -> dict[st
     from saliencekit.methods.outputs import OutputRule
     from saliencekit.viz.overlay import comparison_figure
 
-    run = ctx.run
-    names = list(run.class_names)
-    threshold = float(run.info.extra.get("threshold", 0.5))
-    truth = ds.labels() > 0.5
-    files = [ds.sample(i).relpath for i in range(len(ds))]
-    preds_by_file = {p["file"]: p for p in (run.metrics or {}).get("predictions", []) if "file" in p}
-    if all(isinstance(preds_by_file.get(f, {}).get("probabilities"), list) for f in files):
-        probs = torch.tensor([preds_by_file[f]["probabilities"] for f in files], dtype=torch.float64)
-    else:
-        probs = run.predict(x_all).double().cpu()
+    names, probs, threshold = pool.names, pool.probs, pool.threshold
+    truth = pool.labels > 0.5
+    files = pool.files
     rule = OutputRule(multilabel=True, from_probabilities=True, threshold=threshold)
     positive = rule.positives(probs)
     targets, counts = rule.default_targets(probs, ctx.settings.labels_per_image)
@@ -539,16 +695,16 @@ def _multilabel_explanations(ctx: ReportContext, ds: Any, x_all: Any) -> dict[st
     if not spec:
         return {**out, "problem": "No registered method to explain with."}
     pairs = [(i, c) for i in chosen for c in targets[i]]
-    x = x_all[[i for i, _ in pairs]].to(run.device)
+    x = pool.images[[i for i, _ in pairs]].to(pool.device)
     torch.manual_seed(ctx.settings.seed)
     try:
-        results = explain(run.model, x, methods=spec, target=[c for _, c in pairs], output="multilabel",
-                          threshold=threshold)
+        results = explain(pool.model, x, methods=spec, target=[c for _, c in pairs],
+                          output=pool.output or "multilabel", threshold=threshold)
     except SaliencekitError as exc:
         return {**out, "problem": f"Explaining failed: {exc}"}
     norms = _record_methods(ctx, spec, results)
 
-    def listed(labels: Sequence[int]) -> str:
+    def listed(labels: Sequence[int], i: int) -> str:
         return ", ".join(f"{names[c]} {float(probs[i, c]):.2f}" for c in labels) if labels else "none"
 
     rows, figures = [], []
@@ -558,16 +714,16 @@ def _multilabel_explanations(ctx: ReportContext, ds: Any, x_all: Any) -> dict[st
         true = [names[c] for c in torch.nonzero(truth[i]).flatten().tolist()]
         pos = [c for c in targets[i] if positive[i, c]] if counts[i] else []
         more = max(0, counts[i] - len(targets[i]))
-        rows.append([badge, files[i], ", ".join(true) or "none", listed(pos) if counts[i] else "none",
+        rows.append([badge, files[i], ", ".join(true) or "none", listed(pos, i) if counts[i] else "none",
                      ", ".join(names[c] for c in targets[i]) + (f" (+{more} more positive)" if more else "")])
         own = [r for r, (j, _) in enumerate(pairs) if j == i]
         blocks = [{lbl: e.maps[r] for lbl, e in results.items()} for r in own]
         titles = [f"explaining {names[pairs[r][1]]} (p={float(probs[i, pairs[r][1]]):.2f}"
                   f"{'' if positive[i, pairs[r][1]] else f', below {threshold:g}'})" for r in own]
         title = f"{files[i]}: true {', '.join(true) or 'none'}; predicted {', '.join(names[c] for c in pos) or 'none'}"
-        fig = comparison_figure(x_all[i], blocks, title=title, row_titles=titles, normalization=norms)
+        fig = comparison_figure(pool.images[i], blocks, title=title, row_titles=titles, normalization=norms)
         figures.append((badge, embed_figure(fig, f"saliency maps of {files[i]}", title)))
-    return {**out, "multilabel": True, "threshold": f"{threshold:g}", "count": len(chosen),
+    return {**out, "multilabel": True, "threshold": f"{threshold:g}", "count": len(chosen), "what": pool.what,
             "labels_per_image": ctx.settings.labels_per_image,
             "table": Table(["", "file", "true labels", "predicted positive (probability)", "explained"], rows),
             "figures": figures}
@@ -600,7 +756,7 @@ def gather_trust(ctx: ReportContext) -> dict[str, Any]:
     known = {c.name for c in list_checks()}
     rows = ctx.checks.settings.get("rows")
     images = ctx.checks.settings.get("images") if rows is not None else len(ctx.checks.images)
-    return {"images": images, "rows": rows, "path": str(ctx.checks_path), "parts": parts,
+    return {"images": images, "rows": rows, "what": ctx.image_kind, "path": str(ctx.checks_path), "parts": parts,
             "unknown": [name for name in ctx.checks.checks if name not in known]}
 
 
@@ -610,7 +766,7 @@ def gather_reproducibility(ctx: ReportContext) -> dict[str, Any]:
     from saliencekit._versions import library_versions
 
     run = ctx.run
-    cfg = run.config
+    cfg = run.config if run is not None else {}
     checks = ctx.checks
     now = library_versions()
     trained = cfg.get("versions") or {}
@@ -651,8 +807,14 @@ def gather_reproducibility(ctx: ReportContext) -> dict[str, Any]:
             out["check_parameters"] = key_values(params)
     cmds = {"train": cfg.get("command"), "check": checks.command if checks else None, "report": ctx.command}
     out["commands"] = [(k, v) for k, v in cmds.items() if v]
-    out["files"] = key_values({"run directory": str(run.path.resolve()), "data folder": str(run.data_root),
-                               "checks file": str(ctx.checks_path) if ctx.checks_path else "none"})
+    if run is not None:
+        files = {"run directory": str(run.path.resolve()), "data folder": str(run.data_root)}
+    else:
+        m = ctx.model_block
+        md = ctx.subject
+        files = {"model file": str(md.path) if md is not None else m.get("file", "none (a model given in Python)"),
+                 "data folder": str(md.data_root) if md is not None else m.get("data", "none")}
+    out["files"] = key_values({**files, "checks file": str(ctx.checks_path) if ctx.checks_path else "none"})
     return out
 
 
