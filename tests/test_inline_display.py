@@ -273,3 +273,29 @@ def test_check_results_html_without_verdicts() -> None:
     page = _parse(empty._repr_html_())
     assert page.rows == []
     assert "No method passed every check" in empty._repr_html_()
+
+
+# ----------------------------------------------------------------------------------------------- what Jupyter calls
+
+
+def test_ipython_display_formatter_finds_every_inline_display(explained) -> None:
+    # what a notebook cell ending in the object shows: IPython's formatter, as ipykernel calls it
+    formatters = pytest.importorskip("IPython.core.formatters", reason="needs IPython (ipykernel, in the test extra)")
+    from saliencekit.run import History
+
+    fmt = formatters.DisplayFormatter()
+    maps, _ = explained
+    data, _ = fmt.format(maps["gradcam"])
+    assert {"image/png", "text/html"} <= set(data) and data["text/plain"] == repr(maps["gradcam"])
+    _decode_png(data["image/png"])
+    assert len(_parse(data["text/html"]).images) == 1
+
+    data, _ = fmt.format(History({"epochs": [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.69},
+                                             {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6}], "best_epoch": 2}))
+    _decode_png(data["image/png"])
+
+    results = _results()
+    data, _ = fmt.format(results)
+    assert [r[0] for r in _parse(data["text/html"]).rows[1:4]] == ["gradient", "gradcam", "edges<i>"]
+    # a short plain-text form (a terminal shows it), not every per-image number
+    assert data["text/plain"] == "CheckResults(3 methods, 8 images; recommended: gradient)"

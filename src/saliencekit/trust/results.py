@@ -194,6 +194,12 @@ class CheckResults:
         return {label: {c.key: c.cell(value_of(row.get(c.key))) for c in columns}
                 for label, row in self.summary.methods.items()}
 
+    def __repr__(self) -> str:
+        # short: the dataclass's own repr would print every per-image number (the notebook shows _repr_html_)
+        n, images = len(self.summary.methods), self.settings.get("images", len(self.images))
+        recommended = ", ".join(self.summary.recommended) or "none"
+        return f"CheckResults({n} method{'s' if n != 1 else ''}, {images} images; recommended: {recommended})"
+
     def _repr_html_(self) -> str:
         """The verdict table (methods x checks), the recommended methods and the skipped checks, for notebooks."""
         from saliencekit.viz.inline import verdict_table_html
