@@ -71,18 +71,32 @@ def _commit() -> str:
 
 
 def _save(key: str, value: Any) -> None:
+    """``value`` becomes the case's latest result; every run of the case is also kept under ``runs``."""
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    data[key] = value
+    runs = data.get(key, {}).get("runs", []) if isinstance(data.get(key), dict) else []
+    earlier = {k: v for k, v in data.get(key, {}).items() if k != "runs"} if runs or key in data else None
+    if earlier and not runs:
+        runs = [_strip(earlier)]
+    data[key] = {**value, "runs": [*runs, _strip(value)]}
     data["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                        "cpus": os.cpu_count(), "python": platform.python_version()}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=1) + "\n")
 
 
+def _strip(result: dict[str, Any]) -> dict[str, Any]:
+    """A result without its per-chunk timings (what the list of runs keeps)."""
+    out = {k: v for k, v in result.items() if k not in ("seconds", "runs")}
+    if isinstance(out.get("cases"), dict):
+        out["cases"] = {k: {kk: vv for kk, vv in v.items() if kk != "seconds"} if isinstance(v, dict) else v
+                        for k, v in out["cases"].items()}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ throughput
 
 
-def throughput(work: Path, per_class: int = 128, image_size: int = 256, rounds: int = 2) -> dict[str, Any]:
+def throughput(work: Path, per_class: int = 64, image_size: int = 128, rounds: int = 2) -> dict[str, Any]:
     """Images/s of the local engine and of the Ray engine with 1 and 2 actors (one CPU and one thread each)."""
     import ray
 
@@ -118,46 +132,79 @@ def throughput(work: Path, per_class: int = 128, image_size: int = 256, rounds: 
 # ------------------------------------------------------------------------------------------------ overhead
 
 
-def overhead(work: Path, per_class: int = 128, image_size: int = 256, rounds: int = 3) -> dict[str, Any]:
-    """Seconds per image of explaining the chunks without and with writing them to the store (same process)."""
+def overhead(work: Path, per_class: int = 64, image_size: int = 256, rounds: int = 2) -> dict[str, Any]:
+    """Cost of the store against the passes an audit cannot avoid, measured chunk by chunk in one process.
+
+    For every chunk, in alternating order: the chunk explained without the store (forward pass for the
+    predictions, then the methods' passes: what any audit must do) and the chunk explained and written to
+    the store. The store's cost is the time of ``ChunkWriter.write`` plus the float16 encoding (timed apart,
+    on the same maps); it is reported as a share of the explaining time, per round, and also as the paired
+    difference of the two timings of each chunk (noisier: it carries the load's fluctuations between them).
+    Two method sets: the issue's (Grad-CAM + SmoothGrad with 8 samples) and the cheapest (one gradient pass),
+    where the store's share is largest.
+    """
+    import numpy as np
     import torch
 
     from saliencekit.audit import make_job
-    from saliencekit.audit._job import compute_chunk, load_context, load_images
+    from saliencekit.audit._job import compute_chunk, encode_maps, load_context, load_images
     from saliencekit.audit.store import ChunkWriter, create_store, store_path
 
     run, data = _run_dir(work, image_size), _data(work, per_class, image_size)
     torch.set_num_threads(1)
-    job = make_job(run, data, METHODS, chunk_size=16, batch_size=16, device="cpu")
-    ctx = load_context(job)
-    images = [load_images(ctx, c) for c in range(ctx.n_chunks)]
-    compute_chunk(ctx, 0, images[0])  # warm-up (layout trial, allocator)
-    plain, stored, writes = [], [], []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for c in range(ctx.n_chunks):
-            compute_chunk(ctx, c, images[c])
-        plain.append(time.perf_counter() - t0)
-        path = store_path(work / "ov")
-        shutil.rmtree(path.parent, ignore_errors=True)
-        create_store(path, ctx)
-        writer = ChunkWriter(path)
-        t0 = time.perf_counter()
-        w = 0.0
-        for c in range(ctx.n_chunks):
-            res = compute_chunk(ctx, c, images[c])
-            t1 = time.perf_counter()
-            writer.write(res)
-            w += time.perf_counter() - t1
-        stored.append(time.perf_counter() - t0)
-        writes.append(w)
-        print(f"explain only {plain[-1]:.2f} s, with the store {stored[-1]:.2f} s (writes {w:.2f} s)", flush=True)
-    n = ctx.n_images
-    return {"n_images": n, "image_size": image_size, "methods": METHODS, "threads": 1,
-            "explain_only_s_per_image": min(plain) / n, "with_store_s_per_image": min(stored) / n,
-            "write_s_per_image": min(writes) / n, "overhead_of_min_times": min(stored) / min(plain) - 1,
-            "write_share_of_explain": min(writes) / min(plain), "rounds": {"plain": plain, "stored": stored,
-                                                                           "writes": writes}}
+    out: dict[str, Any] = {"n_images": 2 * per_class, "image_size": image_size, "threads": 1, "chunk_size": 16,
+                           "rounds": rounds, "cases": {}}
+    for name, methods in (("gradcam+smoothgrad8", METHODS), ("gradient", {"gradient": {"method": "gradient"}})):
+        job = make_job(run, data, methods, chunk_size=16, batch_size=16, device="cpu")
+        ctx = load_context(job)
+        images = [load_images(ctx, c) for c in range(ctx.n_chunks)]
+        compute_chunk(ctx, 0, images[0])  # warm-up (layout trial, allocator)
+        plain: list[list[float]] = []
+        stored: list[list[float]] = []
+        store_cost: list[list[float]] = []
+        for r in range(rounds):
+            path = store_path(work / "ov")
+            shutil.rmtree(path.parent, ignore_errors=True)
+            create_store(path, ctx)
+            writer = ChunkWriter(path)
+            p_r, s_r, c_r = [], [], []
+            for c in range(ctx.n_chunks):
+                for kind in (("plain", "stored") if (c + r) % 2 == 0 else ("stored", "plain")):
+                    t0 = time.perf_counter()
+                    res = compute_chunk(ctx, c, images[c])
+                    if kind == "plain":
+                        p_r.append(time.perf_counter() - t0)
+                        continue
+                    t1 = time.perf_counter()
+                    writer.write(res)
+                    t2 = time.perf_counter()
+                    s_r.append(t2 - t0)
+                    # the float16 encoding inside compute_chunk, timed again on the same maps
+                    raw = {k: v.astype(np.float32) * res.scales[k][:, None, None] for k, v in res.maps.items()}
+                    t3 = time.perf_counter()
+                    for v in raw.values():
+                        encode_maps(v, "float16")
+                    c_r.append((t2 - t1) + (time.perf_counter() - t3))
+            plain.append(p_r)
+            stored.append(s_r)
+            store_cost.append(c_r)
+            print(f"{name} round {r}: explain only {sum(p_r):.2f} s, explain + store {sum(s_r):.2f} s, "
+                  f"store (write + encode) {sum(c_r):.2f} s", flush=True)
+        share = [sum(c) / sum(p) for c, p in zip(store_cost, plain)]
+        paired = [s / p - 1 for sr, pr in zip(stored, plain) for s, p in zip(sr, pr)]
+        n = ctx.n_images
+        out["cases"][name] = {
+            "methods": methods,
+            "explain_s_per_image_per_round": [sum(p) / n for p in plain],
+            "store_s_per_image_per_round": [sum(c) / n for c in store_cost],
+            "store_share_of_explain_per_round": share,
+            "store_share_of_explain": float(np.median(share)),
+            "paired_chunk_overhead_median": float(np.median(paired)),
+            "paired_chunk_overhead_quartiles": [float(q) for q in np.percentile(paired, [25, 75])],
+            "paired_chunk_overhead_min_max": [min(paired), max(paired)],
+            "seconds": {"plain": plain, "stored": stored, "store": store_cost},
+        }
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -234,7 +281,8 @@ def main() -> int:
         t0, load = time.perf_counter(), _load()
         result = {"throughput": throughput, "overhead": overhead, "memory": memory}[case](args.work)
         result.setdefault("load_average_before", load)
-        result.update({"commit": _commit(), "device": "cpu", "wall_s": time.perf_counter() - t0})
+        result.update({"commit": _commit(), "device": "cpu (2 cores shared with other jobs)", "nice": os.nice(0),
+                       "load_average_after": _load(), "wall_s": time.perf_counter() - t0})
         _save(case, result)
         print(json.dumps({k: v for k, v in result.items() if k not in ("rounds",)}, indent=1, default=str))
     return 0
