@@ -223,9 +223,11 @@ def test_refuses_foreign_or_existing_output(tmp_path: Path) -> None:
     assert len(scan_folder(root).samples) == 2  # old files gone
     assert json.loads((root / "dataset.json").read_text())["parameters"]["per_class"] == 1
     assert set(CLASSES) == {"effusion", "normal"}
-    # an interrupted run (no dataset.json yet) can be overwritten too, but not silently
+    # class folders without the generator's dataset.json (the user's own effusion/ and normal/ data, or an
+    # unfinished dataset of an earlier version) are never replaced, even with overwrite
     (root / "dataset.json").unlink()
-    with pytest.raises(DataError, match="unfinished"):
-        generate(root, per_class=1, size=64, progress=False)
-    generate(root, per_class=1, size=64, progress=False, overwrite=True)
-    assert (root / "dataset.json").is_file()
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for overwrite in (False, True):
+        with pytest.raises(DataError, match="unfinished"):
+            generate(root, per_class=1, size=64, progress=False, overwrite=overwrite)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before

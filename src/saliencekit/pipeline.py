@@ -348,7 +348,8 @@ def run_demo(
             if log:
                 log(f"[{i}/{len(steps)}] {step.name}: {step.description}")
             t0 = time.perf_counter()
-            step.func(ctx)
+            with _atomic.all_or_nothing():  # an interrupted step leaves nothing; the finished ones stay
+                step.func(ctx)
             ctx.timings[step.name] = round(time.perf_counter() - t0, 3)
     summary = {
         "quick": quick, "shortcut": shortcut, "num_threads": threads_used, "settings": asdict(ctx.settings),

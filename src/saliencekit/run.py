@@ -126,6 +126,12 @@ class Run:
         self.preprocessing = Preprocessing.from_dict(info.preprocessing)
         self.class_names: list[str] = list(info.class_names)
         self.config: dict[str, Any] = _read_json(self.path / CONFIG)
+        if not isinstance(self.config, dict) or not isinstance(self.config.get("data_root", ""), str):
+            raise RunDirError(f"{self.path / CONFIG} is not the config.json of a run (expected a JSON object with "
+                              "data_root, as `saliencekit train` writes); it was edited or damaged")
+        if data is None and "data_root" not in self.config:
+            raise RunDirError(f"{self.path / CONFIG} does not say where the data is (no data_root); give the data "
+                              "folder (--data DIR, or load_run(..., data=DIR))")
         self.data_root = Path(data) if data is not None else Path(self.config["data_root"])
         self.history: History | None = (
             History(_read_json(self.path / HISTORY)) if (self.path / HISTORY).is_file() else None
@@ -185,6 +191,9 @@ class Run:
             raise DataError(f"unknown split part {part!r}; valid: {', '.join((*PARTS, 'all'))}")
         if part not in self._datasets:
             indices = None if part == "all" else self.split.parts()[part]
+            if indices is not None and not indices:
+                raise DataError(f"the {part} split of {self.path} is empty ({SPLIT} lists no {part} images); "
+                                "evaluate on a folder instead (--data DIR), or retrain")
             self._datasets[part] = ImageFolderDataset(self.index, self.preprocessing, indices, cache=True)
         return self._datasets[part]
 

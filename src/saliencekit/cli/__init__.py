@@ -3,16 +3,33 @@
 Each command lives in its own module of this package and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` to a function taking the parsed arguments. The CLI
 only parses arguments and calls the library; no logic lives here.
+
+Every command runs the same way (:func:`main`): warnings and errors are one line each on stderr; bad input and
+outputs that cannot be written (a full disk, a read-only folder) exit with status 2, Ctrl-C with 130 and SIGTERM
+with 143, never with a traceback; and the files a command writes are kept only if it finishes
+(:func:`saliencekit._atomic.all_or_nothing`), so an interrupted or failed command leaves the previous outputs as
+they were. A command that manages its own units of work (``demo``, step by step) sets ``all_or_nothing=False``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-from saliencekit.errors import SaliencekitError
+from saliencekit.cli._console import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
+    error_line,
+    print_warnings,
+    sigterm_as_exception,
+)
+from saliencekit.errors import SaliencekitError, is_environment_error, output_error
 
 # Every command: the module that registers it and its one-line help, in the order ``--help`` lists them. The
 # modules add everything else; the table lets ``saliencekit --help`` / ``--version`` answer without importing any
@@ -32,6 +49,13 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the problem and where to read the options)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {error_line(message)} (see {self.prog} --help)\n")
+
+
 class _Commands:
     """The sub-parsers action handed to the modules' ``register``: each command's help comes from the table."""
 
@@ -46,7 +70,7 @@ class _Commands:
 def _top_level() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     from saliencekit import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="saliencekit",
         description="Train image classifiers, explain them with saliency maps, and check which maps to trust.",
     )
@@ -80,15 +104,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from saliencekit import _atomic
+
+    whole = getattr(args, "all_or_nothing", True)
+    keep = _atomic.all_or_nothing() if whole else contextlib.nullcontext()
+    undone = "; the outputs are as they were before this command" if whole else ""
     try:
-        result = args.func(args)
+        with sigterm_as_exception(), print_warnings(), keep:
+            result = args.func(args)
     except SaliencekitError as exc:
-        print(f"saliencekit: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
+    except OSError as exc:
+        if not is_environment_error(exc):
+            raise
+        return _fail(output_error(exc, doing="use"))
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":  # torch's, on a GPU
+            raise
+        return _fail("out of memory; use fewer or smaller images (--images, --image-size, --batch-size) "
+                     "or a device with more memory")
+    except Terminated:
+        print(f"saliencekit: terminated (SIGTERM){undone}", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
-        print("saliencekit: interrupted", file=sys.stderr)
-        return 130
+        print(f"saliencekit: interrupted{undone}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return int(result or 0)
+
+
+def _fail(message: object) -> int:
+    print(f"saliencekit: error: {error_line(message)}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,17 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda (default: auto)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, all_or_nothing=False)  # run_demo keeps each finished step
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from saliencekit.cli.train import print_warnings
     from saliencekit.pipeline import run_demo
     from saliencekit.train.evaluate import format_metrics
 
-    with print_warnings():
-        ctx = run_demo(args.out, quick=args.quick, shortcut=args.shortcut, progress=not args.quiet,
-                       device=args.device, num_threads=args.threads)
+    ctx = run_demo(args.out, quick=args.quick, shortcut=args.shortcut, progress=not args.quiet, device=args.device,
+                   num_threads=args.threads)
     if ctx.metrics:
         print(format_metrics(ctx.metrics))
     print(f"\ndemo finished in {sum(ctx.timings.values()):.0f} s; outputs:")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shlex
 import sys
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from saliencekit.cli._labels import add_label_arguments, label_spec
@@ -15,28 +13,11 @@ from saliencekit.cli._preprocessing import add_preprocessing_arguments, preproce
 from saliencekit.cli._types import positive_float, positive_int
 
 
-@contextlib.contextmanager
-def print_warnings() -> Iterator[None]:
-    """Show library warnings (e.g. skipped images) as one ``saliencekit: warning:`` line each on stderr."""
-
-    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-        print(f"saliencekit: warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", UserWarning)
-        warnings.showwarning = show
-        yield
-
-
 def standard_augmentation() -> Callable[[Any], Any]:
     """The library's standard augmentation (rotation, shift, zoom, horizontal flip), imported lazily."""
     from saliencekit.data.augment import Augmentation
 
     return Augmentation.standard()
-
-
-
-
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -121,9 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_threads=args.threads, labels=labels,
         classes=None if labels is not None else [c.strip() for c in args.classes.split(",")] if args.classes else None,
     )
-    with print_warnings():
-        run = train(args.data, args.out, config, progress=not args.quiet,
-                    command=shlex.join(["saliencekit", *sys.argv[1:]]))
+    command = shlex.join(["saliencekit", *sys.argv[1:]])
+    run = train(args.data, args.out, config, progress=not args.quiet, command=command)
     if labels is not None:
         print(f"labels from {labels.csv}: {run.config['labels']['summary']}")
     hist = run.history or {}
@@ -143,8 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from saliencekit.train.evaluate import evaluate, format_metrics
 
     run = load_run(args.run, device=resolve_device(args.device))
-    with print_warnings():
-        metrics = evaluate(run, data=args.data, progress=not args.quiet, labels=args.labels)
+    metrics = evaluate(run, data=args.data, progress=not args.quiet, labels=args.labels)
     print(format_metrics(metrics))
     return 0
 

@@ -123,6 +123,9 @@ def read_dicom(path: str | Path) -> np.ndarray:
         raise DataError(f"DICOM file {path} is multi-frame ({frames} frames); saliencekit reads single images: "
                         "export the frame you mean as its own file")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    from saliencekit.data.reader import check_pixel_count
+
+    check_pixel_count(f"DICOM file {path}", int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0))
     try:
         stored = ds.pixel_array
     except Exception as exc:  # a compressed transfer syntax without its decoder, corrupt data...

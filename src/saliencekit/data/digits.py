@@ -13,14 +13,13 @@ DigitsSummary(root=PosixPath('data/digits'), counts={'0': 178, '1': 182})
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from saliencekit._atomic import atomic_dir
 from saliencekit.errors import DataError, InputError
 
 SOURCE = "sklearn.datasets.load_digits (UCI ML hand-written digits, test set: 1797 images, 8x8, 16 grey levels)"
@@ -81,9 +80,8 @@ def write_digits(out: str | Path, classes: Sequence[int] | None = None, per_clas
     images, labels = load_digits_arrays()
     from PIL import Image
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    old_entries = [p.name for p in root.iterdir()] if root.is_dir() else []  # an earlier digits dataset (checked)
+    with atomic_dir(root, replaces=old_entries) as tmp:  # nothing is visible in OUT until every file is written
         counts: dict[str, int] = {}
         files: dict[str, list[str]] = {}
         for c in sorted(chosen):
@@ -98,13 +96,6 @@ def write_digits(out: str | Path, classes: Sequence[int] | None = None, per_clas
                 "scaling": "value v of 0..16 written as round(v * 255 / 16)",
                 "note": "file names are the indices in load_digits()"}
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if root.exists():
-            _clear(root)
-            root.rmdir()
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return DigitsSummary(root=root, counts=counts)
 
 
@@ -138,11 +129,3 @@ def _ours(p: Path) -> bool:
         return True
     return p.is_dir() and p.name.isdigit() and all(f.is_file() and f.suffix == ".png" for f in p.iterdir())
 
-
-def _clear(root: Path) -> None:
-    """Remove an earlier digits dataset (checked by :func:`_check_output`) and nothing else."""
-    for p in root.iterdir():
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,10 @@ from tqdm.auto import tqdm
 from saliencekit.data.preprocess import Preprocessing
 from saliencekit.data.reader import IMAGE_EXTENSIONS, read_image
 from saliencekit.errors import DataError
+from saliencekit.limits import MAX_CLASSES
 
-__all__ = ["IMAGE_EXTENSIONS", "NEGATIVE_CLASS_NAMES", "FolderIndex", "ImageFolderDataset", "Sample", "check_images",
-           "default_class_order", "scan_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "NEGATIVE_CLASS_NAMES", "FolderIndex", "ImageFolderDataset", "Sample", "check_classes",
+           "check_images", "default_class_order", "scan_folder"]
 
 # Names that mean "no finding": with two classes such a class becomes class 0, so that the single logit
 # scores the finding (e.g. effusion = class 1, normal = class 0).
@@ -145,6 +147,20 @@ def default_class_order(names: Sequence[str]) -> list[str]:
     return names
 
 
+def check_classes(classes: Sequence[str], where: str | Path) -> None:
+    """Refuse repeated class names and more than :data:`~saliencekit.limits.MAX_CLASSES` classes (labels).
+
+    Raises:
+        DataError: naming ``where`` (the data folder or label CSV), the problem and the limit.
+    """
+    repeated = sorted(c for c, n in Counter(classes).items() if n > 1)
+    if repeated:
+        raise DataError(f"class(es) {repeated} are listed more than once for {where}; give each class once")
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"{where} has {len(classes)} classes, more than the limit of {MAX_CLASSES} "
+                        "(saliencekit.limits.MAX_CLASSES); group them, or train on a subset with --classes")
+
+
 def scan_folder(root: str | Path, classes: Sequence[str] | None = None, min_classes: int = 2) -> FolderIndex:
     """Index a dataset folder.
 
@@ -178,6 +194,7 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None, min_clas
             f"no class folders in {root}: expected one sub-folder of images per class, "
             f"e.g. {root}/effusion/*.png and {root}/normal/*.png"
         )
+    check_classes(classes, root)
     if len(classes) < min_classes:
         raise DataError(
             f"{root} has only {len(classes)} class folder ({', '.join(classes)}); "

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from saliencekit.data.folder import FolderIndex, Sample, default_class_order
+from saliencekit.data.folder import FolderIndex, Sample, check_classes, default_class_order
 from saliencekit.data.reader import IMAGE_EXTENSIONS
 from saliencekit.errors import DataError
 
@@ -292,6 +292,7 @@ def _build(root: Path, path: Path, label_col: str, entries: list[tuple[int, Path
         if absent or len(classes) < 2:
             raise DataError(f"{path}: class(es) {absent or classes} have no images under {root}; at least two "
                             "classes with images are needed")
+    check_classes(classes, path)
     has_groups = any(groups) and all(groups)
     return LabelledData(root, classes, samples, multilabel=spec.multilabel, target_rows=targets,
                         groups=groups if has_groups else None, excluded=excluded, spec=spec)

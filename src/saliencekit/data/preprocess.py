@@ -42,6 +42,7 @@ from PIL import Image
 
 from saliencekit.data.reader import open_image, read_image
 from saliencekit.errors import DataError
+from saliencekit.limits import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "RESIZE_POLICIES", "Preprocessing", "load_mask",
            "open_image"]
@@ -108,9 +109,13 @@ class Preprocessing:
     standardize: InitVar[str | None] = None
 
     def __post_init__(self, standardize: str | None) -> None:
-        size = tuple(int(s) for s in (self.size if isinstance(self.size, list | tuple) else (self.size, self.size)))
-        if len(size) != 2 or min(size) < 8:
-            raise DataError(f"image size must be (height, width) with both >= 8, got {self.size!r}")
+        try:
+            size = tuple(int(s) for s in (self.size if isinstance(self.size, list | tuple) else (self.size, self.size)))
+        except (TypeError, ValueError):
+            size = ()
+        if len(size) != 2 or min(size) < MIN_IMAGE_SIDE or max(size) > MAX_IMAGE_SIDE:
+            raise DataError(f"image size must be (height, width) with both from {MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} "
+                            f"pixels (saliencekit.limits.MAX_IMAGE_SIDE), got {self.size!r}")
         object.__setattr__(self, "size", size)
         if self.resize not in RESIZE_POLICIES:
             raise DataError(f"unknown resize policy {self.resize!r}; valid: {', '.join(RESIZE_POLICIES)}")
@@ -247,8 +252,11 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         """Inverse of :meth:`to_dict`; dicts of earlier versions (``standardize``, no ``resize``) mean their
         behaviour: the given standardisation and ``resize="stretch"``."""
+        missing = [k for k in ("grayscale", "size") if k not in d] if isinstance(d, dict) else ["grayscale", "size"]
+        if missing:
+            raise DataError(f"preprocessing settings {d!r} lack {', '.join(missing)}; valid: Preprocessing.to_dict()")
         norm = d.get("normalize", d.get("standardize", "per-image"))
-        return cls(grayscale=bool(d["grayscale"]), size=tuple(d["size"]), normalize=norm,
+        return cls(grayscale=bool(d["grayscale"]), size=d["size"], normalize=norm,
                    resize=d.get("resize", "stretch"), mean=d.get("mean"), std=d.get("std"),
                    bit_depth=d.get("bit_depth"))
 

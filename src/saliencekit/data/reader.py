@@ -26,6 +26,8 @@ is not a model input.
 Orientation: an EXIF orientation tag that Pillow reads (JPEG, 8-bit TIFF...) is applied, so the image is read
 the way viewers show it.
 Multi-page files (TIFF stacks, animated PNGs) are refused by name: save the page you mean as its own file.
+So are images of more than :data:`saliencekit.limits.MAX_IMAGE_PIXELS` pixels (Pillow's decompression-bomb limit,
+about 9459 x 9459), before their pixels are decoded.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from saliencekit.errors import DataError
+from saliencekit.limits import MAX_IMAGE_PIXELS, pixel_count_error
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_EXTENSIONS)
@@ -59,6 +62,36 @@ def is_dicom(path: str | Path) -> bool:
         return False
 
 
+def check_pixel_count(what: str, width: int, height: int) -> None:
+    """Refuse an image above :data:`~saliencekit.limits.MAX_IMAGE_PIXELS` (before its pixels are decoded).
+
+    Raises:
+        DataError: naming ``what``, its size and the limit.
+    """
+    problem = pixel_count_error(what, int(width), int(height))
+    if problem:
+        raise DataError(problem)
+
+
+def _open(path: Path) -> Image.Image:
+    """``Image.open`` with the size checked against the limit before anything is decoded (an empty file is refused
+    as such)."""
+    if path.stat().st_size == 0:
+        raise DataError(f"image {path} is an empty file (0 bytes); valid: {FORMATS_TEXT} (use --skip-bad to skip "
+                        "such files)")
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as exc:  # more than twice Pillow's limit: Pillow stops before we can look
+        raise DataError(f"image {path} is too large: {exc} (saliencekit's limit: {MAX_IMAGE_PIXELS:,} pixels, "
+                        "saliencekit.limits.MAX_IMAGE_PIXELS); downscale it first") from exc
+    try:
+        check_pixel_count(f"image {path}", *im.size)
+    except DataError:
+        im.close()
+        raise
+    return im
+
+
 def _cannot_read(path: Path, exc: BaseException) -> DataError:
     return DataError(f"cannot read image {path}: {exc.__class__.__name__}: {exc} "
                      f"(valid: {FORMATS_TEXT}; use --skip-bad to skip such files)")
@@ -76,9 +109,11 @@ def open_image(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             im.load()
             return ImageOps.exif_transpose(im) or im.copy()
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise _cannot_read(path, exc) from exc
 
@@ -123,7 +158,7 @@ def read_image(path: str | Path, channels: int = 1, bit_depth: int | None = None
 def _read_raster(path: Path, bit_depth: int | None) -> np.ndarray:
     """(H, W, C) with C in 1..4 (grey, grey+alpha, RGB, RGBA) before compositing; see :func:`read_image`."""
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             n_frames = getattr(im, "n_frames", 1)
             if n_frames > 1:
                 raise DataError(f"{path} holds {n_frames} frames/pages; saliencekit reads single images: "
@@ -260,8 +295,11 @@ def _tiff_array(path: Path, bit_depth: int | None) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
+            check_pixel_count(f"image {path}", page.imagewidth, page.imagelength)
             arr = page.asarray()
             axes = page.axes
+    except DataError:
+        raise
     except Exception as exc:  # tifffile raises many types for unsupported compressions
         raise _cannot_read(path, exc) from exc
     if axes.startswith("S"):  # planar configuration: samples first

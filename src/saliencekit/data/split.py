@@ -104,6 +104,32 @@ def save_split(path: str | Path, split: Split, relpaths: Sequence[str]) -> Path:
     return _atomic.write_json(path, data)
 
 
+def _check_split_file(data: Any, path: Path) -> None:
+    """Refuse a split file that :func:`save_split` did not write (a missing or mistyped field), naming the field."""
+    problem = None
+    if not isinstance(data, dict):
+        problem = "it is not a JSON object"
+    else:
+        files = data.get("files")
+        for key, kind in (("seed", int), ("test_fraction", int | float), ("val_fraction", int | float)):
+            if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+                problem = f"{key!r} is missing or not a number"
+        if not isinstance(files, dict):
+            problem = "'files' is missing or not an object"
+        else:
+            for name in ("train", "val", "test"):
+                if not isinstance(files.get(name), list) or not all(isinstance(f, str) for f in files[name]):
+                    problem = f"'files.{name}' is missing or not a list of file names"
+            if problem is None:
+                listed = [f for name in ("train", "val", "test") for f in files[name]]
+                twice = sorted({f for f in listed if listed.count(f) > 1}) if len(set(listed)) < len(listed) else []
+                if twice:
+                    problem = f"{len(twice)} file(s) are listed twice (in one part or in two), e.g. {twice[0]!r}"
+    if problem:
+        raise DataError(f"split file {path} was edited or damaged: {problem}; restore it, or retrain (`saliencekit "
+                        "train` writes it)")
+
+
 def load_split(path: str | Path, relpaths: Sequence[str]) -> Split:
     """Read a split written by :func:`save_split` and map its files back to indices of ``relpaths``."""
     path = Path(path)
@@ -111,6 +137,7 @@ def load_split(path: str | Path, relpaths: Sequence[str]) -> Split:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read split file {path}: {exc}") from exc
+    _check_split_file(data, path)
     where = {p: i for i, p in enumerate(relpaths)}
     parts: dict[str, list[int]] = {}
     for name in ("train", "val", "test"):

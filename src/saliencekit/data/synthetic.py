@@ -34,6 +34,7 @@ give the same bytes, whatever the number of worker processes.
 from __future__ import annotations
 
 import io
+import json
 import multiprocessing
 import os
 import time
@@ -45,9 +46,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from saliencekit._atomic import atomic_path, write_json
+from saliencekit._atomic import atomic_dir, write_json
 from saliencekit.data import _draw
 from saliencekit.errors import DataError
+from saliencekit.limits import MAX_IMAGE_SIDE
 
 CLASSES = ("effusion", "normal")
 FORMAT_VERSION = 1
@@ -93,8 +95,9 @@ def make_patient(seed: int, class_name: str, index: int, size: int, marker: bool
 def _check_args(per_class: int, size: int, shortcut: float, shortcut_class: str) -> None:
     if isinstance(per_class, bool) or not isinstance(per_class, int | np.integer) or per_class < 1:
         raise DataError(f"per_class must be a whole number >= 1, got {per_class!r}")
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 64:
-        raise DataError(f"size must be a whole number of pixels >= 64, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or not 64 <= size <= MAX_IMAGE_SIDE:
+        raise DataError(f"size must be a whole number of pixels from 64 to {MAX_IMAGE_SIDE} "
+                        f"(saliencekit.limits.MAX_IMAGE_SIDE), got {size!r}")
     if not isinstance(shortcut, int | float) or not 0.0 <= float(shortcut) <= 1.0:
         raise DataError(f"shortcut must be a fraction in [0, 1], got {shortcut!r}")
     if shortcut_class not in CLASSES:
@@ -106,23 +109,27 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
         raise DataError(f"output path {out} exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return
-    ours = {*_OUTPUT_DIRS, "dataset.json"}
-    if not (out / "dataset.json").is_file() and not all(p.name in ours for p in out.iterdir()):
+    if not _is_synthetic(out):  # e.g. the user's own effusion/ and normal/ folders: never replaced
+        ours = all(p.name in _OUTPUT_DIRS for p in out.iterdir())
         raise DataError(
-            f"output folder {out} is not empty and holds no synthetic dataset; choose a new or empty folder"
+            f"output folder {out} is not empty and holds no synthetic dataset (no dataset.json written by "
+            "saliencekit.data.synthetic)" + ("; if it is an unfinished one (an earlier version, interrupted), "
+                                              "delete it yourself: saliencekit does not replace folders it cannot "
+                                              "tell from your data" if ours else "") + "; choose a new or empty folder"
         )
     if not overwrite:
-        what = "a synthetic dataset" if (out / "dataset.json").is_file() else "an unfinished synthetic dataset"
         raise DataError(
-            f"output folder {out} already holds {what}; choose another folder or overwrite it "
+            f"output folder {out} already holds a synthetic dataset; choose another folder or overwrite it "
             "(overwrite=True, or --overwrite on the command line)"
         )
-    import shutil
 
-    (out / "dataset.json").unlink(missing_ok=True)
-    for d in _OUTPUT_DIRS:
-        if (out / d).is_dir():
-            shutil.rmtree(out / d)
+
+def _is_synthetic(root: Path) -> bool:
+    """Whether ``root/dataset.json`` was written by this generator."""
+    try:
+        return json.loads((root / "dataset.json").read_text()).get("generator") == "saliencekit.data.synthetic"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -136,10 +143,11 @@ def _mask_png(m: np.ndarray) -> bytes:
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Atomic (temporary name, then rename) but without fsync: thousands of fsyncs would dominate the time,
-    and ``dataset.json``, written last with fsync, marks a complete dataset."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """A plain write into the staging folder (:func:`generate` moves the whole dataset into place at the end), without
+    fsync: thousands of fsyncs would dominate the time, and ``dataset.json``, written last with fsync, marks a
+    complete dataset."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def _make_one(task: tuple[str, str, int, int, int, bool, bool]) -> dict[str, Any]:
@@ -221,12 +229,17 @@ def generate(
     t0 = time.perf_counter()
     root = Path(out)
     _prepare_output(root, overwrite)
-    root.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(root, replaces=(*_OUTPUT_DIRS, "dataset.json")) as staging:  # the old dataset goes at the end
+        return _generate(staging, root, per_class, size, seed, shortcut, shortcut_class, progress, workers, t0)
 
+
+def _generate(staging: Path, root: Path, per_class: int, size: int, seed: int, shortcut: float, shortcut_class: str,
+              progress: bool, workers: int | None, t0: float) -> SynthSummary:
+    """Draw every image into the (hidden) ``staging`` folder that becomes ``root`` at the end."""
     n_marked = round(shortcut * per_class)
     marked = set(np.random.default_rng(np.random.SeedSequence([seed, 7919])).permutation(per_class)[:n_marked].tolist())
     tasks = [
-        (str(root), cls, i, seed, size, cls == shortcut_class and i in marked, shortcut > 0)
+        (str(staging), cls, i, seed, size, cls == shortcut_class and i in marked, shortcut > 0)
         for cls in CLASSES
         for i in range(per_class)
     ]
@@ -255,7 +268,7 @@ def generate(
     }
     counts = {c: per_class for c in CLASSES}
     write_json(
-        root / "dataset.json",
+        staging / "dataset.json",
         {
             "generator": "saliencekit.data.synthetic",
             "format_version": FORMAT_VERSION,

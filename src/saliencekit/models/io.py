@@ -149,9 +149,36 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(
             f"{path} is not a saliencekit checkpoint (valid: a checkpoint.pt written by `saliencekit train`)"
         )
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(f"{path} was written by a newer saliencekit (format {payload['format_version']}); upgrade")
+    _check_payload(payload, path)
     return payload
+
+
+# The fields of a checkpoint and their types (format 1); anything else was not written by saliencekit or was edited.
+_PAYLOAD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format_version": int, "arch": str, "arch_kwargs": dict, "state_dict": dict, "preprocessing": dict,
+    "class_names": (list, tuple),
+}
+
+
+def _check_payload(payload: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint of a newer format, or one with a missing or mistyped field, naming the field."""
+    version = payload.get("format_version", 0)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise InputError(f"{path} was written by a newer saliencekit (checkpoint format {version}, this version "
+                         f"reads up to {FORMAT_VERSION}; written by saliencekit "
+                         f"{_written_by(payload)}); upgrade saliencekit")
+    for key, kind in _PAYLOAD_FIELDS.items():
+        if key not in payload or not isinstance(payload[key], kind) or isinstance(payload[key], bool):
+            what = "lacks" if key not in payload else f"has a {type(payload[key]).__name__} as"
+            raise InputError(f"{path} {what} the checkpoint field {key!r} (written by saliencekit "
+                             f"{_written_by(payload)}); it is damaged or was edited: retrain with `saliencekit train`")
+    if not all(isinstance(c, str) for c in payload["class_names"]):
+        raise InputError(f"{path}: the checkpoint's class_names are not all text; it is damaged or was edited")
+
+
+def _written_by(payload: Mapping[str, Any]) -> str:
+    versions = payload.get("versions")
+    return str(versions.get("saliencekit", "?")) if isinstance(versions, Mapping) else "?"
 
 
 def _is_checkpoint(payload: object) -> bool:
@@ -160,18 +187,42 @@ def _is_checkpoint(payload: object) -> bool:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointInfo]:
     """Rebuild the model from a checkpoint (in eval mode, on ``device``) and return it with its metadata."""
-    return _from_checkpoint_payload(read_checkpoint(path), device)
+    return _from_checkpoint_payload(read_checkpoint(path), device, path)
 
 
-def _from_checkpoint_payload(payload: dict[str, Any], device: str | torch.device) -> tuple[nn.Module, CheckpointInfo]:
+def _from_checkpoint_payload(payload: dict[str, Any], device: str | torch.device,
+                             path: str | Path = "the checkpoint") -> tuple[nn.Module, CheckpointInfo]:
     from saliencekit.models.zoo import create
 
-    model = create(payload["arch"], **payload["arch_kwargs"])
+    _check_payload(payload, path)
+    arch, kwargs = payload["arch"], payload["arch_kwargs"]
+    try:
+        model = create(arch, **kwargs)
+    except SaliencekitError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path}: architecture {arch!r} of this saliencekit does not take the checkpoint's "
+                         f"arguments {kwargs} ({exc}; written by saliencekit {_written_by(payload)}); retrain with "
+                         "`saliencekit train`, or use the saliencekit version that wrote it") from exc
+    mismatch = _weights_mismatch(model, payload["state_dict"])
+    if mismatch:
+        raise InputError(f"{path}: the weights do not fit architecture {arch!r} of this saliencekit "
+                         f"({'; '.join(mismatch)}; written by saliencekit {_written_by(payload)}); retrain with "
+                         "`saliencekit train`, or use the saliencekit version that wrote it")
+    from saliencekit.data.preprocess import Preprocessing
+
+    try:
+        Preprocessing.from_dict(payload["preprocessing"])
+    except SaliencekitError as exc:
+        raise InputError(f"{path}: the checkpoint's preprocessing settings are not valid here ({exc}; written by "
+                         f"saliencekit {_written_by(payload)}); retrain with `saliencekit train`, or use the "
+                         "saliencekit version that wrote it") from exc
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     info = CheckpointInfo(
-        arch=payload["arch"], arch_kwargs=payload["arch_kwargs"], preprocessing=payload["preprocessing"],
-        class_names=list(payload["class_names"]), extra=payload.get("extra", {}), versions=payload.get("versions", {}),
+        arch=arch, arch_kwargs=kwargs, preprocessing=payload["preprocessing"],
+        class_names=list(payload["class_names"]), extra=dict(payload.get("extra") or {}),
+        versions=dict(payload.get("versions") or {}),
     )
     return model, info
 
@@ -350,10 +401,7 @@ def _prep_shape(prep: Mapping[str, Any], info: CheckpointInfo) -> tuple[int | No
 
 
 def _load_checkpoint_file(path: Path, probe: _Probe, req: LoadRequest) -> LoadedModel:
-    payload = probe.safe_payload[0]
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(f"{path} was written by a newer saliencekit (format {payload['format_version']}); upgrade")
-    model, info = _from_checkpoint_payload(payload, req.device)
+    model, info = _from_checkpoint_payload(probe.safe_payload[0], req.device, path)
     return LoadedModel(model, "checkpoint", path, dict(info.preprocessing), list(info.class_names),
                        _prep_shape(info.preprocessing, info), info.arch, dict(info.arch_kwargs),
                        **_declared_output(info))
@@ -552,21 +600,27 @@ def _first_and_last_weights(model: nn.Module) -> tuple[str | None, str | None]:
     return first, last
 
 
-def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, arch: str,
-                 in_channels: int, num_classes: int) -> None:
+def _weights_mismatch(model: nn.Module, state: Mapping[str, Any]) -> list[str]:
+    """How ``state`` fails to fit ``model``: its missing, unexpected and mis-sized keys (empty when it fits)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    sizes = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-             for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or sizes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
-        if sizes:
-            parts.append(f"size mismatch: {_listing(sizes, 3)}")
+    sizes = [f"{k} (file {tuple(getattr(state[k], 'shape', ()))}, model {tuple(own[k].shape)})"
+             for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+    if sizes:
+        parts.append(f"size mismatch: {_listing(sizes, 3)}")
+    return parts
+
+
+def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, arch: str,
+                 in_channels: int, num_classes: int) -> None:
+    parts = _weights_mismatch(model, state)
+    if parts:
         raise InputError(
             f"the weights in {path} do not fit --arch {arch} (in_channels={in_channels}, num_classes={num_classes}): "
             f"{'; '.join(parts)}; check the architecture name (see `saliencekit models`), --in-channels and "

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -33,6 +34,7 @@ from saliencekit.data.preprocess import Preprocessing
 from saliencekit.data.split import Split, save_split, stratified_split
 from saliencekit.device import resolve_device
 from saliencekit.errors import DataError, InputError
+from saliencekit.limits import MIN_IMAGES_PER_CLASS
 
 if TYPE_CHECKING:
     from saliencekit.run import Run
@@ -108,6 +110,10 @@ class TrainConfig:
             raise InputError(f"image_size must be >= 8, got {self.image_size}")
         if not self.lr > 0:
             raise InputError(f"lr must be > 0, got {self.lr}")
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 <= value < 1:
+                raise InputError(f"{name} must be a fraction from 0 to below 1, got {value!r}")
         if self.patience is not None and self.patience < 1:
             raise InputError(f"patience must be >= 1 (or None to never stop early), got {self.patience}")
         self.preprocessing()  # validates resize, normalize, mean, std and bit_depth now, naming the bad one
@@ -280,6 +286,34 @@ def fit_model(
             "monitor": "val_loss" if len(val_x) else "train_loss", "stopped_early": stopped_early}
 
 
+def _check_class_sizes(index: FolderIndex, data_dir: Path, after_skipping: bool = False) -> None:
+    """Refuse a class with fewer than :data:`~saliencekit.limits.MIN_IMAGES_PER_CLASS` images (multi-label data: a
+    label with fewer positive images), naming it and its count."""
+    targets = index.targets
+    counts = targets.sum(0) if index.multilabel else np.bincount(targets, minlength=len(index.classes))
+    few = {c: int(n) for c, n in zip(index.classes, counts) if n < MIN_IMAGES_PER_CLASS}
+    if few:
+        what = "positive images of label(s)" if index.multilabel else "images in class(es)"
+        when = " after skipping unreadable images" if after_skipping else ""
+        raise DataError(f"too few {what} {few} in {data_dir}{when}: each needs at least {MIN_IMAGES_PER_CLASS} "
+                        "(one each for training, validation and testing; saliencekit.limits.MIN_IMAGES_PER_CLASS)")
+
+
+def _check_input_size(model: nn.Module, x: torch.Tensor, config: TrainConfig) -> None:
+    """One forward pass on one image before anything is written: a model that cannot take ``image_size`` (the
+    lesson CNN's six poolings need 64 pixels) is refused with the model's reason."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"model {config.model!r} cannot take {config.image_size} x {config.image_size} images "
+                         f"({first}); choose a larger --image-size (effusion_cnn needs at least 64)") from exc
+    finally:
+        model.train(was_training)
+
+
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -333,9 +367,11 @@ def train(
         if classes != index.classes:
             index = scan_folder(data_dir, classes=classes)
     listed = index
+    _check_class_sizes(index, data_dir)
     preprocessing = config.preprocessing()
     with torch_threads(config.num_threads or None):  # 0 / None: torch's default, as before
         index, images = load_images(index, preprocessing, skip_bad=config.skip_bad, progress=progress)
+        _check_class_sizes(index, data_dir, after_skipping=True)
         multilabel = index.multilabel
         labels = torch.as_tensor(index.targets, dtype=torch.float32 if multilabel else torch.long)
         split: Split = stratified_split(index.strata(), config.test_fraction, config.val_fraction, config.seed,
@@ -348,9 +384,6 @@ def train(
             need = "class(es) {} have too few images to train on (need >= 3 each)"
         if too_small:
             raise DataError(f"{need.format(too_small)} in {data_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_split(out_dir / SPLIT, split, index.relpaths)
-
         torch.manual_seed(config.seed)
         arch_kwargs = {"in_channels": preprocessing.in_channels, "num_classes": len(classes), **config.model_kwargs}
         if multilabel:  # one logit per label, whatever their number
@@ -362,6 +395,9 @@ def train(
                                      "outputs=), which this installation lacks; learn 3 or more labels, or one "
                                      "finding against the rest (--finding NAME)")
         model = models.create(config.model, **arch_kwargs).to(device)
+        _check_input_size(model, images[:1].to(device), config)
+        _atomic.make_dirs(out_dir)
+        save_split(out_dir / SPLIT, split, index.relpaths)
         tr, va = torch.tensor(split.train), torch.tensor(split.val, dtype=torch.long)
         t_fit = time.perf_counter()
         history = fit_model(model, images[tr], labels[tr], images[va], labels[va], config, device, len(classes),

@@ -37,7 +37,7 @@ METRIC_NAMES = {
 
 
 def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
+    from saliencekit._figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 

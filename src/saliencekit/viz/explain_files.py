@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from saliencekit._atomic import save_figure, write_json
-from saliencekit._filenames import safe_filename
+from saliencekit._filenames import name_hash, safe_filename
 from saliencekit._threads import check_threads, torch_threads
 from saliencekit.data.folder import IMAGE_EXTENSIONS
 from saliencekit.data.preprocess import Preprocessing
@@ -386,4 +387,7 @@ def _image_folders(files: Sequence[Path]) -> dict[Path, str]:
             break
     for i, f in enumerate(files):  # identical paths given twice
         names.setdefault(f, f"{f.stem}__{i}")
-    return {f: safe_filename(n) for f, n in names.items()}
+    safe = {f: safe_filename(n) for f, n in names.items()}
+    taken = Counter(s.lower() for s in safe.values())  # case-insensitive file systems too
+    # names that differ only in characters a file name cannot keep (e.g. two unicode stems) get their own hash
+    return {f: s if taken[s.lower()] == 1 else safe_filename(f"{s}-{name_hash(names[f])}") for f, s in safe.items()}

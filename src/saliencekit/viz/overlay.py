@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from saliencekit._atomic import atomic_write
+from saliencekit._figure import Figure
 from saliencekit.errors import InputError
 from saliencekit.methods.normalize import minmax_scale
 

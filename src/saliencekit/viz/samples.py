@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from saliencekit._figure import Figure
 from saliencekit.data.augment import Augmentation
 from saliencekit.data.folder import scan_folder
 from saliencekit.data.preprocess import Preprocessing
@@ -18,6 +18,8 @@ from saliencekit.methods.normalize import minmax_scale
 
 # mask kind -> contour colour; the lung outline is drawn only when asked for
 MASK_COLOURS = {"lesion": "#ff3b30", "shortcut": "#ffcc00", "lung": "#34c759"}
+MAX_PER_CLASS = 20  # columns of the grid
+MAX_ROWS = 20  # classes shown (the first ones, in label order; the title says so when there are more)
 
 
 def plot_samples(
@@ -33,7 +35,8 @@ def plot_samples(
 
     Args:
         root: dataset folder (one sub-folder per class, optional mask folders).
-        per_class: images shown per class (fewer if a class has fewer).
+        per_class: images shown per class (fewer if a class has fewer), 1 to :data:`MAX_PER_CLASS`. The first
+            :data:`MAX_ROWS` classes are shown (the title says how many there are).
         masks: outline the masks found for each image (kinds in ``mask_kinds``).
         augment: show randomly augmented versions instead of the originals (the masks are
             transformed with the same random transform).
@@ -50,18 +53,19 @@ def plot_samples(
 
     >>> fig = plot_samples("data/cxr", per_class=3)  # doctest: +SKIP
     """
-    if per_class < 1:
-        raise DataError(f"per_class must be >= 1, got {per_class}")
+    if not 1 <= per_class <= MAX_PER_CLASS:
+        raise DataError(f"per_class must be from 1 to {MAX_PER_CLASS} (images per class shown), got {per_class}")
     index = scan_folder(root)
+    shown = index.classes[:MAX_ROWS]
     pre = preprocessing or Preprocessing(size=(256, 256), standardize="none")
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(int(seed))
     ncols = per_class
-    nrows = len(index.classes)
+    nrows = len(shown)
     fig = Figure(figsize=(2.3 * ncols, 2.45 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     used: set[str] = set()
-    for row, cls in enumerate(index.classes):
+    for row, cls in enumerate(shown):
         members = [s for s in index.samples if s.class_name == cls]
         chosen = sorted(rng.choice(len(members), size=min(per_class, len(members)), replace=False).tolist())
         for col in range(ncols):
@@ -84,7 +88,9 @@ def plot_samples(
                     ax.contour(m2, levels=[0.5], colors=[MASK_COLOURS.get(kind, "#00c8ff")], linewidths=1.0)
                     used.add(kind)
             ax.set_title(f"{cls}\n{Path(sample.relpath).name}", fontsize=8)
-    title = f"{Path(root).name}: {len(index.samples)} images, classes {', '.join(index.classes)}"
+    title = f"{Path(root).name}: {len(index.samples)} images, classes {', '.join(shown)}"
+    if len(shown) < len(index.classes):
+        title += f" (the first {len(shown)} of {len(index.classes)} classes)"
     if augment is not None and augment.enabled:
         a = augment
         title += f"\naugmented (rotation {a.rotation:g} deg, shift {a.shift:g}, zoom {a.zoom:g}, hflip {a.hflip})"

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
+
+from saliencekit._figure import Figure
 
 
 def plot_history(history: dict[str, Any], title: str | None = None) -> Figure:
@@ -49,23 +50,39 @@ def plot_history(history: dict[str, Any], title: str | None = None) -> Figure:
     return fig
 
 
+# Beyond these many classes the confusion matrix drops its cell numbers, then its tick labels, and the ROC figure its
+# legend, so that the figures keep a readable size up to saliencekit.limits.MAX_CLASSES (the numbers are in the JSON).
+ANNOTATED_CLASSES = 12
+LABELLED_CLASSES = 40
+
+
 def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str | None = None) -> Figure:
-    """Confusion matrix (rows true class, columns predicted) with counts and row fractions."""
+    """Confusion matrix (rows true class, columns predicted) with counts and row fractions (the counts for up to
+    :data:`ANNOTATED_CLASSES` classes, the class names for up to :data:`LABELLED_CLASSES`; at most 12 inches wide)."""
     cm = np.asarray(matrix, dtype=float)
     k = len(class_names)
     row = cm.sum(1, keepdims=True)
     frac = np.divide(cm, row, out=np.zeros_like(cm), where=row > 0)
-    fig = Figure(figsize=(1.6 + 1.1 * k, 1.3 + 1.0 * k))
+    cell = min(1.1, 10.0 / max(k, 1))
+    fig = Figure(figsize=(1.6 + cell * k + (1.2 if k > ANNOTATED_CLASSES else 0), 1.3 + 0.9 * cell * k +
+                          (1.2 if k > ANNOTATED_CLASSES else 0)))
     ax = fig.subplots()
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, f"{int(cm[i, j])}\n{frac[i, j]:.0%}", ha="center", va="center", fontsize=9,
-                    color="white" if frac[i, j] > 0.6 else "black")
-    ax.set_xticks(range(k), class_names, rotation=30 if k > 3 else 0)
-    ax.set_yticks(range(k), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    if k <= ANNOTATED_CLASSES:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{int(cm[i, j])}\n{frac[i, j]:.0%}", ha="center", va="center", fontsize=9,
+                        color="white" if frac[i, j] > 0.6 else "black")
+    if k <= LABELLED_CLASSES:
+        size = 10 if k <= ANNOTATED_CLASSES else 6
+        ax.set_xticks(range(k), class_names, rotation=30 if k > 3 else 0, fontsize=size,
+                      ha="right" if k > 3 else "center")
+        ax.set_yticks(range(k), class_names, fontsize=size)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    else:
+        ax.set_xlabel(f"predicted (class index, {k} classes: see metrics.json)")
+        ax.set_ylabel("true (class index)")
     ax.set_title(title or "Confusion matrix")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     fig.tight_layout()
@@ -80,7 +97,8 @@ def plot_roc(metrics: dict[str, Any], title: str | None = None) -> Figure:
     for name, curve in metrics.get("roc_curves", {}).items():
         auc = metrics.get("per_class", {}).get(name, {}).get("auc")
         label = name if auc is None or auc != auc else f"{name} (AUC {auc:.3f})"
-        ax.plot(curve["fpr"], curve["tpr"], lw=2, label=label, drawstyle="default")
+        ax.plot(curve["fpr"], curve["tpr"], lw=2 if len(metrics["roc_curves"]) <= ANNOTATED_CLASSES else 0.5,
+                label=label, drawstyle="default")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
@@ -88,6 +106,10 @@ def plot_roc(metrics: dict[str, Any], title: str | None = None) -> Figure:
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title(title or "ROC")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if len(metrics.get("roc_curves", {})) <= ANNOTATED_CLASSES:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.98, 0.02, f"{len(metrics['roc_curves'])} classes, one vs rest; AUCs in metrics.json",
+                ha="right", va="bottom", fontsize=7, transform=ax.transAxes)
     fig.tight_layout()
     return fig
