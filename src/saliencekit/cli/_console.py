@@ -41,6 +41,7 @@ def print_warnings() -> Iterator[None]:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         # a class or file name with characters the figure font lacks: drawn as boxes, said once per glyph and draw
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Tight layout not applied", category=UserWarning)  # long names
         warnings.showwarning = show
         yield
 

@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from saliencekit.cli._types import count, positive_int
+from saliencekit.cli._types import count, positive_int, seed
 
 
 def _comma_list(text: str) -> tuple[str, ...]:
@@ -44,6 +44,8 @@ def add_settings_options(parser: argparse.ArgumentParser, settings: type) -> Non
             parser.add_argument(flag, dest=f.name, action=action, default=f.default, help=help_text)
             continue
         kind = positive_int if cli.pop("positive", False) else count if cli.pop("count", False) else _value_type(f)
+        if f.name == "seed":  # numpy and torch take seeds from 0 to 2**63 - 1
+            kind = seed
         if f.default is not None and "default" not in help_text:
             shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
             help_text += f" (default: {shown})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from saliencekit.cli._types import positive_int
+from saliencekit.cli._types import positive_int, seed
 
 
 def _positive_float(text: str) -> float:
@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default="predicted",
                    help="class to explain: 'predicted' (default), 'label' (the folder's class), or a class name or "
                         "index")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the methods that take one (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="base seed of the methods that take one (default 0)")
     p.add_argument("--layer", default=None, metavar="NAME", help="layer of the CAM methods (default: automatic)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--workers", type=_nonnegative_int, default=None, metavar="N",

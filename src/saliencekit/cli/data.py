@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from saliencekit.cli._types import seed
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data synth`` and ``data show``."""
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--size", type=int, default=512, metavar="PX", help="image width and height, >= 64 (default 512)"
     )
-    synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    synth.add_argument("--seed", type=seed, default=0, help="random seed; same seed, same bytes (default 0)")
     synth.add_argument(
         "--shortcut",
         type=float,
@@ -87,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="show augmented versions (the standard augmentation: rotation 10 deg, shift 0.1, zoom 0.1, hflip)",
     )
-    show.add_argument("--seed", type=int, default=0, help="chooses the samples and augmentations (default 0)")
+    show.add_argument("--seed", type=seed, default=0, help="chooses the samples and augmentations (default 0)")
     show.add_argument(
         "--image-size", type=int, default=256, metavar="PX", help="size the images are shown at (default 256)"
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 from saliencekit.cli._labels import add_label_arguments, label_spec
 from saliencekit.cli._preprocessing import add_preprocessing_arguments, preprocessing_options
-from saliencekit.cli._types import positive_float, positive_int
+from saliencekit.cli._types import positive_float, positive_int, seed
 
 
 def standard_augmentation() -> Callable[[Any], Any]:
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="images are fitted to PIXELS x PIXELS by --resize (default: 256)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per optimiser step (default: 32)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 0.001)")
-    p.add_argument("--seed", type=int, default=42,
+    p.add_argument("--seed", type=seed, default=42,
                    help="seed of the split, weight initialisation, batch order and dropout (default: 42)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)")

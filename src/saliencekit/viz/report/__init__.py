@@ -154,13 +154,16 @@ def build_report(
     if run_dir is None and results is not None and results.run_dir:
         run_dir = results.run_dir  # checks of a run directory: the report of that run
     run = subject = subject_problem = None
+    from saliencekit.device import resolve_device
+
+    device = str(resolve_device(settings.device))  # an unknown or absent device: one InputError naming it
     if run_dir is not None:
         run_dir = Path(run_dir)
-        run = load_run(run_dir, device=settings.device, data=data)  # raises RunDirError
+        run = load_run(run_dir, device=device, data=data)  # raises RunDirError
         default_out = run_dir / "report.html"
     else:
         assert results is not None and checks_path is not None
-        subject, subject_problem = _reopen_model_data(results, settings.device, data, model_file)
+        subject, subject_problem = _reopen_model_data(results, device, data, model_file)
         default_out = checks_path.parent / "report.html"
     out_html = Path(out_html) if out_html is not None else default_out
     if command is None:
