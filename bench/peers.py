@@ -8,7 +8,13 @@ Peers (installed with ``pip install -e .[bench]``; never runtime dependencies of
   XGradCAM, HiResCAM, LayerCAM, ScoreCAM;
 - torch-cam (``torchcam``): GradCAM, GradCAMpp, XGradCAM, LayerCAM, ScoreCAM;
 - zennit: the LRP composites EpsilonPlus and EpsilonGammaBox (with its batch-norm canonizers);
-- captum again for DeepLift and DeepLiftShap.
+- captum again for DeepLift and DeepLiftShap;
+- vision transformers (timm ViT/DeiT; ``tokens=`` given): pytorch-grad-cam's GradCAM with its documented ViT
+  ``reshape_transform``, and, for the attention methods, which no installed library has, the authors' published
+  algorithms run as their code runs them (one image per call, attention and its gradient caught by hooks on a
+  twin of the model with timm's fused attention switched off): jacobgil/vit-explain's ``VITAttentionRollout``
+  and Chefer et al.'s ``generate_relevance`` (Transformer-MM-Explainability), plus the same hooks batched (what a
+  careful user would write), see :func:`attention_peers`.
 
 Single-logit models (the lesson CNN): the peers index the output by class, so they get the model
 wrapped in :class:`TwoLogit`, which outputs ``[-z, z]``: class 1 is the logit ``z`` and class 0 is
@@ -106,6 +112,7 @@ def build_peers(
     x_multi: torch.Tensor | None = None,
     classes_multi: Sequence[int] | None = None,
     deeplift_shap_baselines: torch.Tensor | None = None,
+    tokens: tuple[int, int, int] | None = None,
 ) -> list[Peer]:
     """Peer adapters for the entries named in ``races``.
 
@@ -119,6 +126,9 @@ def build_peers(
         sg: captum NoiseTunnel keywords (nt_samples, stdevs).
         score_batch: masked images per forward for the Score-CAM peers.
         deeplift_shap_baselines: the reference images (K, C, H, W) our deeplift_shap entry was given.
+        tokens: ``(prefix, gh, gw)`` for a vision transformer whose CAM layer outputs tokens: the CAM peers get
+            pytorch-grad-cam's ``reshape_transform`` (captum's LayerGradCam and torch-cam, which need (N, C, h, w)
+            maps, are left out) and the attention peers are added.
     """
     net = TwoLogit(model) if single_logit else model
     x_multi = x if x_multi is None else x_multi
@@ -153,7 +163,8 @@ def build_peers(
             out = ca.LayerGradCam(net, layer).attribute(x, target=target, relu_attributions=True)
             return out.detach()[:, 0]
 
-        add("captum.LayerGradCam", "captum", "gradcam", layer_gradcam, LAYER_RAW)
+        if tokens is None:
+            add("captum.LayerGradCam", "captum", "gradcam", layer_gradcam, LAYER_RAW)
 
         def captum_deeplift() -> torch.Tensor:
             black = x.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(x).contiguous()  # our default baseline
@@ -238,9 +249,16 @@ def build_peers(
         pgc_targets = [ClassifierOutputTarget(c) for c in classes]
         pgc_targets_multi = [ClassifierOutputTarget(c) for c in classes_multi]
 
+        reshape = None
+        if tokens is not None:
+            prefix, gh, gw = tokens
+
+            def reshape(t: torch.Tensor) -> torch.Tensor:  # pytorch-grad-cam's ViT recipe, prefix tokens dropped
+                return t[:, prefix:, :].reshape(t.size(0), gh, gw, t.size(2)).permute(0, 3, 1, 2)
+
         def pgc_run(cls: Any, multi: bool = False) -> Callable[[], torch.Tensor]:
             def run() -> torch.Tensor:
-                with cls(model=net, target_layers=[layer]) as cam:
+                with cls(model=net, target_layers=[layer], reshape_transform=reshape) as cam:
                     if multi:
                         cam.batch_size = score_batch
                         out = cam(input_tensor=x_multi, targets=pgc_targets_multi)
@@ -263,7 +281,9 @@ def build_peers(
         add("pytorch-grad-cam.ScoreCAM", "pytorch-grad-cam", "scorecam", pgc_run(pgc.ScoreCAM, multi=True),
             INPUT_MINMAX, f"{note}; batch_size={score_batch}")
 
-    if _has("torchcam"):
+    if tokens is not None:
+        peers += attention_peers(model, x, classes, races, tokens[0])
+    if _has("torchcam") and tokens is None:
         import torchcam.methods as tm
 
         def tc_run(cls: Any, score: bool = False) -> Callable[[], torch.Tensor]:
@@ -295,6 +315,152 @@ def build_peers(
         add("torchcam.ScoreCAM", "torchcam", "scorecam", tc_run(tm.ScoreCAM, score=True), LAYER_RAW,
             f"batch_size={score_batch}; masks from min-max normalised layer maps, scores minus the clean score "
             "(softmax is shift-invariant, so the same weights)")
+    return peers
+
+
+# ------------------------------------------------------------------------------ the attention methods
+
+
+def _attention_twin(model: nn.Module) -> tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]]:
+    """A copy of a timm ViT/DeiT with its fused attention off and the hooks of the authors' code: a forward hook on
+    each ``attn_drop`` (which receives the attention probabilities on timm's non-fused path) keeping its output, and
+    a tensor hook on it keeping the gradient (Chefer et al.'s ``save_attn_gradients``). The user's model is not
+    touched (the bench times ours on it, fused)."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    attentions: list[torch.Tensor] = []
+    gradients: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        attentions.append(out.detach())
+        if out.requires_grad:
+            out.register_hook(lambda g: gradients.append(g.detach()))
+
+    blocks = getattr(twin, "blocks", None)
+    if blocks is None:
+        raise ValueError("the attention peers read timm ViT/DeiT models (model.blocks[i].attn)")
+    for blk in blocks:
+        blk.attn.fused_attn = False
+        blk.attn.attn_drop.register_forward_hook(hook)
+    return twin, attentions, gradients
+
+
+def attention_peers(model: nn.Module, x: torch.Tensor, classes: Sequence[int], races: set[str],
+                    prefix: int) -> list[Peer]:
+    """The authors' algorithms for ``attention_rollout`` and ``transformer_attribution`` (timm ViT/DeiT).
+
+    - ``vit-explain.VITAttentionRollout``: jacobgil/vit-explain ``vit_rollout.py`` as published, one image per call
+      (its ``rollout`` reads ``result[0, 0, 1:]``): forward under ``no_grad`` with hooks, mean head fusion, nothing
+      discarded, ``(fused + I) / 2`` divided by ``sum(dim=-1)`` (rows sum to 1 with mean fusion, so its column
+      broadcasting, vit-explain issue #16, changes nothing here), multiplied through the layers; its last step
+      (division by the maximum) left out so that the raw maps compare.
+    - ``Chefer.generate_relevance``: hila-chefer/Transformer-MM-Explainability's ViT notebook, one image per call:
+      forward, ``model.zero_grad()``, ``one_hot.backward()`` (parameter gradients included, as there), rule 5
+      ``relu(grad * cam)`` averaged over the heads, rule 6 ``R += cam @ R``; ``R[0, 1:]``.
+    - ``hooks batched``: both algorithms on the whole batch with the same hooks, the score's gradient to the
+      attention only (no parameter gradients): what a careful user would write.
+    Only the class token is read (``R[0, prefix:]``), as in the authors' code; ours reads the readout tokens, which
+    for a class-token ViT is the same token.
+    """
+    twin, attentions, gradients = _attention_twin(model)
+    twin.eval()
+    classes = [int(c) for c in classes]
+    n = x.shape[0]
+    peers: list[Peer] = []
+
+    def rollout_rows(atts: list[torch.Tensor]) -> torch.Tensor:  # (B, patches), vit-explain's loop, batched
+        tokens = atts[0].shape[-1]
+        eye = torch.eye(tokens, dtype=atts[0].dtype, device=atts[0].device)
+        result = eye.expand(atts[0].shape[0], tokens, tokens)
+        for attention in atts:
+            fused = attention.mean(1)
+            a = (fused + eye) / 2
+            a = a / a.sum(dim=-1)[..., None]
+            result = a @ result
+        return result[:, 0, prefix:]
+
+    def relevance_rows(atts: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+        tokens = atts[0].shape[-1]
+        r = torch.eye(tokens, dtype=atts[0].dtype, device=atts[0].device).expand(atts[0].shape[0], tokens, tokens)
+        for cam, grad in zip(atts, grads):
+            cam = (grad * cam).clamp(min=0).mean(1)  # rule 5
+            r = r + cam @ r  # rule 6
+        return r[:, 0, prefix:]
+
+    def grid(rows: torch.Tensor) -> torch.Tensor:
+        side = round(rows.shape[-1] ** 0.5)
+        return rows.reshape(rows.shape[0], side, -1)
+
+    def vit_explain() -> torch.Tensor:
+        maps = []
+        for i in range(n):
+            attentions.clear()
+            with torch.no_grad():
+                twin(x[i:i + 1])
+            maps.append(rollout_rows(attentions))
+        return grid(torch.cat(maps))
+
+    def chefer() -> torch.Tensor:
+        maps = []
+        for i in range(n):
+            attentions.clear()
+            gradients.clear()
+            output = twin(x[i:i + 1])
+            one_hot = torch.zeros_like(output)
+            one_hot[0, classes[i]] = 1
+            twin.zero_grad()
+            (one_hot * output).sum().backward()
+            maps.append(relevance_rows(attentions, gradients[::-1]))
+        twin.zero_grad(set_to_none=True)
+        return grid(torch.cat(maps))
+
+    def hooks_rollout() -> torch.Tensor:
+        attentions.clear()
+        with torch.no_grad():
+            twin(x)
+        return grid(rollout_rows(attentions))
+
+    params = list(twin.parameters())
+
+    def hooks_relevance(also_rollout: bool = False) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            attentions.clear()
+            gradients.clear()
+            for p in params:
+                p.requires_grad_(False)
+            try:
+                xg = x.detach().requires_grad_(True)
+                output = twin(xg)
+                output.gather(1, torch.tensor(classes, device=x.device)[:, None]).sum().backward()
+            finally:
+                for p in params:
+                    p.requires_grad_(True)
+            relevance = grid(relevance_rows(attentions, gradients[::-1]))
+            if also_rollout:  # the rollout map is returned: the entry's first method, compared with it
+                return grid(rollout_rows(attentions))
+            return relevance
+
+        return run
+
+    def add(key: str, library: str, race: str, run: Callable[[], Any] | None, note: str,
+            parts: tuple[str, ...] = ()) -> None:
+        if race in races or (not parts and "attention2" in races):
+            peers.append(Peer(key, library, race, run or (lambda: None), LAYER_RAW, note, parts))
+
+    per_image = "the authors' code, one image per call, hooks on a non-fused twin of the model"
+    add("vit-explain.VITAttentionRollout", "vit-explain (re-written)", "attention_rollout", vit_explain,
+        f"{per_image}; mean fusion, discard_ratio 0, its division by the maximum left out")
+    add("Chefer.generate_relevance", "Transformer-MM-Explainability (re-written)", "transformer_attribution", chefer,
+        f"{per_image}; backward with parameter gradients, as published")
+    batched = "the same algorithm on the whole batch, hooks on a non-fused twin, gradient to the attention only"
+    add("hooks.rollout", "hooks (batched)", "attention_rollout", hooks_rollout, batched)
+    add("hooks.relevance", "hooks (batched)", "transformer_attribution", hooks_relevance(), batched)
+    add("hooks.relevance+rollout", "hooks (batched)", "attention2", hooks_relevance(also_rollout=True),
+        "both maps from one batched forward + backward with hooks (what ours shares)")
+    add("authors x2", "vit-explain + Transformer-MM-Explainability (re-written)", "attention2", None,
+        "vit-explain's rollout and Chefer's relevance as published, separately; time = sum of the two, round by "
+        "round", parts=("vit-explain.VITAttentionRollout", "Chefer.generate_relevance"))
     return peers
 
 

@@ -38,6 +38,7 @@ from torch import nn  # noqa: E402
 
 FIVE_CAMS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
 SG_FAMILY = ["smoothgrad", "smoothgrad_sq", "vargrad"]
+ATTENTION = ["attention_rollout", "transformer_attribution"]
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -70,12 +71,25 @@ CASES = {
     "resnet50_cuda": Case("resnet50_cuda", "resnet50", 32, 224, 3, "cuda", 32, "layer4", 512),
     "resnet50_cpu_small": Case("resnet50_cpu_small", "resnet50", 2, 224, 3, "cpu", 0, "layer4", 8, repeats=2,
                                note="single-pass methods only: one Score-CAM image is 2048 ResNet-50 forwards"),
+    "vit_tiny_cpu": Case("vit_tiny_cpu", "timm:vit_tiny_patch16_224", 4, 224, 3, "cpu", 0, "blocks.11.norm1", 8,
+                         repeats=3, note="the attention methods (and the gradient and Grad-CAM for scale) on a ViT"),
+    "vit_base_cuda": Case("vit_base_cuda", "timm:vit_base_patch16_224", 32, 224, 3, "cuda", 0, "blocks.11.norm1",
+                          256, note="the attention methods (and the gradient and Grad-CAM for scale) on a ViT"),
 }
+
+
+def is_vit(case: Case) -> bool:
+    return case.model.startswith("timm:")
 
 
 def build_model(case: Case) -> tuple[nn.Module, str]:
     if case.model == "effusion_cnn":
         return lesson_model()
+    if is_vit(case):
+        import timm
+
+        name = case.model.removeprefix("timm:")
+        return timm.create_model(name, pretrained=False), f'timm.create_model("{name}", pretrained=False)'
     import torchvision
 
     return torchvision.models.__dict__[case.model](weights=None), f"torchvision.models.{case.model}(weights=None)"
@@ -124,7 +138,8 @@ def _opts(method: str, *groups: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_entries(registered: set[str], layer_channels: int, bf16: bool, multi: bool) -> tuple[list[Entry], list[str]]:
+def build_entries(registered: set[str], layer_channels: int, bf16: bool, multi: bool,
+                  vit: bool = False) -> tuple[list[Entry], list[str]]:
     entries: list[Entry] = []
     skipped: list[str] = []
 
@@ -136,6 +151,17 @@ def build_entries(registered: set[str], layer_channels: int, bf16: bool, multi: 
             skipped.append(f"{e.name}: many-pass methods skipped in this case")
         else:
             entries.append(e)
+
+    if vit:  # the attention methods, with the gradient and Grad-CAM of the same model for scale; no peer has them
+        want(Entry("gradient", ["gradient"]))
+        want(Entry("gradcam", ["gradcam"], floor="fbl"))
+        want(Entry("attention_rollout", ["attention_rollout"], floor="fwd",
+                   note="one forward pass, every attention computed explicitly (no library has it)"))
+        want(Entry("transformer_attribution", ["transformer_attribution"],
+                   note="one forward + one backward pass to the attention (no library has it)"))
+        want(Entry("attention2", list(ATTENTION), note="both attention methods together: one shared pass"))
+        return entries, skipped
+    skipped.append(f"{', '.join(ATTENTION)}: need a vision transformer (the vit_* cases)")
 
     for name in ("gradient", "gradient_x_input", "guided_backprop", "deconvnet"):
         want(Entry(name, [name]))
@@ -308,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     classes_m = classes[: xm.shape[0]]
 
     registered = set(skm.list_methods())
-    entries, skipped = build_entries(registered, channels, bf16, multi=mbatch > 0)
+    entries, skipped = build_entries(registered, channels, bf16, multi=mbatch > 0, vit=is_vit(case))
     if args.methods:
         entries = [e for e in entries if e.name in args.methods]
     t0 = time.perf_counter()
@@ -346,8 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         timer.add(e.name, run_ours(model, x, target, e, case.layer))
     peer_list: list[pr.Peer] = []
     if not args.no_peers:
+        tokens = None
+        if is_vit(case):  # timm: the prefix tokens and the patch grid
+            tokens = (int(model.num_prefix_tokens), *map(int, model.patch_embed.grid_size))
         peer_list = pr.build_peers(model, x, classes, layer_module, single_logit=single_logit,
-                                   races={e.name for e in single})
+                                   races={e.name for e in single}, tokens=tokens)
         for pe in peer_list:
             if not pe.parts:
                 timer.add(f"peer:{pe.key}", pe.run)
