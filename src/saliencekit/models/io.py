@@ -476,7 +476,7 @@ def _load_module(path: Path, probe: _Probe, req: LoadRequest) -> LoadedModel:
     if not isinstance(obj, nn.Module):
         raise InputError(f"{path} holds a {type(obj).__name__}, not a model; {_VALID}")
     obj = obj.to(req.device).eval()
-    return LoadedModel(obj, "module", path, input_shape=(_first_conv_channels(obj), None, None))
+    return LoadedModel(obj, "module", path, input_shape=(_first_conv_channels(obj), *_input_size(obj)))
 
 
 def _load_state_dict(path: Path, probe: _Probe, req: LoadRequest) -> LoadedModel:
