@@ -131,3 +131,16 @@ def test_torchvision_vit_b_16_equals_the_literal_reference() -> None:
     torch.testing.assert_close(out["attention_rollout"].layer_maps[0].double(), rollout, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(out["transformer_attribution"].layer_maps[0].double(), relevance, rtol=1e-3,
                                atol=1e-4 * float(relevance.abs().max()))
+
+
+def test_check_refuses_the_attention_methods_on_a_cnn_by_name(tmp_path: Path, images: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cnn.pt"
+    torch.save(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 3)).eval(), path)
+    out = tmp_path / "checks"
+    assert main(["check", "--model-file", str(path), str(images), "--image-size", "32", "--methods",
+                 "gradient,attention_rollout", "--images", "3", "--no-figures", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "attention_rollout explains vision transformers: Sequential computes no attention" in err
+    assert not out.exists()
