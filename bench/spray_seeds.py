@@ -10,7 +10,8 @@ output exists is skipped, so the script can be stopped and started again.
     python bench/spray_seeds.py --work /tmp/spray_seeds --prepare-only     # data and models only
 
 Writes ``bench/results/spray_seeds.json`` (``--out``) with, per seed, data kind and method: the groups,
-their clusters (size, purity, recall, flagged, the rule's five numbers) and the verdict.
+their clusters (size, purity, recall, flagged, the rule's five numbers), the precision and recall of all flagged
+images against the marker-carrying ones, and the verdict.
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ def score(audit: Path, data: Path) -> dict[str, Any]:
     spray = json.loads((audit / "spray.json").read_text())
     meta = json.loads((data / "dataset.json").read_text())
     names = [str(f) for f in open_store(audit).files[:]]
-    marked = {i for i, f in enumerate(names) if f in {m["file"] for m in meta["images"] if m["shortcut"]}}
+    marked_files = {m["file"] for m in meta["images"] if m["shortcut"]}
+    marked = {i for i, f in enumerate(names) if f in marked_files}  # store indices of marker-carrying images
     out: dict[str, Any] = {}
     for label, method in spray["methods"].items():
         groups = {}
         any_flag = False
         best: dict[str, Any] | None = None
+        flagged_idx: set[int] = set()
         for gname, group in method["groups"].items():
             files = group["images"]
             n_marked = sum(f in marked for f in files)
@@ -74,12 +77,19 @@ def score(audit: Path, data: Path) -> dict[str, Any]:
                        "rule": cl["rule"]}
                 clusters.append(row)
                 any_flag |= bool(cl["flagged"])
+                if cl["flagged"]:
+                    flagged_idx.update(cf)
                 if gname == "effusion" and n_marked and row["purity"] >= 0.9 and row["recall"] >= 0.8:
                     if best is None or (row["flagged"] and not best["flagged"]):
                         best = row
             groups[gname] = {"n": len(files), "marked": n_marked, "eigengap": group.get("eigengap"),
                              "n_clusters": len(clusters), "clusters": clusters}
+        hits = len(flagged_idx & marked)
         out[label] = {"groups": groups, "any_flagged": any_flag,
+                      # the images of all flagged clusters (every group) against the marker-carrying images
+                      "flagged_images": len(flagged_idx), "flagged_marked": hits, "marked_images": len(marked),
+                      "precision": hits / len(flagged_idx) if flagged_idx else None,
+                      "recall": hits / len(marked) if marked else None,
                       "pure_cluster_exists": best is not None,
                       "pure_cluster_flagged": bool(best and best["flagged"])}
     return out
@@ -112,8 +122,15 @@ def main() -> int:
     for label in ("smoothgrad", "gradcam"):
         shortcut_ok = [results[f"shortcut_{s}"]["methods"][label]["pure_cluster_flagged"] for s in args.seeds]
         clean_ok = [not results[f"clean_{s}"]["methods"][label]["any_flagged"] for s in args.seeds]
+        sc = [results[f"shortcut_{s}"]["methods"][label] for s in args.seeds]
         verdict[label] = {"shortcut_found_and_flagged": shortcut_ok, "clean_not_flagged": clean_ok,
-                          "passes": all(shortcut_ok) and all(clean_ok)}
+                          "passes": all(shortcut_ok) and all(clean_ok),
+                          "pure_cluster_exists": [m["pure_cluster_exists"] for m in sc],
+                          "flagged_precision": [m["precision"] for m in sc],
+                          "flagged_recall": [m["recall"] for m in sc],
+                          "flagged_images_shortcut": [m["flagged_images"] for m in sc],
+                          "flagged_images_clean": [results[f"clean_{s}"]["methods"][label]["flagged_images"]
+                                                   for s in args.seeds]}
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     report = {"protocol": "docs/spray.md", "commit": commit, "machine": platform.platform(),
