@@ -140,3 +140,32 @@ def test_bad_model_file_commands_are_one_line(trained, tmp_path: Path, capsys: p
         assert message in err and err.count("\n") == 1, err
     with pytest.raises(InputError, match="give a run directory, or the checks"):
         sk.build_report()
+
+
+def test_onnx_export_and_torchscript_files(trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ONNX is checked (data randomisation skipped by name with the route); a static-batch torch.export program and
+    CAMs on TorchScript are refused in one line (exit 2) with what works; the model files are never changed."""
+    import hashlib
+
+    pytest.importorskip("onnx2torch", reason="ONNX model files need the onnx extra")
+    data, run_dir, _ = trained
+    model = load_run(run_dir).model
+    x = torch.zeros(1, 1, 64, 64)
+    onnx_file, pt2, script = tmp_path / "m.onnx", tmp_path / "m.pt2", tmp_path / "m.ts"
+    torch.onnx.export(model, (x,), str(onnx_file), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    torch.export.save(torch.export.export(model, (x,)), pt2)
+    torch.jit.save(torch.jit.trace(model, x), str(script))
+    digest = {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in (onnx_file, pt2, script)}
+    d = _check(["--model-file", str(onnx_file), "--image-size", "64", str(data), "--checks",
+                "faithfulness,data_randomization", "--methods", "gradient", "--images", "2"], tmp_path / "onnx")
+    assert d["model"]["format"] == "onnx" and "faithfulness" in d["checks"]
+    assert "onnx model's architecture cannot be rebuilt" in d["settings"]["skipped"]["data_randomization"]
+    capsys.readouterr()
+    for argv, message in (([str(pt2)], "re-export with a dynamic batch"),
+                          ([str(script), "--methods", "gradcam"], "TorchScript models do not support")):
+        assert main(["check", "--model-file", *argv, "--image-size", "64", str(data), "--out", str(tmp_path / "x"),
+                     "--checks", "faithfulness", "--quiet", "--no-figures"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x" / "checks.json").exists()
+    assert digest == {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in digest}
