@@ -319,11 +319,24 @@ def write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str], **kwargs: Any) -> Path:
-    """Atomically save a matplotlib figure (format from the suffix of ``path``)."""
+    """Atomically save a matplotlib figure (format from the suffix of ``path``; no suffix: PNG).
+
+    Raises:
+        InputError: the suffix names no format matplotlib writes (listing those it does), before anything is written.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from saliencekit.errors import InputError
+
     kwargs.setdefault("dpi", 110)
     kwargs.setdefault("bbox_inches", "tight")
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in formats:
+        raise InputError(f"cannot save a figure as {path}: unknown image format {fmt!r}; valid suffixes: "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+        fig.savefig(tmp, format=fmt, **kwargs)
     return Path(path)
 
 

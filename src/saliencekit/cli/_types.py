@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 
@@ -21,7 +22,7 @@ def _number(kind: type, ok: Callable[[float], bool], what: str) -> Callable[[str
 
 
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-positive_float = _number(float, lambda v: v > 0, "a positive number")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive number")
 fraction = _number(float, lambda v: 0 <= v <= 1, "a fraction between 0 and 1")
 count = _number(int, lambda v: v >= 0, "a whole number >= 0")
 seed = _number(int, lambda v: 0 <= v < 2**63, "a whole number from 0 to 2**63 - 1")

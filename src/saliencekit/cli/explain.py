@@ -118,15 +118,12 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from saliencekit.device import resolve_device
     from saliencekit.errors import InputError
     from saliencekit.methods.specs import parse_methods_text
     from saliencekit.viz.explain_files import explain_files, list_classes
 
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(args.device))  # 'auto': CUDA when available; an absent device is one line
     if args.model_file:
         loaded = load_model_from_args(args, device)
         images = args.inputs

@@ -108,8 +108,8 @@ class TrainConfig:
                 raise InputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.image_size < 8:
             raise InputError(f"image_size must be >= 8, got {self.image_size}")
-        if not self.lr > 0:
-            raise InputError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < float("inf"):
+            raise InputError(f"lr must be a finite number > 0, got {self.lr}")
         for name in ("test_fraction", "val_fraction"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0 <= value < 1:
