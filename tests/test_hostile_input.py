@@ -501,3 +501,16 @@ def test_real_ctrl_c_during_train_in_a_new_folder_leaves_nothing(data, tmp_path)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_errors_doc_states_every_limit() -> None:
+    """docs/errors.md lists each limit of saliencekit.limits with its value, and the README links it."""
+    root = Path(__file__).parents[1]
+    doc = (root / "docs" / "errors.md").read_text()
+    for name in ("MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "MIN_IMAGE_SIDE", "MAX_CLASSES", "MIN_IMAGES_PER_CLASS",
+                 "MAX_NAME_LENGTH"):
+        value = getattr(limits, name)
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"{value:,}" in row or str(value) in row, (name, row)
+    readme = (root / "README.md").read_text()
+    assert "(docs/errors.md)" in readme and f"{limits.MAX_IMAGE_PIXELS:,}" in readme
