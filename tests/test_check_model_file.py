@@ -169,3 +169,19 @@ def test_onnx_export_and_torchscript_files(trained, tmp_path: Path, capsys: pyte
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x" / "checks.json").exists()
     assert digest == {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in digest}
+
+
+def test_layer_sizes_are_read_as_the_cams_read_them() -> None:
+    """The localisation check's layer table: a Keras (channels-last) layer's rows and columns, not (W, C)."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras", reason="Keras models need the keras extra")
+    from saliencekit.models import KerasClassifier
+    from saliencekit.trust.localization import cam_stages
+
+    inp = keras.Input((40, 40, 1))
+    h = keras.layers.MaxPooling2D()(keras.layers.Conv2D(8, 3, activation="relu")(inp))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(16, 3, activation="relu")(h))
+    model = KerasClassifier(keras.Model(inp, keras.layers.Dense(2)(h)))
+    assert [hw for _, hw in cam_stages(model, torch.zeros(1, 1, 40, 40))] == [(38, 38), (19, 19), (17, 17)]

@@ -137,15 +137,25 @@ def mask_share(maps: Tensor, masks: Tensor) -> Tensor:
 
 
 def output_sizes(model: torch.nn.Module, names: list[str], example: Tensor) -> dict[str, tuple[int, int]]:
-    """The (h, w) of the outputs of the named modules, from one forward pass of one image in eval mode."""
-    from saliencekit.methods._capture import eval_mode
+    """The (h, w) of the outputs of the named modules, from one forward pass of one image in eval mode, as the CAM
+    methods read them (a channels-last output's rows and columns, a ViT token layer's patch grid)."""
+    from saliencekit.methods._capture import discover, eval_mode
 
     modules = dict(model.named_modules())
     sizes: dict[str, tuple[int, int]] = {}
+    seen = discover(model, example[:1]).seen
 
     def record(name: str) -> Any:
+        reader = seen[name].reader if name in seen else None
+
         def hook(_module: torch.nn.Module, _inputs: Any, out: Tensor) -> None:
-            if isinstance(out, Tensor) and out.ndim == 4:
+            if not isinstance(out, Tensor):
+                return
+            if reader is not None and reader.layout == "nhwc" and out.ndim == 4:
+                sizes.setdefault(name, (int(out.shape[1]), int(out.shape[2])))
+            elif reader is not None and reader.layout == "tokens" and reader.grid is not None:
+                sizes.setdefault(name, (int(reader.grid[0]), int(reader.grid[1])))
+            elif out.ndim == 4:
                 sizes.setdefault(name, (int(out.shape[-2]), int(out.shape[-1])))
 
         return hook
