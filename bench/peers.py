@@ -5,7 +5,7 @@ Peers (installed with ``pip install -e .[bench]``; never runtime dependencies of
 - captum: Saliency, InputXGradient, IntegratedGradients, NoiseTunnel (smoothgrad / smoothgrad_sq /
   vargrad), GuidedBackprop, Deconvolution, LayerGradCam;
 - pytorch-grad-cam (``grad-cam`` on PyPI, module ``pytorch_grad_cam``): GradCAM, GradCAMPlusPlus,
-  XGradCAM, HiResCAM, LayerCAM, ScoreCAM;
+  XGradCAM, HiResCAM, LayerCAM, ScoreCAM, EigenCAM, AblationCAM, FullGrad;
 - torch-cam (``torchcam``): GradCAM, GradCAMpp, XGradCAM, LayerCAM, ScoreCAM;
 - zennit: the LRP composites EpsilonPlus and EpsilonGammaBox (with its batch-norm canonizers);
 - captum again for DeepLift and DeepLiftShap;
@@ -46,6 +46,7 @@ _DEEPLIFT_NOTE = ("captum's module hooks go wrong where two non-linearity module
 ATTRIBUTIONS = "attributions"  # raw (N, C, H, W) in input space
 LAYER_RAW = "layer_raw"  # raw CAM at the layer's resolution (N, h, w)
 INPUT_MINMAX = "input_minmax"  # CAM min-max normalised per image at input resolution (N, H, W)
+MAPS_MINMAX = "maps_minmax"  # our input-resolution maps and the peer's (N, H, W), both min-max normalised per image
 
 
 class TwoLogit(nn.Module):
@@ -280,6 +281,16 @@ def build_peers(
             parts=tuple(f"pytorch-grad-cam.{c.__name__}" for c in pgc_cams.values()))
         add("pytorch-grad-cam.ScoreCAM", "pytorch-grad-cam", "scorecam", pgc_run(pgc.ScoreCAM, multi=True),
             INPUT_MINMAX, f"{note}; batch_size={score_batch}")
+        add("pytorch-grad-cam.EigenCAM", "pytorch-grad-cam", "eigencam", pgc_run(pgc.EigenCAM), INPUT_MINMAX,
+            f"{note}; keeps LAPACK's sign of the principal direction (saliencekit: sum of its weights > 0), so its "
+            "map can be the mirror image of ours (low or negative r)")
+        add("pytorch-grad-cam.AblationCAM", "pytorch-grad-cam", "ablationcam", _pgc_ablation(pgc, net, layer, x_multi,
+            pgc_targets_multi, score_batch), INPUT_MINMAX,
+            f"{note}; batch_size={score_batch}; weights (S - S_k) / S (mirrored where S < 0); runs on a deep copy "
+            "(it swaps the layer for its AblationLayer during the call)")
+        add("pytorch-grad-cam.FullGrad", "pytorch-grad-cam", "fullgrad", _pgc_fullgrad(pgc, net, x, pgc_targets),
+            MAPS_MINMAX, "reads nn.Conv2d and nn.BatchNorm2d; per-channel scaling with max + 1e-7; OpenCV resizing; "
+            "final map min-max normalised (ours compared after the same normalisation)")
 
     if tokens is not None:
         peers += attention_peers(model, x, classes, races, tokens[0])
@@ -464,6 +475,39 @@ def attention_peers(model: nn.Module, x: torch.Tensor, classes: Sequence[int], r
     return peers
 
 
+def _pgc_ablation(pgc: Any, net: nn.Module, layer: nn.Module, x: torch.Tensor, targets: list[Any],
+                  batch: int) -> Callable[[], torch.Tensor]:
+    import copy
+
+    import pytorch_grad_cam.ablation_cam as pgc_ablation
+
+    pgc_ablation.tqdm = SimpleNamespace(tqdm=lambda it, **_kw: it)  # its per-image progress bar
+    name = next(n for n, m in net.named_modules() if m is layer)
+    twins: list[nn.Module] = []
+
+    def run() -> torch.Tensor:
+        if not twins:  # AblationCAM swaps the target layer out of the model during its call: give it a copy
+            twins.append(copy.deepcopy(net))
+        twin = twins[0]
+        with pgc.AblationCAM(model=twin, target_layers=[twin.get_submodule(name)], batch_size=batch) as cam:
+            return torch.from_numpy(np.asarray(cam(input_tensor=x, targets=targets)))
+
+    return run
+
+
+def _pgc_fullgrad(pgc: Any, net: nn.Module, x: torch.Tensor, targets: list[Any]) -> Callable[[], torch.Tensor]:
+    import contextlib
+    import io
+
+    def run() -> torch.Tensor:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints that target_layers are ignored
+            cam = pgc.FullGrad(model=net, target_layers=[])
+        with cam:
+            return torch.from_numpy(np.asarray(cam(input_tensor=x, targets=targets)))
+
+    return run
+
+
 # -------------------------------------------------------------------------------------- agreement
 
 
@@ -523,6 +567,9 @@ def agreement(ours: Any, theirs: Any, output: str, upsample_to: tuple[int, int] 
         except ImportError:
             mine = F.interpolate(lm[:, None], size=theirs_t.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         mine = _minmax(mine)
+        theirs_t = _minmax(theirs_t)
+    elif output == MAPS_MINMAX:
+        mine = _minmax(ours.maps.detach().cpu().float())
         theirs_t = _minmax(theirs_t)
     else:
         raise ValueError(output)

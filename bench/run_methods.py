@@ -210,6 +210,19 @@ def build_entries(registered: set[str], layer_channels: int, bf16: bool, multi: 
     want(Entry("smoothgrad_family", list(SG_FAMILY),
                {m: _opts(m, *sg_groups) for m in SG_FAMILY if m in registered}, multi=True, passes=lambda e: 25,
                note="smoothgrad + smoothgrad_sq + vargrad together (one set of 25 noisy samples)"))
+    # Gradient-free and ablation CAMs (issue 14): Eigen-CAM and FullGrad cost one pass; Ablation-CAM one forward
+    # per channel that is not zero everywhere (+ the clean pass), like Score-CAM.
+    want(Entry("eigencam", ["eigencam"], floor="fwd", note="one forward pass under inference mode + an SVD per image"))
+    want(Entry("fullgrad", ["fullgrad"], note="one forward + backward to the input and every biased layer"))
+    ab = "ablationcam"
+
+    def ablation_passes(out: Any) -> float:
+        cs = out[ab].extras.get("channel_scores") if out else None
+        used = float((~torch.isnan(cs)).sum(1).float().mean()) if cs is not None else layer_channels
+        return used + 1
+
+    want(Entry(ab, [ab], multi=True, floor="fwd", passes=ablation_passes,
+               note=f"{layer_channels} channels; floor counts the channels not zero everywhere + 1 clean forward"))
     return entries, skipped
 
 

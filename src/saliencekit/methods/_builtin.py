@@ -14,3 +14,6 @@ import saliencekit.methods.perturbation  # occlusion, rise
 import saliencekit.methods.lrp  # lrp
 import saliencekit.methods.deeplift  # deeplift, deeplift_shap
 import saliencekit.methods.transformer  # attention_rollout, transformer_attribution
+import saliencekit.methods.eigencam  # eigencam
+import saliencekit.methods.ablationcam  # ablationcam
+import saliencekit.methods.fullgrad  # fullgrad

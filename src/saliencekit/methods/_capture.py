@@ -77,6 +77,8 @@ class Capture:
         self.layers = list(layers)
         self.activations: dict[int, torch.Tensor] = {}
         self.calls: dict[int, int] = {}
+        #: every recorded output of every captured layer, in call order (only with ``capture(..., all_calls=True)``)
+        self.history: list[tuple[nn.Module, torch.Tensor]] = []
         self._switch = _RuleSwitch()
 
     def activation(self, layer: nn.Module) -> torch.Tensor:
@@ -102,6 +104,7 @@ class Capture:
     def clear(self) -> None:
         self.activations.clear()
         self.calls.clear()
+        self.history.clear()
 
 
 @contextlib.contextmanager
@@ -124,6 +127,7 @@ def capture(
     relu_rule: ReluRule | None = None,
     eval: bool = True,
     leaf: bool = False,
+    all_calls: bool = False,
 ) -> Iterator[Capture]:
     """Record layer outputs and/or apply a ReLU backward rule for the duration of the block.
 
@@ -135,6 +139,8 @@ def capture(
         leaf: record each layer output as a detached leaf that requires grad (the network goes on
             with a clone of it): ``autograd.grad(score, activation)`` then works even when nothing
             before the layer requires grad, and never walks back past the layer.
+        all_calls: also keep the output of every call of every captured layer in :attr:`Capture.history`
+            (a module called several times in one forward pass).
 
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
     >>> with capture(net, [net[0]]) as cap:
@@ -157,6 +163,8 @@ def capture(
         if leaf:
             output = output.detach().requires_grad_(True)
         cap.activations[id(module)] = output
+        if all_calls:
+            cap.history.append((module, output))
         return output.clone()
 
     def guided_post(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
@@ -200,6 +208,31 @@ def capture(
             for h in handles:
                 h.remove()
             module_inputs.clear()
+
+
+@contextlib.contextmanager
+def substitute_output(model: nn.Module, layer: nn.Module, value: Callable[[], torch.Tensor],
+                      eval: bool = True) -> Iterator[None]:
+    """For the block, every call of ``layer`` returns ``value()`` instead of its own output (the rest of the network
+    runs on it; Ablation-CAM's zeroed channels). The hook comes off and the modes are restored on exit.
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    >>> with substitute_output(net, net[0], lambda: -torch.ones(1, 2, 3, 3)):
+    ...     bool((net(torch.ones(1, 1, 5, 5)) == 0).all())
+    True
+    >>> len(net[0]._forward_hooks)
+    0
+    """
+
+    def replace(_module: nn.Module, _inputs: Any, _output: Any) -> torch.Tensor | None:
+        return None if _PAUSED.get() else value()
+
+    with eval_mode(model, eval):
+        handle = layer.register_forward_hook(replace)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 # ----------------------------------------------------------------------------------------- layers

@@ -17,6 +17,7 @@ once, combines them per method and upsamples all maps with one interpolation cal
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -103,6 +104,26 @@ def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(maps[:, None], size=(out_h, out_w), mode="bilinear", align_corners=False)[:, 0]
 
 
+def layer_activations(
+    model: nn.Module, layer: FeatureLayer, inputs: torch.Tensor, target: Any
+) -> tuple[torch.Tensor, torch.Tensor, ResolvedTarget, torch.Tensor, FeatureLayer]:
+    """One forward pass under ``torch.inference_mode()`` recording the layer (for CAMs without gradients).
+
+    Returns:
+        The activation ``A`` (N, K, h, w), the scores ``S`` (N,), the resolved target, the predicted classes and the
+        layer with its reader settled.
+    """
+    with preserve_model(model), capture(model, [layer.module]) as cap, torch.inference_mode():
+        output = _layout.forward(model, inputs)
+        raw = checked_activation(cap, layer)
+        layer = settle(model, layer, raw, inputs)
+        a = read_activation(layer, raw)
+        resolved = as_target(target).resolve(output)
+        predictions = predicted_classes(output)
+        scores = resolved.score(output)
+    return a.clone(), scores.clone(), resolved, predictions.clone(), layer
+
+
 def layer_gradients(
     model: nn.Module, layer: FeatureLayer, inputs: torch.Tensor, target: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ResolvedTarget, torch.Tensor, FeatureLayer]:
@@ -136,12 +157,41 @@ def layer_gradients(
 # --------------------------------------------------------------------------------------- base class
 
 
+@dataclass
+class LayerPass:
+    """What the shared pass of one CAM layer gives each method of the group.
+
+    Attributes:
+        model: the classifier.
+        layer: the layer explained at (module, dotted name, reader of its output).
+        inputs: the images (N, C, H, W).
+        activations: ``A`` (N, K, h, w), as the layer's reader reads it.
+        gradients: ``g = dS/dA`` (N, K, h, w), or None when no method of the group uses gradients (then the pass
+            was a forward pass only).
+        scores: ``S`` (N,) at the input.
+        target: the resolved target (for methods that run further passes, like Ablation-CAM).
+        predictions: the predicted classes (N,).
+    """
+
+    model: nn.Module
+    layer: FeatureLayer
+    inputs: torch.Tensor
+    activations: torch.Tensor
+    gradients: torch.Tensor | None
+    scores: torch.Tensor
+    target: ResolvedTarget
+    predictions: torch.Tensor
+
+
 class BaseCAM(Method):
     """Shared machinery of the gradient-weighted CAMs.
 
     ``capture -> channel weights -> weighted sum -> ReLU -> bilinear upsample``. Subclasses override
     :meth:`weights` (a per-channel weight ``w_k``, map ``sum_k w_k A^k``) or :meth:`combine`
-    (any element-wise combination of ``A`` and ``g``), nothing else.
+    (any element-wise combination of ``A`` and ``g``), nothing else. A CAM that needs more than ``A`` and
+    ``g`` (further forward passes: Ablation-CAM; a decomposition: Eigen-CAM) overrides :meth:`layer_map`.
+    CAMs that do not use gradients set ``uses_gradients = False``: a group of them alone is computed from one
+    forward pass, and with gradient CAMs they share their forward and backward pass.
 
     Args:
         model: the classifier (never modified).
@@ -171,6 +221,13 @@ class BaseCAM(Method):
         """Channel weights ``w_k`` (N, K), or None for methods that override :meth:`combine` instead."""
         return None
 
+    def layer_map(self, layer_pass: LayerPass) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The map before the ReLU (N, h, w) and the extras to report, from the shared pass (default:
+        :meth:`weights` then :meth:`combine` of ``A`` and ``g``, extras ``{"weights": w_k}``)."""
+        a, g = layer_pass.activations, layer_pass.gradients
+        w = self.weights(a, g)  # type: ignore[arg-type]
+        return self.combine(a, g, w), ({} if w is None else {"weights": w})  # type: ignore[arg-type]
+
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         """The map before the ReLU (N, h, w); default ``sum_k w_k A^k``."""
         if weights is None:
@@ -192,21 +249,25 @@ class BaseCAM(Method):
         model = first.model
         check_inputs(model, inputs)
         layer = layer_for(model, first.layer, inputs, first.reshape)  # type: ignore[attr-defined]
-        a, g, scores, resolved, predictions, layer = layer_gradients(model, layer, inputs, target)
-        raws, weights = [], []
+        g: torch.Tensor | None = None
+        if any(type(m).uses_gradients for m in cams):
+            a, g, scores, resolved, predictions, layer = layer_gradients(model, layer, inputs, target)
+        else:
+            a, scores, resolved, predictions, layer = layer_activations(model, layer, inputs, target)
+        layer_pass = LayerPass(model, layer, inputs, a, g, scores, resolved, predictions)
+        raws, extras = [], []
         for m in cams:
-            w = m.weights(a, g)  # type: ignore[attr-defined]
-            raw = m.combine(a, g, w)  # type: ignore[attr-defined]
+            raw, more = m.layer_map(layer_pass)  # type: ignore[attr-defined]
             raws.append(raw.clamp_min(0) if m.relu else raw)  # type: ignore[attr-defined]
-            weights.append(w)
+            extras.append(more)
         n = inputs.shape[0]
         ups = upsample(torch.cat(raws), inputs.shape[-2:]).split(n)
         targets = resolved.class_indices().to(inputs.device)
         out = []
-        for m, raw, up, w in zip(cams, raws, ups, weights):
+        for m, raw, up, more in zip(cams, raws, ups, extras):
             out.append(Explanation(
                 method=m.name, maps=up, layer_maps=raw, scores=scores, targets=targets, predictions=predictions,
-                params={**m.params, "layer": layer.name}, extras={} if w is None else {"weights": w},
+                params={**m.params, "layer": layer.name}, extras=more,
             ))
         return out
 
@@ -315,4 +376,5 @@ class LayerCAM(BaseCAM):
         return (gradients.clamp_min(0) * activations).sum(dim=1)  # w^k_ij = relu(g^k_ij), map sum_k w^k * A^k
 
 
-__all__ = ["BaseCAM", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "XGradCAM", "layer_for", "upsample"]
+__all__ = ["BaseCAM", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "LayerPass", "XGradCAM", "layer_for",
+           "upsample"]

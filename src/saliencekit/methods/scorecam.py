@@ -21,8 +21,9 @@ from torch import nn
 
 from saliencekit import _layout
 from saliencekit.errors import InputError
-from saliencekit.methods._batching import BatchSize, check_batch_size, run_in_chunks
+from saliencekit.methods._batching import BatchSize, check_batch_size
 from saliencekit.methods._capture import ReshapeSpec, capture, check_reshape_option, eval_mode, settle
+from saliencekit.methods._channel_passes import channel_pass_scores
 from saliencekit.methods._precision import Precision, autocast, check_precision
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model
 from saliencekit.methods.cam import (
@@ -144,22 +145,15 @@ class ScoreCAM(Method):
             top = flat.var(2).topk(self.top_n, dim=1).indices
             in_top = torch.zeros_like(selected).scatter_(1, top, True)
             selected &= in_top
-        jobs = selected.nonzero()  # (J, 2) rows (image, channel), image-major
-        channel_scores = torch.full((n, k), float("nan"), dtype=inputs.dtype, device=inputs.device)
-        total = int(jobs.shape[0])
-        if total == 0:
-            return channel_scores, selected
         size = inputs.shape[-2:]
         buffer: list[torch.Tensor] = []
         # Build the masked batches in the layout the model will be run in (on the CPU _layout's channels-last
         # choice), so that _layout.forward gets them as they are instead of copying every chunk again.
         fast = self.channels_last or _layout.uses_channels_last(self.model, inputs)
         fmt = torch.channels_last if fast else torch.contiguous_format
-        bar = _progress_bar(total, self.progress)
 
-        def run(start: int, stop: int) -> None:
-            img, ch = jobs[start:stop, 0], jobs[start:stop, 1]
-            count = stop - start
+        def forward_jobs(img: torch.Tensor, ch: torch.Tensor) -> torch.Tensor:
+            count = int(img.shape[0])
             if not buffer or buffer[0].shape[0] < count:
                 buffer[:] = [torch.empty((count, *inputs.shape[1:]), dtype=inputs.dtype, device=inputs.device,
                                          memory_format=fmt)]
@@ -167,26 +161,12 @@ class ScoreCAM(Method):
             minmax_scale_(masks)  # ... min-max scaled to [0, 1]
             src = inputs.expand(count, *inputs.shape[1:]) if n == 1 else inputs[img]
             batch = torch.mul(src, masks[:, None], out=buffer[0][:count])  # x * H^k
-            with autocast(inputs.device, self.precision):
-                out = _layout.forward(self.model, batch)
-            channel_scores[img, ch] = resolved.subset(img).score(out).to(inputs.dtype)
-            if bar is not None:
-                bar.update(count)
+            return _layout.forward(self.model, batch)
 
-        try:
-            run_in_chunks(run, total, self.batch_size, self.model, inputs[:1], backward=False)
-        finally:
-            if bar is not None:
-                bar.close()
+        channel_scores = channel_pass_scores(self.model, inputs, selected, resolved, forward_jobs,
+                                             batch_size=self.batch_size, precision=self.precision,
+                                             progress=self.progress, desc="Score-CAM masked passes")
         return channel_scores, selected
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="Score-CAM masked passes", unit="img")
 
 
 __all__ = ["ScoreCAM"]
