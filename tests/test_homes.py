@@ -90,6 +90,7 @@ def test_per_method_expectations_are_declared_on_the_classes() -> None:
         ("smoothgrad", {"base": "gradient_x_input"}, False), ("smoothgrad", {"base": "guided_backprop"}, True),
         ("smoothgrad", {"base": "integrated_gradients"}, None), ("not_a_method", {}, None),
         ("eigencam", {}, None), ("ablationcam", {}, None), ("fullgrad", {}, False),
+        ("lime", {}, False), ("kernel_shap", {"fill": "mean"}, True), ("lime", {"fill": 0.5}, False),
     ]
     for name, options, want in table:
         assert expected_invariance({"method": name, "options": options}) is want, (name, options)
@@ -116,6 +117,10 @@ def test_docs_methods_has_a_true_row_for_every_registered_method() -> None:
             want = "black: yes, zero: no"
         elif name in ("smoothgrad", "smoothgrad_sq", "vargrad"):
             want = "as its base"
+        elif name in ("expected_gradients", "gradient_shap"):
+            want = "uniform: yes, reference images: no"
+        elif name in ("lime", "kernel_shap"):
+            want = "fill mean/black: yes, zero or a number: no"
         assert invariant == want, name
         for ref in re.findall(r"`(ref_[a-z_]+)", tested):  # the named literal references exist
             assert any(hasattr(importlib.import_module(f"reference.{mod}"), ref) for mod in references), ref

@@ -120,6 +120,7 @@ def _methods(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from saliencekit.device import resolve_device
     from saliencekit.errors import InputError
+    from saliencekit.methods.references import reference_scope, training_references
     from saliencekit.methods.specs import parse_methods_text
     from saliencekit.viz.explain_files import explain_files, list_classes
 
@@ -139,6 +140,9 @@ def _explain(args: argparse.Namespace) -> int:
     # what the outputs are: as given, else as the file declares (a multi-label run: per-label sigmoids)
     output = args.output if args.output is not None else loaded.output
     threshold = args.threshold if args.threshold is not None else loaded.threshold
+    # the SHAP family's baselines: a run directory's training images (read only if a method draws from them)
+    run = getattr(loaded, "run", None)
+    references = training_references(run) if run is not None else None
     if args.list_classes:
         for name in list_classes(model, preprocessing, images, class_names, device=device, output=output,
                                  threshold=threshold):
@@ -150,11 +154,12 @@ def _explain(args: argparse.Namespace) -> int:
         raise InputError("give the output folder with --out")
     methods = parse_methods_text(args.methods)
     batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
-    results = explain_files(model, preprocessing, images, methods, args.out, class_names=class_names,
-                            target=args.target, layer=args.layer, top_k=args.top_k, batch_size=batch_size,
-                            precision=args.precision, device=device, progress=not args.no_progress,
-                            normalization=args.normalization, num_threads=args.threads, output=output,
-                            threshold=threshold)
+    with reference_scope(references):
+        results = explain_files(model, preprocessing, images, methods, args.out, class_names=class_names,
+                                target=args.target, layer=args.layer, top_k=args.top_k, batch_size=batch_size,
+                                precision=args.precision, device=device, progress=not args.no_progress,
+                                normalization=args.normalization, num_threads=args.threads, output=output,
+                                threshold=threshold)
     print(f"explained {len(results)} image(s) with {len(methods)} method(s); wrote {Path(args.out)}/")
     for r in results:
         print(f"  {r.path} -> {r.folder}/ (predicted {r.predicted})")

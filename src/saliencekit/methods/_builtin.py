@@ -17,3 +17,6 @@ import saliencekit.methods.transformer  # attention_rollout, transformer_attribu
 import saliencekit.methods.eigencam  # eigencam
 import saliencekit.methods.ablationcam  # ablationcam
 import saliencekit.methods.fullgrad  # fullgrad
+import saliencekit.methods.expected_gradients  # expected_gradients, gradient_shap
+import saliencekit.methods.lime  # lime
+import saliencekit.methods.kernel_shap  # kernel_shap

@@ -8,7 +8,7 @@ logit), so saliencekit keeps the drop itself.
 
 The ablated passes replace the layer's output through a forward hook (the model is never modified) and run, like
 Score-CAM's masked passes, in large batches of (image, channel) jobs under ``torch.inference_mode()``
-(:mod:`saliencekit.methods._channel_passes`). Channels that are zero everywhere are not run: zeroing them changes
+(:mod:`saliencekit.methods._job_passes`). Channels that are zero everywhere are not run: zeroing them changes
 nothing, so their weight is exactly 0.
 """
 
@@ -23,7 +23,7 @@ from saliencekit import _layout
 from saliencekit.errors import InputError
 from saliencekit.methods._batching import BatchSize, check_batch_size
 from saliencekit.methods._capture import FeatureLayer, ReshapeSpec, capture, substitute_output
-from saliencekit.methods._channel_passes import channel_pass_scores
+from saliencekit.methods._job_passes import job_scores
 from saliencekit.methods._precision import Precision, autocast, check_precision
 from saliencekit.methods.base import preserve_model
 from saliencekit.methods.cam import BaseCAM, LayerPass, LayerSpec, checked_activation
@@ -65,8 +65,8 @@ def ablation_scores(layer_pass: LayerPass, selected: torch.Tensor, *, batch_size
         return _layout.forward(model, x)
 
     with preserve_model(model), substitute_output(model, layer.module, lambda: current["raw"]):
-        return channel_pass_scores(model, inputs, selected, layer_pass.target, forward_jobs, batch_size=batch_size,
-                                   precision=precision, progress=progress, desc="Ablation-CAM passes")
+        return job_scores(model, inputs, selected, layer_pass.target, forward_jobs, batch_size=batch_size,
+                          precision=precision, progress=progress, desc="Ablation-CAM passes")
 
 
 @register_method("ablationcam")

@@ -23,7 +23,7 @@ from saliencekit import _layout
 from saliencekit.errors import InputError
 from saliencekit.methods._batching import BatchSize, check_batch_size
 from saliencekit.methods._capture import ReshapeSpec, capture, check_reshape_option, eval_mode, settle
-from saliencekit.methods._channel_passes import channel_pass_scores
+from saliencekit.methods._job_passes import job_scores
 from saliencekit.methods._precision import Precision, autocast, check_precision
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model
 from saliencekit.methods.cam import (
@@ -163,9 +163,8 @@ class ScoreCAM(Method):
             batch = torch.mul(src, masks[:, None], out=buffer[0][:count])  # x * H^k
             return _layout.forward(self.model, batch)
 
-        channel_scores = channel_pass_scores(self.model, inputs, selected, resolved, forward_jobs,
-                                             batch_size=self.batch_size, precision=self.precision,
-                                             progress=self.progress, desc="Score-CAM masked passes")
+        channel_scores = job_scores(self.model, inputs, selected, resolved, forward_jobs, batch_size=self.batch_size,
+                                    precision=self.precision, progress=self.progress, desc="Score-CAM masked passes")
         return channel_scores, selected
 
 

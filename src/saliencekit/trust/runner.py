@@ -30,6 +30,13 @@ from saliencekit._model_input import model_failures
 from saliencekit._options import with_options
 from saliencekit._threads import torch_threads
 from saliencekit.errors import InputError
+from saliencekit.methods.references import (
+    REFERENCE_COUNT,
+    ReferenceSet,
+    reference_scope,
+    sample_references,
+    training_references,
+)
 from saliencekit.methods.specs import default_methods, parse_methods
 from saliencekit.model_data import ModelData, architecture_factory
 from saliencekit.trust._explaining import compute_maps, predicted
@@ -264,7 +271,15 @@ def _run_checks(
         else:
             skipped[check.name] = no_train_data if (no_train_data and "train_data" in check.needs) else reason
     results: dict[str, Any] = {}
-    with torch.random.fork_rng(devices=[]):
+    # The SHAP family's baselines ("auto"/"training"): the run's training images, the same for every model checked.
+    if run is not None:
+        references = training_references(run, seed=s.seed)
+    elif train_data is not None:
+        references = ReferenceSet(lambda: sample_references(train_data[0], seed=s.seed),
+                                  f"{REFERENCE_COUNT} training images of train_data (seed {s.seed})")
+    else:
+        references = None
+    with torch.random.fork_rng(devices=[]), reference_scope(references):
         torch.manual_seed(s.seed)
         ctx.maps = compute_maps(model, images, specs, preds, s.layer, s.batch_size, progress, desc="maps")
         bar = tqdm(todo, desc="checks", disable=not progress)

@@ -1,11 +1,11 @@
-"""One forward pass per (image, channel) job, batched: the machinery Score-CAM and Ablation-CAM share.
+"""One forward pass per (image, k) job, batched: the machinery Score-CAM, Ablation-CAM, LIME and KernelSHAP share.
 
-Both CAMs score each selected channel ``k`` of each image ``i`` with a forward pass of a modified copy of the image
-(Score-CAM: the input masked by the channel's upsampled activation) or of the network (Ablation-CAM: the layer's
-output with the channel zeroed). The jobs (image, channel) of every image run together, image-major, in large
-batches under ``torch.inference_mode()`` (:func:`~saliencekit.methods._batching.run_in_chunks`: sized to the device,
-halved on CUDA out-of-memory), with optional autocast and a progress bar; each chunk's scores are written by index,
-so a chunk can be re-run.
+Each method scores job ``k`` of image ``i`` with a forward pass of a modified copy of the image or of the network:
+Score-CAM masks the input by channel ``k``'s upsampled activation, Ablation-CAM zeroes channel ``k`` of the layer's
+output, LIME and KernelSHAP keep the superpixels of coalition ``k``. The jobs of every image run together,
+image-major, in large batches under ``torch.inference_mode()`` (:func:`~saliencekit.methods._batching.run_in_chunks`:
+sized to the device, halved on CUDA out-of-memory), with optional autocast and a progress bar; each chunk's scores
+are written by index, so a chunk can be re-run.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from saliencekit.methods._batching import BatchSize, run_in_chunks
 from saliencekit.methods._precision import Precision, autocast
 from saliencekit.methods.targets import ResolvedTarget
 
-#: ``forward_jobs(images, channels) -> output``: the model's output (J, K) for the jobs of one chunk.
+#: ``forward_jobs(images, jobs) -> output``: the model's output (J, K) for the jobs of one chunk.
 ForwardJobs = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def channel_pass_scores(
+def job_scores(
     model: nn.Module,
     inputs: torch.Tensor,
     selected: torch.Tensor,
@@ -34,26 +34,28 @@ def channel_pass_scores(
     batch_size: BatchSize,
     precision: Precision,
     progress: bool = False,
-    desc: str = "channel passes",
+    desc: str = "passes",
+    probability: bool = False,
 ) -> torch.Tensor:
-    """The score ``S`` of one forward pass per selected (image, channel), NaN where not selected.
+    """The score ``S`` of one forward pass per selected (image, k) job, NaN where not selected.
 
     Args:
         model: the classifier (only used to remember the batch size settled on).
         inputs: the images (N, C, H, W).
         selected: (N, K) bool, the jobs to run.
         target: the resolved target of the ``N`` images.
-        forward_jobs: runs the model on the jobs of one chunk, given their image and channel indices (J,).
+        forward_jobs: runs the model on the jobs of one chunk, given their image and job indices (J,).
         batch_size: jobs per forward pass, or "auto".
         precision: autocast of the passes.
         progress: show a progress bar.
         desc: label of the progress bar.
+        probability: score the explained class's probability instead of ``S``.
 
     Returns:
         (N, K) scores in the inputs' dtype.
     """
     n, k = selected.shape
-    jobs = selected.nonzero()  # (J, 2) rows (image, channel), image-major
+    jobs = selected.nonzero()  # (J, 2) rows (image, k), image-major
     scores = torch.full((n, k), float("nan"), dtype=inputs.dtype, device=inputs.device)
     total = int(jobs.shape[0])
     if total == 0:
@@ -61,10 +63,11 @@ def channel_pass_scores(
     bar = _progress_bar(total, progress, desc)
 
     def run(start: int, stop: int) -> None:
-        img, ch = jobs[start:stop, 0], jobs[start:stop, 1]
+        img, job = jobs[start:stop, 0], jobs[start:stop, 1]
         with torch.inference_mode(), autocast(inputs.device, precision):
-            out = forward_jobs(img, ch)
-            scores[img, ch] = target.subset(img).score(out).to(inputs.dtype)
+            out = forward_jobs(img, job)
+            rows = target.subset(img)
+            scores[img, job] = (rows.probability(out) if probability else rows.score(out)).to(inputs.dtype)
         if bar is not None:
             bar.update(stop - start)
 
@@ -84,4 +87,4 @@ def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="img")
 
 
-__all__ = ["ForwardJobs", "channel_pass_scores"]
+__all__ = ["ForwardJobs", "job_scores"]
