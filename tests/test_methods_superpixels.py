@@ -237,3 +237,32 @@ def test_fill_and_probability_score() -> None:
         full_p = torch.softmax(model(x), 1)[0, 0]
         empty_p = torch.softmax(model(torch.zeros_like(x)), 1)[0, 0]
     assert float(p.extras["coefficients"][0].sum()) == pytest.approx(float(full_p - empty_p), abs=1e-12)
+
+
+# -------------------------------------------------------------------------------------------- check costs
+
+
+def test_check_caps_the_recomputing_checks_for_costly_methods() -> None:
+    """lime and kernel_shap declare their samples as forward passes per image; above ``costly_passes`` the checks that
+    recompute maps run on ``costly_method_images`` images (recorded), unless ``costly_images`` is given."""
+    from saliencekit.methods import method_class
+    from saliencekit.trust.runner import run_checks
+
+    assert method_class("lime").passes_per_image({}) == 500
+    assert method_class("kernel_shap").passes_per_image({"samples": 40}) == 41
+    assert method_class("gradient").passes_per_image({}) is None
+    model, x = _model(classes=2), _x(6, size=12)  # SSIM (input_invariance) needs 11 x 11 maps
+    methods = {"lime": {"method": "lime", "grid": 2, "samples": 400}, "gradient": {"method": "gradient"}}
+    res = run_checks(model=model, images=x, methods=methods, checks=["input_invariance", "faithfulness"],
+                     n_images=6, costly_method_images=3, figures=False)
+    settings = res["settings"]
+    assert settings["costly_images"] == 3 and settings["costly_methods"] == {"lime": 400.0}
+    assert res["checks"]["input_invariance"]["images"] == 3  # recomputes maps: capped
+    assert res["checks"]["faithfulness"]["images"] == 6  # uses the maps already computed: every image
+    cheap = run_checks(model=model, images=x, methods={"lime": {"method": "lime", "grid": 2, "samples": 40}},
+                       checks=["input_invariance"], n_images=6, figures=False)
+    assert cheap["settings"]["costly_images"] is None and cheap["settings"]["costly_methods"] == {}
+    assert cheap["checks"]["input_invariance"]["images"] == 6
+    given = run_checks(model=model, images=x, methods=methods, checks=["input_invariance"], n_images=6,
+                       costly_images=4, figures=False)
+    assert given["settings"]["costly_images"] == 4 and given["checks"]["input_invariance"]["images"] == 4

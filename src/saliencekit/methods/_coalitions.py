@@ -73,6 +73,14 @@ class CoalitionMethod(Method):
             return {"mean": True, "black": True, "zero": False}.get(fill)
         return False if isinstance(fill, int | float) else None
 
+    @classmethod
+    def passes_per_image(cls, options: Mapping[str, Any]) -> float | None:
+        """One forward pass per coalition (``samples``, default 500), plus the all-fill image for KernelSHAP."""
+        from saliencekit.methods.registry import method_options
+
+        samples = options.get("samples", method_options(cls.name)["samples"])
+        return float(samples) + (1.0 if cls.needs_empty else 0.0) if isinstance(samples, int) else None
+
     def __init__(
         self,
         model: nn.Module,

@@ -259,6 +259,13 @@ class Method(abc.ABC):
         """The expectation of :attr:`input_shift_invariant` for a method built with ``options``."""
         return cls.input_shift_invariant
 
+    @classmethod
+    def passes_per_image(cls, options: Mapping[str, Any]) -> float | None:
+        """About how many forward passes (a forward and backward pass counts as 3) explaining one image costs with
+        ``options``, for methods whose cost the options alone fix and make large (sampling methods: ``samples``);
+        None otherwise. ``saliencekit check`` reads it to keep the checks that recompute maps affordable."""
+        return None
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "attribute" in cls.__dict__:

@@ -90,6 +90,15 @@ class _ExpectedGradientsBase(PixelGradientMethod):
             return current_references() is None
         return None
 
+    @classmethod
+    def passes_per_image(cls, options: Mapping[str, Any]) -> float | None:
+        """A forward and backward pass (3 forward passes) per draw (``samples``, default 50), and a forward pass of
+        each drawn baseline."""
+        from saliencekit.methods.registry import method_options
+
+        samples = options.get("samples", method_options(cls.name)["samples"])
+        return 4.0 * samples if isinstance(samples, int) else None
+
     def __init__(
         self,
         model: nn.Module,

@@ -138,13 +138,13 @@ def training_references(run: Run, count: int = REFERENCE_COUNT, seed: int = 0) -
         train = run.dataset("train")
         n = len(train)
         if n == 0:
-            raise InputError(f"{run.path} has no training images to draw reference images from; pass a tensor "
-                             "of reference images as baselines=, or baselines='uniform'")
+            raise InputError(f"{getattr(run, 'path', 'the run')} has no training images to draw reference images "
+                             "from; pass a tensor of reference images as baselines=, or baselines='uniform'")
         images = torch.stack([train.image(i) for i in _pick(n, count, seed)])
         device = getattr(run, "device", None)
         return images.to(device) if device is not None else images
 
-    return ReferenceSet(load, f"up to {count} training images of {run.path} (seed {seed})")
+    return ReferenceSet(load, f"up to {count} training images of {getattr(run, 'path', 'the run')} (seed {seed})")
 
 
 __all__ = ["REFERENCE_CHOICES", "REFERENCE_COUNT", "ReferenceSet", "check_references", "current_references",

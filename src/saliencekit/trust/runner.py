@@ -63,6 +63,21 @@ def _strata(labels: torch.Tensor | None) -> torch.Tensor | None:
     return torch.tensor(rarest_label_strata(labels.detach().cpu().numpy()), dtype=torch.long)
 
 
+def _costly_images(s: CheckSettings, specs: Mapping[str, Mapping[str, Any]]) -> tuple[int | None, dict[str, float]]:
+    """The image cap of the checks that recompute maps, and the methods costing more than ``s.costly_passes`` forward
+    passes per image (which set the cap to ``s.costly_method_images`` when ``s.costly_images`` is None)."""
+    from saliencekit.methods.registry import method_class
+
+    costly = {}
+    for label, spec in specs.items():
+        passes = method_class(spec["method"]).passes_per_image(spec["options"])
+        if passes is not None and passes > s.costly_passes:
+            costly[label] = passes
+    if s.costly_images is not None or not costly:
+        return s.costly_images, costly
+    return s.costly_method_images, costly
+
+
 def _pick(labels: torch.Tensor | None, n_total: int, n: int, seed: int) -> torch.Tensor:
     """``n`` indices, classes interleaved (balanced), order reproducible from ``seed``; multi-label rows (N, L)
     are balanced over their rarest positive label (:func:`_strata`)."""
@@ -276,9 +291,10 @@ def _run_checks(
         references = training_references(run, seed=s.seed)
     elif train_data is not None:
         references = ReferenceSet(lambda: sample_references(train_data[0], seed=s.seed),
-                                  f"{REFERENCE_COUNT} training images of train_data (seed {s.seed})")
+                                  f"up to {REFERENCE_COUNT} training images of train_data (seed {s.seed})")
     else:
         references = None
+    costly_images, costly_methods = _costly_images(s, specs)
     with torch.random.fork_rng(devices=[]), reference_scope(references):
         torch.manual_seed(s.seed)
         ctx.maps = compute_maps(model, images, specs, preds, s.layer, s.batch_size, progress, desc="maps")
@@ -287,8 +303,8 @@ def _run_checks(
             bar.set_postfix(check=check.name, refresh=True)
             t0 = time.perf_counter()
             sub = ctx
-            if s.costly_images is not None and check.name in s.costly_checks and s.costly_images < images.shape[0]:
-                sub = ctx.subset(s.costly_images)
+            if costly_images is not None and check.name in s.costly_checks and costly_images < images.shape[0]:
+                sub = ctx.subset(costly_images)
             try:
                 entry = check.run(sub)
             except InputError as exc:  # a check that cannot apply to this model (e.g. no Conv2d/Linear first layer)
@@ -308,7 +324,7 @@ def _run_checks(
                   "device": str(images.device), "num_threads": torch.get_num_threads(),
                   "checks": [c.name for c in todo if c.name in results], "skipped": skipped, "layer": s.layer,
                   "output": rule.describe(), **({} if rows is None else rows.describe(s.labels_per_image)),
-                  **s.to_dict()},
+                  **s.to_dict(), "costly_images": costly_images, "costly_methods": costly_methods},
         methods={lb: {"method": spec["method"], "options": dict(spec["options"])} for lb, spec in specs.items()},
         images=image_rows(files, labels, preds, probs, names) if rows is None else
         label_rows(files, labels, rows, probs, names),

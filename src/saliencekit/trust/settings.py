@@ -59,6 +59,11 @@ class CheckSettings:
             taken from it) and optionally ``"independent"``; each step recomputes every method's maps.
         costly_images: use only the first ``costly_images`` of the checked images (they are interleaved by
             class, so the subset stays balanced) in the checks of ``costly_checks`` (None: all images).
+        costly_passes: a method declaring more forward passes per image than this
+            (:meth:`~saliencekit.methods.Method.passes_per_image`: lime and kernel_shap with their default 500 samples)
+            makes the ``costly_images`` cap default to ``costly_method_images`` when it is None (recorded in
+            ``checks.json`` with the methods that set it off).
+        costly_method_images: that default cap.
         costly_checks: the checks the ``costly_images`` cap applies to (None: those that recompute maps, on
             randomised models, shifted inputs, or noisy inputs for max-sensitivity).
         extra: further settings of added checks (written into ``settings`` of ``checks.json``).
@@ -111,7 +116,19 @@ class CheckSettings:
         flag="--randomization-modes", metavar="MODE,...",
         help="model-randomisation modes, comma-separated: cascading (always; the verdict is read from it) and "
              "independent (one layer at a time; as costly again)"))
-    costly_images: int | None = None
+    costly_images: int | None = field(default=None, metadata=option(
+        flag="--costly-images", metavar="N", positive=True,
+        help="only the first N checked images in the checks that recompute maps (randomisation, input shift, "
+             "sensitivity); default: all, or --costly-method-images when a method costs more than --costly-passes "
+             "forward passes per image"))
+    costly_passes: int = field(default=300, metadata=option(
+        flag="--costly-passes", metavar="P", positive=True,
+        help="forward passes per image above which a method (lime, kernel_shap: their samples) caps the checks that "
+             "recompute maps at --costly-method-images images"))
+    costly_method_images: int = field(default=8, metadata=option(
+        flag="--costly-method-images", metavar="N", positive=True,
+        help="images of the checks that recompute maps when a costly method is checked and --costly-images is not "
+             "given"))
     costly_checks: tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -126,6 +143,9 @@ class CheckSettings:
         if "cascading" not in self.randomization_modes:
             raise InputError(f"randomization_modes must include 'cascading' (the verdict is taken from it), "
                              f"got {tuple(self.randomization_modes)}")
+        if self.costly_method_images < 2:
+            raise InputError(f"costly_method_images must be at least 2 (the null level compares different images), "
+                             f"got {self.costly_method_images}")
         if self.costly_images is not None and self.costly_images < 2:
             raise InputError(f"costly_images must be at least 2 (the null level compares different images) or None,"
                              f" got {self.costly_images}")
