@@ -114,6 +114,7 @@ def build_peers(
     classes_multi: Sequence[int] | None = None,
     deeplift_shap_baselines: torch.Tensor | None = None,
     tokens: tuple[int, int, int] | None = None,
+    shap: dict[str, Any] | None = None,
 ) -> list[Peer]:
     """Peer adapters for the entries named in ``races``.
 
@@ -130,6 +131,8 @@ def build_peers(
         tokens: ``(prefix, gh, gw)`` for a vision transformer whose CAM layer outputs tokens: the CAM peers get
             pytorch-grad-cam's ``reshape_transform`` (captum's LayerGradCam and torch-cam, which need (N, C, h, w)
             maps, are left out) and the attention peers are added.
+        shap: the SHAP family's settings: ``references`` (K, C, H, W), ``samples`` (GradientShap draws), ``stdevs``
+            (GradientShap's noise for gradient_shap), ``coalitions`` (Lime / KernelShap samples), ``grid`` (cells).
     """
     net = TwoLogit(model) if single_logit else model
     x_multi = x if x_multi is None else x_multi
@@ -208,6 +211,9 @@ def build_peers(
                 "time = sum of the three, round by round",
                 parts=("captum.NoiseTunnel(smoothgrad)", "captum.NoiseTunnel(smoothgrad_sq)",
                        "captum.NoiseTunnel(vargrad)"))
+
+        if shap is not None:
+            _add_shap_peers(add, ca, net, x_multi, target_multi, shap)
 
     if _has("zennit"):
         def zennit_lrp(composite: str) -> Callable[[], torch.Tensor]:
@@ -473,6 +479,49 @@ def attention_peers(model: nn.Module, x: torch.Tensor, classes: Sequence[int], r
         "vit-explain's rollout and Chefer's relevance as published, separately; time = sum of the two, round by "
         "round", parts=("vit-explain.VITAttentionRollout", "Chefer.generate_relevance"))
     return peers
+
+
+def _add_shap_peers(add: Callable[..., None], ca: Any, net: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                    shap: dict[str, Any]) -> None:
+    """captum's GradientShap (expected_gradients, gradient_shap), Lime and KernelShap on the same grid."""
+    from captum._utils.models.linear_model import SkLearnRidge
+
+    from saliencekit.methods.lime import lime_kernel
+    from saliencekit.methods.superpixels import grid_segments
+
+    refs, n = shap["references"], shap["samples"]
+    draws = "their own draws (NumPy and torch's global generators): agreement is statistical"
+
+    def gradient_shap(stdevs: float) -> Callable[[], torch.Tensor]:
+        return lambda: ca.GradientShap(net).attribute(x, refs, n_samples=n, stdevs=stdevs, target=target).detach()
+
+    add("captum.GradientShap", "captum", "expected_gradients", gradient_shap(0.0), ATTRIBUTIONS,
+        f"n_samples={n}, stdevs=0, the same 16 reference images; {draws}")
+    add("captum.GradientShap(noise)", "captum", "gradient_shap", gradient_shap(shap["stdevs"]), ATTRIBUTIONS,
+        f"n_samples={n}, stdevs={shap['stdevs']:.4g} (0.1 x the mean range, one std for the batch); {draws}")
+    mask = grid_segments(x.shape[-2], x.shape[-1], (shap["grid"], shap["grid"]), x.device)[None, None]
+
+    def lime_similarity(_a: Any, _b: Any, sample: torch.Tensor, **_kw: Any) -> torch.Tensor:
+        return lime_kernel(sample.bool(), 0.25).to(torch.float32)
+
+    def lime() -> torch.Tensor:
+        explainer = ca.Lime(net, interpretable_model=SkLearnRidge(alpha=1.0), similarity_func=lime_similarity)
+        return torch.stack([explainer.attribute(x[i:i + 1], target=int(target[i]), feature_mask=mask, baselines=0.0,
+                                                n_samples=shap["coalitions"])[0] for i in range(x.shape[0])]).detach()
+
+    add("captum.Lime", "captum", "lime", lime, ATTRIBUTIONS,
+        f"n_samples={shap['coalitions']}, the same grid, LIME's kernel and Ridge(alpha=1) (captum's defaults are a "
+        "Lasso and a kernel in input space); one call per image, one forward per coalition (perturbations_per_eval=1)"
+        f"; {draws}")
+
+    def kernel_shap() -> torch.Tensor:
+        return torch.stack([ca.KernelShap(net).attribute(x[i:i + 1], target=int(target[i]), feature_mask=mask,
+                                                         baselines=0.0, n_samples=shap["coalitions"])[0]
+                            for i in range(x.shape[0])]).detach()
+
+    add("captum.KernelShap", "captum", "kernel_shap", kernel_shap, ATTRIBUTIONS,
+        f"n_samples={shap['coalitions']}, the same grid; constraints by weight 1e6; one call per image, "
+        f"perturbations_per_eval=1; {draws}")
 
 
 def _pgc_ablation(pgc: Any, net: nn.Module, layer: nn.Module, x: torch.Tensor, targets: list[Any],

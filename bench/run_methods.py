@@ -138,8 +138,13 @@ def _opts(method: str, *groups: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_entries(registered: set[str], layer_channels: int, bf16: bool, multi: bool,
-                  vit: bool = False) -> tuple[list[Entry], list[str]]:
+SHAP_SAMPLES = 50  # expected_gradients / gradient_shap draws
+SUPERPIXEL_SAMPLES = 500  # lime / kernel_shap coalitions (their defaults)
+SUPERPIXEL_GRID = 8  # lime / kernel_shap grid (their default: 64 superpixels)
+
+
+def build_entries(registered: set[str], layer_channels: int, bf16: bool, multi: bool, vit: bool = False,
+                  references: torch.Tensor | None = None) -> tuple[list[Entry], list[str]]:
     entries: list[Entry] = []
     skipped: list[str] = []
 
@@ -223,6 +228,20 @@ def build_entries(registered: set[str], layer_channels: int, bf16: bool, multi: 
 
     want(Entry(ab, [ab], multi=True, floor="fwd", passes=ablation_passes,
                note=f"{layer_channels} channels; floor counts the channels not zero everywhere + 1 clean forward"))
+    # The SHAP family (issue 14): expected gradients / GradientSHAP over fixed reference images (the same tensor for
+    # captum), LIME / KernelSHAP on the default 8 x 8 grid.
+    for name, opts, note in (
+        ("expected_gradients", {}, "50 draws over 16 reference images"),
+        ("gradient_shap", {"noise": 0.1}, "50 draws over 16 reference images, noise 0.1 of the range"),
+    ):
+        if references is not None:
+            want(Entry(name, [name], {name: {"baselines": references, "samples": SHAP_SAMPLES, **opts}}, multi=True,
+                       passes=lambda e: SHAP_SAMPLES, note=f"{note}; floor: 50 x fb (the baselines' 50 forwards not "
+                                                         "counted)"))
+    for name, extra in (("lime", 0), ("kernel_shap", 1)):
+        want(Entry(name, [name], {name: {"samples": SUPERPIXEL_SAMPLES, "grid": SUPERPIXEL_GRID}}, multi=True,
+                   floor="fwd", passes=lambda e, extra=extra: SUPERPIXEL_SAMPLES + extra,
+                   note=f"{SUPERPIXEL_SAMPLES} coalitions of an {SUPERPIXEL_GRID} x {SUPERPIXEL_GRID} grid"))
     return entries, skipped
 
 
@@ -347,7 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     classes_m = classes[: xm.shape[0]]
 
     registered = set(skm.list_methods())
-    entries, skipped = build_entries(registered, channels, bf16, multi=mbatch > 0, vit=is_vit(case))
+    references = torch.randn(16, case.channels, case.size, case.size, generator=torch.Generator().manual_seed(1)
+                             ).to(device)
+    entries, skipped = build_entries(registered, channels, bf16, multi=mbatch > 0, vit=is_vit(case),
+                                     references=references)
     if args.methods:
         entries = [e for e in entries if e.name in args.methods]
     t0 = time.perf_counter()
@@ -427,10 +449,13 @@ def main(argv: list[str] | None = None) -> int:
         if races & {"smoothgrad", "smoothgrad_family"}:
             sigma = 0.15 * float((xm.flatten(1).amax(1) - xm.flatten(1).amin(1)).mean())
             sg_kw = {"nt_samples": 25, "stdevs": sigma}
+        shap_kw = {"references": references, "samples": SHAP_SAMPLES,
+                   "stdevs": 0.1 * float((xm.flatten(1).amax(1) - xm.flatten(1).amin(1)).mean()),
+                   "coalitions": SUPERPIXEL_SAMPLES, "grid": SUPERPIXEL_GRID}
         if not args.no_peers:
             mpeers = pr.build_peers(model, x, classes, layer_module, single_logit=single_logit, races=races, ig=ig_kw,
                                     sg=sg_kw, score_batch=128 if device.type == "cpu" else 256, x_multi=xm,
-                                    classes_multi=classes_m, deeplift_shap_baselines=dls_refs)
+                                    classes_multi=classes_m, deeplift_shap_baselines=dls_refs, shap=shap_kw)
             for pe in mpeers:
                 if not pe.parts:
                     mtimer.add(f"peer:{pe.key}", pe.run)

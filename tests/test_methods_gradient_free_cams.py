@@ -240,6 +240,22 @@ def test_fullgrad_gap_reports_a_bias_it_cannot_reach() -> None:
     torch.testing.assert_close(e.extras["completeness_gap"], -hidden)
 
 
+def test_fullgrad_linear_bias_on_token_outputs_is_added_along_the_last_dimension() -> None:
+    class Tokens(nn.Module):  # a linear layer on (N, T, D) tokens, as in a transformer block
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 2, stride=2).to(D)
+            self.lin = nn.Linear(4, 4).to(D)
+            self.head = nn.Linear(4, 2).to(D)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.conv(x).flatten(2).transpose(1, 2)
+            return self.head(torch.relu(self.lin(t)).mean(1))
+
+    e = sk.create_method("fullgrad", Tokens()).attribute(_x(2, 1, size=8), target=1)
+    assert float(e.extras["completeness_gap"].abs().max()) < 1e-12
+
+
 def test_fullgrad_reads_the_right_layers_and_leaves_batchnorm_alone() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Conv2d(2, 2, 1, bias=False),
                           nn.BatchNorm2d(2, affine=False), nn.GroupNorm(1, 2), nn.Flatten(), nn.Linear(8, 1))

@@ -288,3 +288,38 @@ def test_check_on_a_run_offers_its_training_images(run_dir, tmp_path) -> None:  
     # fixed reference images do not move with the shifted input: expected (and found) not invariant
     eg_entry = res["checks"]["input_invariance"]["compensated"]["methods"]["eg"]
     assert eg_entry["expected_invariant"] is False and eg_entry["as_expected"] is True
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11", "densenet121"])
+def test_torchvision_models_run(arch: str) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    refs = torch.randn(3, 3, 32, 32)
+    out = sk.explain(model, x, methods={
+        "expected_gradients": {"baselines": refs, "samples": 4}, "gradient_shap": {"samples": 4},
+        "lime": {"grid": 4, "samples": 24}, "kernel_shap": {"grid": 4, "samples": 24}})
+    for name, e in out.items():
+        assert e.maps.shape == (2, 32, 32) and torch.isfinite(e.maps).all() and e.maps.abs().sum() > 0, name
+    ks = out["kernel_shap"]
+    with torch.no_grad():
+        empty = model(torch.zeros(1, 3, 32, 32))[0, ks.targets]
+    torch.testing.assert_close(ks.extras["coefficients"].sum(1), ks.scores - empty, atol=1e-4, rtol=1e-4)
+
+
+def test_lesson_cnn_runs_the_new_methods() -> None:
+    """The lesson CNN (one logit, greyscale): the methods of issue 14 by this module and the CAM module, together."""
+    from saliencekit.models import create
+
+    torch.manual_seed(0)
+    model = create("effusion_cnn").eval()
+    x = torch.randn(2, 1, 64, 64)
+    out = sk.explain(model, x, methods={
+        "eigencam": {}, "ablationcam": {}, "fullgrad": {}, "expected_gradients": {"samples": 4},
+        "gradient_shap": {"samples": 4}, "lime": {"samples": 24}, "kernel_shap": {"samples": 24}})
+    with torch.no_grad():
+        predicted = (model(x)[:, 0] > 0).long()
+    for name, e in out.items():
+        assert e.maps.shape == (2, 64, 64) and torch.isfinite(e.maps).all() and e.maps.abs().sum() > 0, name
+        assert torch.equal(e.targets, predicted), name

@@ -21,24 +21,12 @@ from saliencekit.errors import InputError
 from saliencekit.methods._batching import BatchSize, check_batch_size
 from saliencekit.methods._capture import eval_mode
 from saliencekit.methods._job_passes import job_scores
+from saliencekit.methods._option_checks import check_number, check_positive_int, check_seed
 from saliencekit.methods._precision import Precision, check_precision
 from saliencekit.methods.base import Explanation, Method, preserve_model
 from saliencekit.methods.perturbation import FILLS, SCORES, fill_values
 from saliencekit.methods.superpixels import Segments, check_segments, segment
 from saliencekit.methods.targets import ResolvedTarget
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _number(value: object, name: str, low: float = 0.0, strict: bool = False) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and (value > low if strict else value >= low)
-    if not ok:
-        raise InputError(f"{name} must be a number {'>' if strict else '>='} {low}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
 
 
 class CoalitionMethod(Method):
@@ -99,12 +87,10 @@ class CoalitionMethod(Method):
     ):
         super().__init__(model)
         self.segments, self.grid = check_segments(segments, grid)
-        self.n_segments = _positive_int(n_segments, "n_segments")
-        self.compactness = _number(compactness, "compactness", strict=True)
-        self.samples = _positive_int(samples, "samples")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise InputError(f"seed must be an int or None, got {seed!r}")
-        self.seed = seed
+        self.n_segments = check_positive_int(n_segments, "n_segments")
+        self.compactness = check_number(compactness, "compactness", strict=True)
+        self.samples = check_positive_int(samples, "samples")
+        self.seed = check_seed(seed)
         if not (isinstance(fill, int | float) and not isinstance(fill, bool)) and fill not in FILLS:
             raise InputError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)} or a number")
         self.fill = fill

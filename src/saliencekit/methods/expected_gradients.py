@@ -31,6 +31,7 @@ from torch import nn
 from saliencekit import _layout
 from saliencekit.errors import InputError
 from saliencekit.methods._batching import BatchSize, run_in_chunks
+from saliencekit.methods._option_checks import check_number, check_positive_int, check_seed
 from saliencekit.methods._precision import Precision
 from saliencekit.methods.gradient import PixelGradientMethod, input_gradient, rows_target
 from saliencekit.methods.references import REFERENCE_CHOICES, check_references, current_references
@@ -113,13 +114,9 @@ class _ExpectedGradientsBase(PixelGradientMethod):
     ):
         super().__init__(model, reduce=reduce, batch_size=batch_size, precision=precision)
         self.baselines = _check_baselines(baselines)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise InputError(f"samples must be a positive int, got {samples!r}")
-        if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0:
-            raise InputError(f"noise must be a number >= 0 (a fraction of the image's value range), got {noise!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise InputError(f"seed must be an int or None, got {seed!r}")
-        self.samples, self.noise, self.seed = samples, float(noise), seed
+        self.samples = check_positive_int(samples, "samples")
+        self.noise = check_number(noise, "noise", what=" (a fraction of the image's value range)")
+        self.seed = check_seed(seed)
         params: dict[str, Any] = {"baselines": baselines, "samples": samples, "seed": seed}
         if self.has_noise:
             params["noise"] = noise

@@ -101,7 +101,8 @@ def full_gradients(
         if g is None:
             continue
         b = layer_bias(module).to(g.dtype)  # type: ignore[union-attr]
-        shape = (1, -1, *([1] * (g.ndim - 2)))
+        # a linear layer adds its bias along the last dimension ((N, D), or tokens (N, T, D)); the others along dim 1
+        shape = (*([1] * (g.ndim - 1)), -1) if isinstance(module, nn.Linear) else (1, -1, *([1] * (g.ndim - 2)))
         fb = g * b.view(shape)  # f^b_l = dS/dz_l * b_l
         total = total + fb.flatten(1).sum(1)
         if out.ndim == 4:

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from saliencekit.methods._batching import BatchSize
-from saliencekit.methods._coalitions import CoalitionMethod, _number, weighted_ridge
+from saliencekit.methods._coalitions import CoalitionMethod, weighted_ridge
+from saliencekit.methods._option_checks import check_number
 from saliencekit.methods._precision import Precision
 from saliencekit.methods.registry import register_method
 from saliencekit.methods.superpixels import Segments
@@ -95,8 +96,8 @@ class Lime(CoalitionMethod):
         super().__init__(model, segments=segments, grid=grid, n_segments=n_segments, compactness=compactness,
                          samples=samples, seed=seed, fill=fill, score=score, batch_size=batch_size,
                          precision=precision, progress=progress)
-        self.kernel_width = _number(kernel_width, "kernel_width", strict=True)
-        self.alpha = _number(alpha, "alpha")
+        self.kernel_width = check_number(kernel_width, "kernel_width", strict=True)
+        self.alpha = check_number(alpha, "alpha")
         self._store_params(kernel_width=kernel_width, alpha=alpha)
 
     def coalitions(self, m: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
