@@ -625,7 +625,8 @@ def gather_explanations(ctx: ReportContext) -> dict[str, Any]:
     x = pool.images[chosen].to(pool.device)
     torch.manual_seed(ctx.settings.seed)
     try:
-        results = explain(pool.model, x, methods=spec, output=pool.output, threshold=pool.threshold)
+        with _references(ctx):
+            results = explain(pool.model, x, methods=spec, output=pool.output, threshold=pool.threshold)
     except SaliencekitError as exc:
         return {**out, "problem": f"Explaining failed: {exc}"}
     norms = _record_methods(ctx, spec, results)
@@ -642,6 +643,18 @@ def gather_explanations(ctx: ReportContext) -> dict[str, Any]:
         figures.append((badge, embed_figure(fig, f"saliency maps of {files[i]}", title)))
     return {**out, "count": len(chosen), "what": pool.what,
             "table": Table(["", "file", "true class", "predicted", "probabilities"], rows), "figures": figures}
+
+
+def _references(ctx: ReportContext) -> Any:
+    """The reference scope of the explanation figures: the SHAP family's baselines are the run's training images,
+    chosen with the check's seed as the check chose them (read only if a method draws from them); none for a model
+    file, as in its check."""
+    from saliencekit.methods.references import reference_scope, training_references
+
+    if ctx.run is None:  # a model file: the check offered no reference images either
+        return reference_scope(None)
+    check_seed = (ctx.checks.settings or {}).get("seed", ctx.settings.seed) if ctx.checks is not None else 0
+    return reference_scope(training_references(ctx.run, seed=int(check_seed)))
 
 
 def _registered_spec(ctx: ReportContext) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -698,8 +711,9 @@ def _multilabel_explanations(ctx: ReportContext, pool: ImagePool) -> dict[str, A
     x = pool.images[[i for i, _ in pairs]].to(pool.device)
     torch.manual_seed(ctx.settings.seed)
     try:
-        results = explain(pool.model, x, methods=spec, target=[c for _, c in pairs],
-                          output=pool.output or "multilabel", threshold=threshold)
+        with _references(ctx):
+            results = explain(pool.model, x, methods=spec, target=[c for _, c in pairs],
+                              output=pool.output or "multilabel", threshold=threshold)
     except SaliencekitError as exc:
         return {**out, "problem": f"Explaining failed: {exc}"}
     norms = _record_methods(ctx, spec, results)
