@@ -345,3 +345,61 @@ def test_torchvision_models_run(arch: str, size: int) -> None:
     # Eq. 2 holds for these ReLU networks (batch norm folded): the gap is small next to the score
     gap, score = float(out["fullgrad"].extras["completeness_gap"][0]), float(out["fullgrad"].scores[0])
     assert abs(gap) < 1e-3 * max(1.0, abs(score))
+
+
+# ------------------------------------------------------------------------------- token and channels-last layers
+
+
+def _ablated_scores_by_hand(model: nn.Module, module: nn.Module, x: torch.Tensor, cls: int, zero) -> list[float]:  # type: ignore[no-untyped-def]
+    """``S`` with each channel zeroed in the module's raw output by ``zero(raw, k)``, one plain-hook pass each."""
+    store: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(lambda _m, _i, o: store.setdefault("raw", o.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    raw = store["raw"]
+    out = []
+    for k in range(raw.shape[-1]):
+        handle = module.register_forward_hook(lambda _m, _i, _o, k=k: zero(raw.clone(), k))
+        try:
+            with torch.no_grad():
+                out.append(float(model(x)[0, cls]))
+        finally:
+            handle.remove()
+    return out
+
+
+def test_ablationcam_and_eigencam_on_vit_tokens_and_swin_channels_last() -> None:
+    timm = pytest.importorskip("timm", reason="timm is an optional extra: pip install saliencekit[timm]")
+
+    def zero_tokens(raw: torch.Tensor, k: int) -> torch.Tensor:
+        raw[:, 1:, k] = 0  # the patch tokens' channel k; the class token kept
+        return raw
+
+    def zero_last(raw: torch.Tensor, k: int) -> torch.Tensor:
+        raw[..., k] = 0
+        return raw
+
+    torch.manual_seed(6)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32).eval().double()
+    torch.manual_seed(5)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, img_size=64,
+                             window_size=2, embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)).eval().double()
+    for model, name, zero, size in ((vit, "blocks.11.norm1", zero_tokens, 32), (swin, "norm", zero_last, 64)):
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=D)
+        e = sk.create_method("ablationcam", model).attribute(x, target=2)
+        assert e.params["layer"] == name
+        with torch.no_grad():
+            clean = float(model(x)[0, 2])
+        ablated = torch.tensor(_ablated_scores_by_hand(model, model.get_submodule(name), x, 2, zero), dtype=D)
+        live = ~e.extras["channel_scores"][0].isnan()
+        torch.testing.assert_close(e.extras["channel_scores"][0][live], ablated[live], atol=1e-9, rtol=1e-7)
+        torch.testing.assert_close(e.extras["weights"][0][live], clean - ablated[live], atol=1e-9, rtol=1e-7)
+        eig = sk.create_method("eigencam", model).attribute(x)
+        assert eig.layer_maps.shape == e.layer_maps.shape and torch.isfinite(eig.maps).all()
+    x = x[..., :32, :32]
+    with pytest.raises(InputError, match="reshape= callable"):
+        sk.create_method("ablationcam", vit, layer="blocks.11.norm1",
+                         reshape=lambda t: t[:, 1:].reshape(1, 2, 2, -1).permute(0, 3, 1, 2)).attribute(x)

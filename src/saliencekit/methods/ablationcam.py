@@ -30,6 +30,13 @@ from saliencekit.methods.cam import BaseCAM, LayerPass, LayerSpec, checked_activ
 from saliencekit.methods.registry import register_method
 
 
+def _check_layout(layer: FeatureLayer) -> None:
+    if layer.reader.layout not in ("nchw", "nhwc", "tokens"):
+        raise InputError(f"ablationcam zeroes a channel of the layer's output, which it cannot locate in the output of "
+                         f"layer {layer.name!r} read by a reshape= callable; use reshape='nchw', 'nhwc' or 'tokens', "
+                         "or another CAM")
+
+
 def _zero_channels(raw: torch.Tensor, channels: torch.Tensor, layer: FeatureLayer) -> torch.Tensor:
     """Rows of the layer's raw output (J, ...) with channel ``channels[j]`` of row ``j`` zeroed where the reader
     reads it: dim 1 of an NCHW map, the last dim of a channels-last map, the last dim of the patch tokens."""
@@ -39,12 +46,8 @@ def _zero_channels(raw: torch.Tensor, channels: torch.Tensor, layer: FeatureLaye
         raw[rows, channels] = 0
     elif layout == "nhwc":
         raw[rows, ..., channels] = 0
-    elif layout == "tokens":
-        raw[rows, layer.reader.prefix:, channels] = 0
     else:
-        raise InputError(f"ablationcam zeroes a channel of the layer's output, which it cannot locate in the output of "
-                         f"layer {layer.name!r} read by a reshape= callable; use reshape='nchw', 'nhwc' or 'tokens', "
-                         "or another CAM")
+        raw[rows, layer.reader.prefix:, channels] = 0
     return raw
 
 
@@ -55,9 +58,16 @@ def ablation_scores(layer_pass: LayerPass, selected: torch.Tensor, *, batch_size
     model, inputs, layer = layer_pass.model, layer_pass.inputs, layer_pass.layer
     n = inputs.shape[0]
     current: dict[str, torch.Tensor] = {}
-    with preserve_model(model), capture(model, [layer.module]) as cap, torch.inference_mode():
-        _layout.forward(model, inputs)  # the raw output, in the layout the rest of the network takes
-        raw = checked_activation(cap, layer).clone()
+    layout = layer.reader.layout
+    _check_layout(layer)
+    if layout == "nchw":  # the layer's own output, in the layout the rest of the network takes
+        raw = layer_pass.activations
+    elif layout == "nhwc":
+        raw = layer_pass.activations.permute(0, 2, 3, 1)
+    else:  # tokens: the prefix tokens the reader dropped are needed too (one more forward pass)
+        with preserve_model(model), capture(model, [layer.module]) as cap, torch.inference_mode():
+            _layout.forward(model, inputs)
+            raw = checked_activation(cap, layer).clone()
 
     def forward_jobs(img: torch.Tensor, ch: torch.Tensor) -> torch.Tensor:
         current["raw"] = _zero_channels(raw[img].clone(), ch, layer)  # A with channel k zeroed
