@@ -175,7 +175,7 @@ def test_ablationcam_chunking_and_bf16() -> None:
         sk.create_method("ablationcam", model, batch_size=0)
 
 
-def test_ablationcam_matches_pytorch_grad_cam_where_the_definitions_agree() -> None:
+def test_ablationcam_matches_pytorch_grad_cam_where_the_definitions_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     """pytorch-grad-cam divides the drop by S and min-max scales the map: for S > 0 and a post-ReLU layer (its
     ablation value is then 0, as ours), the scaled maps are equal."""
     pytest.importorskip("pytorch_grad_cam")
@@ -189,7 +189,8 @@ def test_ablationcam_matches_pytorch_grad_cam_where_the_definitions_agree() -> N
     cam = AblationCAM(theirs_model, [theirs_model.get_submodule(layer_name)], batch_size=8)
     import pytorch_grad_cam.ablation_cam as pgc_ablation
 
-    pgc_ablation.tqdm.tqdm = lambda it, **_kw: it  # its progress bar
+    # its progress bar, silenced for this test only (tqdm.tqdm patched for good broke a later `import timm`)
+    monkeypatch.setattr(pgc_ablation.tqdm, "tqdm", lambda it, **_kw: it)
     theirs = cam(input_tensor=x.float(), targets=[ClassifierOutputTarget(c) for c in classes])
     with torch.no_grad():
         assert (model(x).max(1).values > 0).all()  # S > 0: the paper's division by S does not mirror the map
