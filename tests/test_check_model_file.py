@@ -185,3 +185,20 @@ def test_layer_sizes_are_read_as_the_cams_read_them() -> None:
     h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(16, 3, activation="relu")(h))
     model = KerasClassifier(keras.Model(inp, keras.layers.Dense(2)(h)))
     assert [hw for _, hw in cam_stages(model, torch.zeros(1, 1, 40, 40))] == [(38, 38), (19, 19), (17, 17)]
+
+
+def test_shap_baselines_of_a_model_file_are_uniform_in_check_and_report(trained, tmp_path: Path) -> None:
+    """A model file's data folder is not training data: expected gradients' 'auto' baselines are uniform noise in its
+    check and in its report (a run directory's training images are drawn otherwise), and 'training' is refused."""
+    data, run_dir, _ = trained
+    checks = tmp_path / "checks"
+    assert main(["check", "--model-file", str(run_dir / "checkpoint.pt"), str(data), "--out", str(checks),
+                 "--checks", "faithfulness", "--images", "2", "--quiet", "--no-figures", "--methods",
+                 '{"eg": {"method": "expected_gradients", "samples": 2}}']) == 0
+    assert main(["report", str(checks), "--images", "1", "--quiet"]) == 0
+    page = (checks / "report.html").read_text()
+    assert "Explaining failed" not in page and "uniform noise" in page
+    assert main(["check", "--model-file", str(run_dir / "checkpoint.pt"), str(data), "--out", str(tmp_path / "t"),
+                 "--checks", "faithfulness", "--images", "2", "--methods",
+                 '{"eg": {"method": "expected_gradients", "samples": 2, "baselines": "training"}}', "--quiet",
+                 "--no-figures"]) == 2

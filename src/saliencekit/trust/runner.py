@@ -286,8 +286,11 @@ def _run_checks(
         else:
             skipped[check.name] = no_train_data if (no_train_data and "train_data" in check.needs) else reason
     results: dict[str, Any] = {}
-    # The SHAP family's baselines ("auto"/"training"): the run's training images, the same for every model checked.
-    if run is not None:
+    # The SHAP family's baselines ("auto"/"training"): the run's training images, the same for every model checked. A
+    # model file's data folder is not training data: it offers none ("auto" draws uniform baselines), as its report.
+    if isinstance(run, ModelData):
+        references = None
+    elif run is not None:
         references = training_references(run, seed=s.seed)
     elif train_data is not None:
         references = ReferenceSet(lambda: sample_references(train_data[0], seed=s.seed),
