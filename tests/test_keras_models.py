@@ -171,8 +171,9 @@ def _options(name: str) -> dict[str, object]:
     return {"seed": 0} if "seed" in method_options(name) else {}
 
 
-# lrp and the attention methods refuse Keras models by name (tests/test_method_contract.py)
-TWIN_METHODS = [m for m in sk.list_methods() if m not in ("deconvnet", "lrp") and not method_class(m).needs_attention]
+# lrp, fullgrad and the attention methods refuse Keras models by name (tests/test_method_contract.py)
+TWIN_METHODS = [m for m in sk.list_methods()
+                if m not in ("deconvnet", "lrp", "fullgrad") and not method_class(m).needs_attention]
 
 
 def test_lrp_refuses_keras_models_by_name(lesson: dict) -> None:
@@ -180,6 +181,13 @@ def test_lrp_refuses_keras_models_by_name(lesson: dict) -> None:
     epsilon rule everywhere): refused rather than silently different."""
     with pytest.raises(InputError, match="lrp does not support Keras models yet"):
         sk.create_method("lrp", lesson["keras"])
+
+
+def test_fullgrad_refuses_keras_models_by_name(lesson: dict) -> None:
+    """FullGrad reads the biases of torch modules: a Keras model's Conv2D/Dense biases are not such modules, so its
+    map missed every bias term (it differed from the twin's): refused rather than silently different."""
+    with pytest.raises(InputError, match="fullgrad does not support Keras models yet"):
+        sk.create_method("fullgrad", lesson["keras"])
 
 
 @pytest.mark.parametrize("name", TWIN_METHODS)

@@ -393,7 +393,7 @@ def test_hygiene_on_a_keras_model_and_a_vision_transformer(name: str, kind: str)
     if kind == "vit":
         x = torch.nn.functional.interpolate(x, size=32)
     before = snapshot(model)
-    if kind == "keras" and (name == "lrp" or name in ATTENTION_METHODS):  # refused by name
+    if kind == "keras" and (name in ("lrp", "fullgrad") or name in ATTENTION_METHODS):  # refused by name
         with pytest.raises(SaliencekitError, match="does not support Keras"):
             sk.create_method(name, model)
         assert_unchanged(model, before)

@@ -144,6 +144,11 @@ class FullGrad(Method):
 
     def __init__(self, model: nn.Module, *, normalize: str = "channel", batch_size: BatchSize = "auto"):
         super().__init__(model)
+        if hasattr(self.model, "keras_model"):  # a KerasClassifier: its biases live in Keras layers, not torch modules
+            raise InputError("fullgrad does not support Keras models yet (it reads the biases of torch Conv/Linear/"
+                             "BatchNorm modules; a Keras model's biases would be missed and its map differ from the "
+                             "same weights in PyTorch); use gradient_x_input, the CAMs, or copy the weights into a "
+                             "PyTorch model")
         if normalize not in NORMALIZATIONS:
             raise InputError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
         self.normalize = normalize
