@@ -22,21 +22,19 @@ from torch import nn
 from saliencekit import _layout
 from saliencekit.errors import InputError
 from saliencekit.methods._batching import BatchSize, check_batch_size
-from saliencekit.methods._capture import ReshapeSpec, capture, check_reshape_option, eval_mode, settle
+from saliencekit.methods._capture import ReshapeSpec, check_reshape_option, eval_mode
 from saliencekit.methods._job_passes import job_scores
 from saliencekit.methods._precision import Precision, autocast, check_precision
 from saliencekit.methods.base import Explanation, Method, check_inputs, preserve_model
 from saliencekit.methods.cam import (
     LayerSpec,
     check_layer_option,
-    checked_activation,
+    layer_activations,
     layer_for,
-    read_activation,
     upsample,
 )
 from saliencekit.methods.normalize import minmax_scale_
 from saliencekit.methods.registry import register_method
-from saliencekit.methods.targets import as_target, predicted_classes
 
 
 @register_method("scorecam")
@@ -105,14 +103,7 @@ class ScoreCAM(Method):
         check_inputs(model, inputs)
         layer = layer_for(model, self.layer, inputs, self.reshape)
         with preserve_model(model), eval_mode(model), torch.inference_mode():
-            with capture(model, [layer.module]) as cap:
-                output = _layout.forward(model, inputs)
-                raw = checked_activation(cap, layer)
-                layer = settle(model, layer, raw, inputs)
-                a = read_activation(layer, raw)
-            resolved = as_target(target).resolve(output)
-            predictions = predicted_classes(output)
-            scores = resolved.score(output)
+            a, scores, resolved, predictions, layer = layer_activations(model, layer, inputs, target)
             a = a.to(inputs.dtype)
             channel_scores, selected = self._channel_scores(inputs, a, resolved)
             baseline = None
